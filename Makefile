@@ -1,0 +1,31 @@
+# Two entry points for a newcomer: `make demo` and `make test`.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test bench chromium clean
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# CPU torch first so nothing later pulls a CUDA build.
+	$(BIN)/pip install -q torch==2.13.0
+	# pyrender pins PyOpenGL/networkx versions that break torch; install it without deps.
+	$(BIN)/pip install -q --no-deps pyrender==0.1.45
+	$(BIN)/pip install -q -e ".[test]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/amt demo --out runs/demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q -n 2 tests
+
+bench: $(STAMP)
+	$(BIN)/amt bench --device cpu --preset tiny
+
+clean:
+	rm -rf $(VENV) runs

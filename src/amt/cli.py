@@ -1,0 +1,64 @@
+"""The `amt` command.
+
+Each verb lives in the module that owns it; this file only dispatches, so that
+`amt --help` stays fast and a verb's heavy imports are paid only when it runs.
+A verb's entry point is ``fn(argv: list[str]) -> int``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+# verb -> ("module:function", one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "synth": ("amt.data.synthetic_cli:main", "write a synthetic dataset in the DexYCB layout"),
+    "cache": ("amt.data.cache_cli:main", "build the preprocessed training cache"),
+    "train": ("amt.training.cli:train_main", "train a model (Hydra overrides after the verb)"),
+    "eval": ("amt.evaluation.cli:main", "evaluate a checkpoint and write the report"),
+    "demo": ("amt.demo:main", "synthesise, cache, train tiny, evaluate, draw (CPU, minutes)"),
+    "predict": ("amt.inference.cli:predict_main", "run a checkpoint on images, folders or video"),
+    "export": ("amt.inference.cli:export_main", "export to ONNX or TorchScript with a parity check"),
+    "bench": ("amt.inference.bench:main", "latency, throughput, memory and FLOP/s vs the matmul ceiling"),
+    "model-info": ("amt.models.info:main", "parameter counts of every preset"),
+    "sweep": ("amt.training.sweep:main", "hyperparameter search with Optuna"),
+    "debug": ("amt.diagnostics.cli:main", "diagnose a checkpoint: collapse, dead units, attention, gradients"),
+}
+
+
+def _usage() -> str:
+    width = max(len(v) for v in COMMANDS)
+    lines = ["usage: amt <command> [args]", "", "commands:"]
+    lines += [f"  {verb:<{width}}  {help_}" for verb, (_, help_) in COMMANDS.items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in {"-h", "--help", "help"}:
+        print(_usage())
+        return 0
+    if argv[0] in {"-V", "--version"}:
+        from amt import __version__
+
+        print(__version__)
+        return 0
+    verb, rest = argv[0], argv[1:]
+    if verb not in COMMANDS:
+        print(f"amt: unknown command {verb!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    target, _ = COMMANDS[verb]
+    module_name, func_name = target.split(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name and exc.name.startswith("amt"):
+            print(f"amt {verb}: not available in this build ({exc.name} missing)", file=sys.stderr)
+            return 2
+        raise
+    result = getattr(module, func_name)(rest)
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,58 @@
+"""Rotation conversions used across AMT (data, model, losses, metrics).
+
+Convention: quaternions are unit (w, x, y, z); rotation matrices act on column
+vectors (x_cam = R x_model + t). Thin wrappers over `roma`, which uses (x, y, z, w).
+"""
+
+from __future__ import annotations
+
+import roma
+import torch
+
+
+def quat_wxyz_to_matrix(q: torch.Tensor) -> torch.Tensor:
+    """(..., 4) unit quaternion (w, x, y, z) -> (..., 3, 3) rotation matrix."""
+    q = q / q.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    return roma.unitquat_to_rotmat(q[..., [1, 2, 3, 0]])
+
+
+def matrix_to_quat_wxyz(R: torch.Tensor) -> torch.Tensor:
+    """(..., 3, 3) rotation matrix -> (..., 4) unit quaternion (w, x, y, z) with w >= 0."""
+    q = roma.rotmat_to_unitquat(R)[..., [3, 0, 1, 2]]
+    return torch.where(q[..., :1] < 0, -q, q)
+
+
+def rot6d_to_matrix(x: torch.Tensor) -> torch.Tensor:
+    """(..., 6) continuous 6D representation (Zhou et al. 2019) -> (..., 3, 3).
+
+    The two 3-vectors are the first two columns before Gram-Schmidt.
+    """
+    a = x.reshape(*x.shape[:-1], 2, 3).transpose(-1, -2)  # (..., 3, 2): columns
+    return roma.special_gramschmidt(a)
+
+
+def matrix_to_rot6d(R: torch.Tensor) -> torch.Tensor:
+    """(..., 3, 3) -> (..., 6): the first two columns, concatenated."""
+    return R[..., :, :2].transpose(-1, -2).reshape(*R.shape[:-2], 6)
+
+
+def axis_angle_to_matrix(v: torch.Tensor) -> torch.Tensor:
+    """(..., 3) axis-angle (radians) -> (..., 3, 3)."""
+    return roma.rotvec_to_rotmat(v)
+
+
+def matrix_to_axis_angle(R: torch.Tensor) -> torch.Tensor:
+    """(..., 3, 3) -> (..., 3) axis-angle (radians)."""
+    return roma.rotmat_to_rotvec(R)
+
+
+def geodesic_angle(R1: torch.Tensor, R2: torch.Tensor) -> torch.Tensor:
+    """(..., 3, 3) x2 -> (...,) angle of R1^T R2 in radians, in [0, pi]; differentiable."""
+    return roma.rotmat_geodesic_distance(R1, R2)
+
+
+def rotation_about_z(angle: torch.Tensor) -> torch.Tensor:
+    """(...,) radians -> (..., 3, 3) rotation about the camera's optical (z) axis."""
+    c, s = torch.cos(angle), torch.sin(angle)
+    z, o = torch.zeros_like(angle), torch.ones_like(angle)
+    return torch.stack([c, -s, z, s, c, z, z, z, o], dim=-1).reshape(*angle.shape, 3, 3)
