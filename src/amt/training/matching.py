@@ -1,0 +1,124 @@
+"""Hungarian matching of object queries to ground-truth object slots (DETR-style).
+
+Class logits follow the output contract: `obj_logits` is (B, Q, C + 1) with logit index
+`class_id - 1` for YCB ids 1..C and the last index (`NO_OBJECT`) for "no object".
+The matching is used by the losses and by the evaluator, so both score the same pairs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping, NamedTuple
+
+import torch
+from scipy.optimize import linear_sum_assignment
+
+from amt.data.ycb import NUM_CLASSES
+from amt.geometry.rotations import geodesic_angle, quat_wxyz_to_matrix
+
+NO_OBJECT: int = NUM_CLASSES  # index of the "no object" logit
+
+
+@dataclass
+class MatchCost:
+    """Weights of the three matching costs.
+
+    class_weight multiplies -p(gt class) (probability, in [-1, 0]); translation_weight
+    multiplies the Euclidean distance in metres; rotation_weight multiplies the geodesic
+    angle in radians. Defaults put 10 cm, 0.5 rad and a full class flip on a similar scale.
+    """
+
+    class_weight: float = 1.0
+    translation_weight: float = 10.0
+    rotation_weight: float = 0.5
+
+
+class MatchedIndices(NamedTuple):
+    """Flat index tensors over all matched pairs of a batch (all int64, shape (N,)).
+
+    `outputs[key][batch, query]` pairs with `batch_dict[key][batch, slot]`.
+    """
+
+    batch: torch.Tensor
+    query: torch.Tensor
+    slot: torch.Tensor
+
+
+def class_logit_index(class_id: torch.Tensor) -> torch.Tensor:
+    """YCB ids (1..C) -> logit indices (0..C-1)."""
+    return class_id - 1
+
+
+def _check_keys(d: Mapping, keys: tuple[str, ...], what: str) -> None:
+    missing = [k for k in keys if k not in d]
+    if missing:
+        raise KeyError(f"match_objects: {what} dict lacks {missing}; expected keys {list(keys)}")
+
+
+@torch.no_grad()
+def match_objects(
+    outputs: Mapping[str, torch.Tensor],
+    batch: Mapping[str, torch.Tensor],
+    cost: MatchCost | None = None,
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Optimal one-to-one assignment of queries to valid GT slots, per sample.
+
+    outputs: `obj_logits` (B, Q, C+1), `obj_t` (B, Q, 3) metres, `obj_quat` (B, Q, 4) wxyz.
+    batch: `obj_class` (B, M) int64, `obj_t` (B, M, 3), `obj_R` (B, M, 3, 3), `obj_valid` (B, M).
+    Returns B pairs `(pred_idx, gt_idx)` of int64 CPU tensors with equal length
+    min(Q, number of valid slots); `gt_idx` indexes the M slots (invalid slots never appear).
+    """
+    _check_keys(outputs, ("obj_logits", "obj_t", "obj_quat"), "outputs")
+    _check_keys(batch, ("obj_class", "obj_t", "obj_R", "obj_valid"), "batch")
+    cost = cost or MatchCost()
+    prob = outputs["obj_logits"].detach().float().softmax(-1)
+    pred_t = outputs["obj_t"].detach().float()
+    pred_R = quat_wxyz_to_matrix(outputs["obj_quat"].detach().float())
+    result: list[tuple[torch.Tensor, torch.Tensor]] = []
+    for b in range(prob.shape[0]):
+        slots = torch.nonzero(batch["obj_valid"][b], as_tuple=False).flatten()
+        if slots.numel() == 0:
+            empty = torch.empty(0, dtype=torch.int64)
+            result.append((empty, empty.clone()))
+            continue
+        cls = class_logit_index(batch["obj_class"][b, slots].to(prob.device))
+        if bool(((cls < 0) | (cls >= NUM_CLASSES)).any()):
+            raise ValueError(
+                f"match_objects: batch['obj_class'][{b}] has a valid slot with id outside 1..{NUM_CLASSES}: "
+                f"{batch['obj_class'][b, slots].tolist()}"
+            )
+        gt_t = batch["obj_t"][b, slots].to(pred_t)
+        gt_R = batch["obj_R"][b, slots].to(pred_R)
+        c_class = -prob[b][:, cls]  # (Q, n)
+        c_trans = torch.cdist(pred_t[b], gt_t)  # (Q, n)
+        c_rot = geodesic_angle(pred_R[b][:, None], gt_R[None])  # (Q, n)
+        total = cost.class_weight * c_class + cost.translation_weight * c_trans + cost.rotation_weight * c_rot
+        rows, cols = linear_sum_assignment(total.cpu().numpy())
+        result.append(
+            (torch.as_tensor(rows, dtype=torch.int64), slots.cpu()[torch.as_tensor(cols, dtype=torch.int64)])
+        )
+    return result
+
+
+def gather_matched(
+    indices: list[tuple[torch.Tensor, torch.Tensor]], device: torch.device | str | None = None
+) -> MatchedIndices:
+    """Flatten per-sample matches into (batch, query, slot) index tensors on `device`."""
+    batch_idx = [torch.full_like(pred, b) for b, (pred, _) in enumerate(indices)]
+    return MatchedIndices(
+        batch=_cat(batch_idx, device), query=_cat([p for p, _ in indices], device),
+        slot=_cat([g for _, g in indices], device),
+    )
+
+
+def _cat(parts: list[torch.Tensor], device: torch.device | str | None) -> torch.Tensor:
+    if not parts:
+        return torch.empty(0, dtype=torch.int64, device=device)
+    return torch.cat(parts).to(device)
+
+
+def unmatched_query_mask(matched: MatchedIndices, batch_size: int, num_queries: int) -> torch.Tensor:
+    """(B, Q) bool: True for queries assigned to no GT object (their target is `NO_OBJECT`)."""
+    mask = torch.ones(batch_size, num_queries, dtype=torch.bool, device=matched.batch.device)
+    mask[matched.batch, matched.query] = False
+    return mask
