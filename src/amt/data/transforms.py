@@ -1,0 +1,110 @@
+"""Image-space transforms shared by the cache and the loaders: crop box, crop+resize, normalise.
+
+Pixel convention (OpenCV, as DexYCB's `joint_2d`): the centre of pixel (i, j) sits at
+coordinates (x=j, y=i). A crop box is integer: (x0, y0, side) in full-image pixels; the crop
+holds source pixels x0..x0+side-1, resized to `size` with an antialiased bilinear filter.
+`crop_intrinsics_for_box` returns the crop's K for exactly that resampling, so projecting with it
+lands on the resampled image content.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from amt.geometry.camera import crop_intrinsics
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class CropConfig:
+    """How hand-centred crops are chosen.
+
+    margin: side = margin * max(width, height) of the 2D joints' box (pixels);
+    min_size: lower bound on the side (pixels), so a tiny or far hand still gets context.
+    """
+
+    size: int = 224
+    margin: float = 1.5
+    min_size: int = 96
+
+
+def square_box(points_2d: np.ndarray, margin: float, min_size: int) -> tuple[int, int, int]:
+    """Integer square box around 2D points.
+
+    points_2d: (N, 2) pixels. Returns (x0, y0, side) centred on the points' bounding box, with
+    side = max(min_size, margin * longest extent), rounded to integers. The box may extend
+    outside the image (the crop pads with black).
+    """
+    pts = np.asarray(points_2d, dtype=np.float64).reshape(-1, 2)
+    lo, hi = pts.min(axis=0), pts.max(axis=0)
+    centre = (lo + hi) / 2.0
+    side = int(round(max(float(min_size), margin * float((hi - lo).max()))))
+    x0 = int(round(centre[0] - side / 2.0))
+    y0 = int(round(centre[1] - side / 2.0))
+    return x0, y0, side
+
+
+def crop_and_resize(image: np.ndarray, box: tuple[int, int, int], size: int) -> np.ndarray:
+    """Crop a square box (zero-padded outside the image) and resize it with antialiasing.
+
+    image: (H, W, 3) uint8 RGB; box: (x0, y0, side) integer pixels. Returns (size, size, 3) uint8.
+    """
+    x0, y0, side = box
+    h, w = image.shape[:2]
+    patch = np.zeros((side, side, image.shape[2]), dtype=np.uint8)
+    sx0, sy0 = max(x0, 0), max(y0, 0)
+    sx1, sy1 = min(x0 + side, w), min(y0 + side, h)
+    if sx1 > sx0 and sy1 > sy0:
+        patch[sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0] = image[sy0:sy1, sx0:sx1]
+    if side == size:
+        return patch
+    t = torch.from_numpy(patch).permute(2, 0, 1)[None].float()
+    out = F.interpolate(t, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    return out[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).numpy()
+
+
+def crop_intrinsics_for_box(K: np.ndarray, box: tuple[int, int, int], size: int) -> np.ndarray:
+    """K (3, 3) of the full image -> K (3, 3) float32 of `crop_and_resize(image, box, size)`.
+
+    With `align_corners=False` resampling, crop pixel u samples source x = x0 - 0.5 + (u + 0.5) / s
+    (s = size / side), i.e. u = (x - x0') * s with x0' = x0 - 0.5 + 0.5 / s: the box handed to
+    `amt.geometry.camera.crop_intrinsics` is shifted by that half-pixel term.
+    """
+    x0, y0, side = box
+    shift = -0.5 + 0.5 * side / size
+    box_t = torch.tensor([x0 + shift, y0 + shift, side, side], dtype=torch.float64)
+    Kc = crop_intrinsics(torch.as_tensor(np.asarray(K), dtype=torch.float64), box_t, size)
+    return Kc.numpy().astype(np.float32)
+
+
+def to_crop_pixels(points_2d: np.ndarray, box: tuple[int, int, int], size: int) -> np.ndarray:
+    """Full-image pixels (..., 2) -> crop pixels (..., 2) float32, same mapping as the crop's K."""
+    x0, y0, side = box
+    s = size / side
+    shift = -0.5 + 0.5 / s
+    origin = np.array([x0 + shift, y0 + shift])
+    return ((np.asarray(points_2d, dtype=np.float64) - origin) * s).astype(np.float32)
+
+
+def normalize_images(images: torch.Tensor) -> torch.Tensor:
+    """uint8 (B, 3, H, W) RGB or float in [0, 1] -> float32 ImageNet-normalised (B, 3, H, W).
+
+    Runs on the tensor's device, so a uint8 batch can be normalised after the host-device copy.
+    """
+    x = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
+    mean = torch.tensor(IMAGENET_MEAN, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+def denormalize_images(images: torch.Tensor) -> torch.Tensor:
+    """Inverse of `normalize_images` for float input: (B, 3, H, W) -> values in [0, 1] (unclamped)."""
+    mean = torch.tensor(IMAGENET_MEAN, device=images.device, dtype=images.dtype).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=images.device, dtype=images.dtype).view(1, 3, 1, 1)
+    return images * std + mean
