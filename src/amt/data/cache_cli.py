@@ -1,0 +1,53 @@
+"""`amt cache DATA_ROOT --split s0_train`: build the preprocessed training cache."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from amt.data.cache import build_cache
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="amt cache", description="Build hand-centred crops + labels for one split.")
+    p.add_argument("root", type=Path, help="DexYCB root (subject folders, calibration/, models/)")
+    p.add_argument("--split", default="s0_train", help="split name, s{0..3}_{train,val,test} (default s0_train)")
+    p.add_argument("--out", type=Path, default=None, help="output folder (default ROOT/cache/<split>_<size>)")
+    p.add_argument("--size", type=int, default=224, help="crop side in pixels (default 224)")
+    p.add_argument("--margin", type=float, default=1.5, help="crop side / extent of the 2D joints (default 1.5)")
+    p.add_argument("--min-size", type=int, default=96, help="smallest crop side in image pixels (default 96)")
+    p.add_argument("--threshold-mm", type=float, default=10.0, help="contact distance in mm (default 10)")
+    p.add_argument("--models-dir", type=Path, default=None, help="object meshes (default ROOT/models)")
+    p.add_argument("--workers", type=int, default=2, help="parallel worker processes (default 2)")
+    p.add_argument("--chunk-size", type=int, default=64, help="samples per resumable chunk (default 64)")
+    p.add_argument("--force", action="store_true", help="rebuild even if a complete cache exists")
+    p.add_argument("--no-resume", action="store_true", help="restart an interrupted build from scratch")
+    return p
+
+
+def main(argv: list[str]) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    out = args.out or args.root / "cache" / f"{args.split}_{args.size}"
+    try:
+        folder = build_cache(
+            args.root,
+            args.split,
+            out,
+            size=args.size,
+            margin=args.margin,
+            min_size=args.min_size,
+            workers=args.workers,
+            force=args.force,
+            resume=not args.no_resume,
+            models_dir=args.models_dir,
+            threshold_mm=args.threshold_mm,
+            chunk_size=args.chunk_size,
+        )
+    except (FileExistsError, ValueError) as exc:
+        print(f"amt cache: {exc}", file=sys.stderr)
+        return 1
+    print(f"cache written to {folder}")
+    return 0

@@ -1,0 +1,209 @@
+"""Three ways to read a cache (see `amt.data.cache`) into batch-contract dicts.
+
+- `CachedDataset(folder, mode="disk")`: each item is read with positioned file reads (`os.pread`);
+  nothing is mapped, so it suits many DataLoader workers over a network file system.
+- `CachedDataset(folder, mode="memmap")`: items are slices of memory-mapped arrays (page cache).
+- `CachedDataset(folder, mode="ram")`: everything read into host memory once.
+- `GPUCachedDataset(folder, device)`: the whole cache as tensors on `device` (images uint8);
+  `.batches(...)` indexes it with device index tensors, so the training loop moves no data
+  between host and device; normalisation runs on the device.
+
+Both take (rank, world_size) and then serve only samples `rank::world_size`.
+Batch keys and shapes follow docs/architecture.md ("Batch contract") plus `index`, `image_id`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from amt.data.cache import IMAGES_FILE, LABEL_SPECS, LABELS_DIR, CacheArrays, open_cache
+from amt.data.transforms import normalize_images
+
+MODES = ("disk", "memmap", "ram")
+
+
+class _RowReader:
+    """Reads row i of a raw or .npy array file with one `os.pread` (no mapping, fork-safe)."""
+
+    def __init__(self, path: Path, shape: tuple[int, ...], dtype: np.dtype, offset: int) -> None:
+        self.path, self.shape, self.dtype, self.offset = path, shape, np.dtype(dtype), offset
+        self.row_bytes = int(np.prod(shape, dtype=np.int64)) * self.dtype.itemsize
+        self._fd: int | None = None
+        self._pid = -1
+
+    @classmethod
+    def for_npy(cls, path: Path) -> _RowReader:
+        with open(path, "rb") as f:
+            major, _ = np.lib.format.read_magic(f)
+            read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+            shape, fortran, dtype = read_header(f)
+            if fortran:
+                raise ValueError(f"{path}: Fortran-ordered arrays are not supported in a cache")
+            return cls(path, tuple(shape[1:]), dtype, f.tell())
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_fd": None, "_pid": -1}
+
+    def read(self, i: int) -> np.ndarray:
+        if self._fd is None or self._pid != os.getpid():
+            self._fd, self._pid = os.open(self.path, os.O_RDONLY), os.getpid()
+        buf = os.pread(self._fd, self.row_bytes, self.offset + i * self.row_bytes)
+        if len(buf) != self.row_bytes:
+            raise IndexError(f"{self.path}: row {i} is beyond the end of the file")
+        return np.frombuffer(buf, dtype=self.dtype).reshape(self.shape)
+
+
+def _sample_tensors(image: np.ndarray, labels: dict[str, np.ndarray], normalize: bool) -> dict[str, Any]:
+    img = torch.from_numpy(np.array(image)).permute(2, 0, 1)  # (3, S, S) uint8
+    out: dict[str, Any] = {"image": normalize_images(img[None])[0] if normalize else img}
+    for key, value in labels.items():
+        out[key] = torch.from_numpy(np.array(value))
+    out["image_id"] = out["index"].clone()
+    return out
+
+
+class CachedDataset(Dataset):
+    """Map-style dataset over a cache folder; item i is a sample dict of the batch contract.
+
+    mode: "disk" | "memmap" | "ram". normalize=True gives float32 ImageNet-normalised CHW images;
+    False gives uint8 CHW so the normalisation (and `BatchAugment`) can run on the device.
+    rank/world_size: this process serves samples rank, rank + world_size, ...
+    """
+
+    def __init__(
+        self, folder: str | Path, mode: str = "memmap", normalize: bool = True, rank: int = 0, world_size: int = 1
+    ) -> None:
+        if mode not in MODES:
+            raise ValueError(f"{folder}: mode {mode!r} is not one of {MODES}")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is outside [0, world_size={world_size})")
+        cache = open_cache(folder, mmap=mode != "ram")
+        self.folder, self.mode, self.normalize = Path(folder), mode, normalize
+        self.meta = cache.meta
+        self.size = int(cache.images.shape[1])
+        self.indices = np.arange(len(cache))[rank::world_size]
+        self._cache: CacheArrays | None = None
+        self._readers: dict[str, _RowReader] = {}
+        if mode == "disk":
+            self._readers["image"] = _RowReader(self.folder / IMAGES_FILE, (self.size, self.size, 3), np.uint8, 0)
+            for key in LABEL_SPECS:
+                self._readers[key] = _RowReader.for_npy(self.folder / LABELS_DIR / f"{key}.npy")
+        else:
+            self._cache = cache
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, item: int) -> dict[str, Any]:
+        i = int(self.indices[item])
+        if self._cache is None:
+            image = self._readers["image"].read(i)
+            labels = {key: self._readers[key].read(i) for key in LABEL_SPECS}
+        else:
+            image = self._cache.images[i]
+            labels = {key: arr[i] for key, arr in self._cache.labels.items()}
+        sample = _sample_tensors(image, labels, self.normalize)
+        sample["meta"] = self.meta[i]
+        return sample
+
+
+def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    """List of sample dicts -> batch dict: tensors stacked on a new first axis, `meta` a list."""
+    batch: dict[str, Any] = {}
+    for key in samples[0]:
+        values = [s[key] for s in samples]
+        batch[key] = torch.stack(values) if isinstance(values[0], torch.Tensor) else values
+    return batch
+
+
+def make_loader(
+    dataset: CachedDataset,
+    batch_size: int,
+    shuffle: bool = True,
+    num_workers: int = 0,
+    drop_last: bool = False,
+    generator: torch.Generator | None = None,
+    pin_memory: bool = False,
+) -> DataLoader:
+    """A DataLoader over a CachedDataset with `collate` and persistent workers when num_workers > 0."""
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        num_workers=num_workers,
+        collate_fn=collate,
+        drop_last=drop_last,
+        generator=generator,
+        pin_memory=pin_memory,
+        persistent_workers=num_workers > 0,
+    )
+
+
+def batch_to_device(batch: dict[str, Any], device: torch.device | str, non_blocking: bool = True) -> dict[str, Any]:
+    """Move every tensor of a batch dict to `device` (lists such as `meta` stay on the host)."""
+    return {k: v.to(device, non_blocking=non_blocking) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+class GPUCachedDataset:
+    """A whole cache resident on `device`: images (N, 3, S, S) uint8, labels as tensors.
+
+    `.batches()` yields batch dicts built by indexing with device index tensors; the shuffle
+    permutation is drawn once per epoch, so the loop does no host-device copies. Per-sample
+    `meta` is left out unless `with_meta=True` (that one needs the indices on the host).
+    """
+
+    def __init__(
+        self, folder: str | Path, device: torch.device | str, rank: int = 0, world_size: int = 1, normalize: bool = True
+    ) -> None:
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is outside [0, world_size={world_size})")
+        cache = open_cache(folder, mmap=True)
+        self.device = torch.device(device)
+        self.normalize = normalize
+        self.meta = cache.meta
+        self.rank, self.world_size = rank, world_size
+        keep = np.arange(len(cache))[rank::world_size]
+        self.images = torch.from_numpy(np.ascontiguousarray(cache.images[keep])).to(self.device).permute(0, 3, 1, 2)
+        self.labels = {k: torch.from_numpy(np.asarray(v[keep])).to(self.device) for k, v in cache.labels.items()}
+        self._global_index = keep
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    def get(self, idx: torch.Tensor, with_meta: bool = False) -> dict[str, Any]:
+        """Batch dict for local indices `idx` (B,) int64 on any device."""
+        idx = idx.to(self.device)
+        images = self.images[idx]
+        batch: dict[str, Any] = {"image": normalize_images(images) if self.normalize else images}
+        for key, value in self.labels.items():
+            batch[key] = value[idx]
+        batch["image_id"] = batch["index"]
+        if with_meta:
+            batch["meta"] = [self.meta[int(self._global_index[i])] for i in idx.tolist()]
+        return batch
+
+    def batches(
+        self,
+        batch_size: int,
+        shuffle: bool = True,
+        generator: torch.Generator | None = None,
+        drop_last: bool = False,
+        with_meta: bool = False,
+    ) -> Iterator[dict[str, Any]]:
+        """One epoch of batches. Shuffling uses `generator` on its own device, then moves the
+        permutation to the data's device once."""
+        n = len(self)
+        if shuffle:
+            gen_device = generator.device if generator is not None else torch.device("cpu")
+            order = torch.randperm(n, generator=generator, device=gen_device).to(self.device)
+        else:
+            order = torch.arange(n, device=self.device)
+        stop = n - n % batch_size if drop_last else n
+        for start in range(0, stop, batch_size):
+            yield self.get(order[start : start + batch_size], with_meta=with_meta)
