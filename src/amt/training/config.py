@@ -1,0 +1,233 @@
+"""Typed configuration of a training run, and its composition with Hydra.
+
+The yaml files in `amt.config` (groups data/, model/, training/, experiment/) are composed with
+Hydra's compose API and validated against the dataclasses below: an unknown key or a value of
+the wrong type is an error that names the key. Two sections are generated from the dataclasses
+their owners define, so that they cannot drift:
+
+- `model`: every field of `amt.models.config.ModelConfig`, default `None` meaning "the preset's
+  value"; the model is built as `build_model(model.preset, **non-None fields)`.
+- `loss`: every field of `amt.training.losses.LossConfig` with its default.
+
+Batch size semantics: `training.batch_size` is the GLOBAL batch of one optimizer step; it is
+split over the processes of a distributed run and the gradient-accumulation micro-steps, so
+the same config trains the same way on 1 or N devices.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger(__name__)
+
+CONFIG_MODULE = "amt.config"
+
+
+@dataclass
+class DataConfig:
+    """Where training data comes from. Caches are built on first use when missing."""
+
+    root: str | None = None  # DexYCB-layout root (real or `amt synth` output)
+    split: str = "s0_train"
+    val_split: str | None = "s0_val"  # None: no validation
+    cache_dir: str | None = None  # default <root>/cache/<split>_<image_size> (as `amt cache`)
+    val_cache_dir: str | None = None
+    image_size: int = 224
+    loader: str = "auto"  # auto (gpu on CUDA, else dataset) | gpu | dataset
+    cache_mode: str = "memmap"  # CachedDataset mode: disk | memmap | ram
+    num_workers: int = 0  # DataLoader workers for the CachedDataset path
+    cache_workers: int = 2  # processes used to build a missing cache
+    augment: bool = True
+    augment_params: dict[str, Any] = field(default_factory=dict)  # fields of amt.data.augment's config
+
+
+@dataclass
+class StageConfig:
+    """One training stage. `start` is a fraction of the total steps; the stage lasts until the
+    next one starts. `loss_multipliers` scale the loss weights by term name (missing = 1.0);
+    over the first `ramp` (fraction of total steps) of the stage, multipliers and `lr_mult`
+    move linearly from the previous stage's values to these."""
+
+    name: str = "main"
+    start: float = 0.0
+    lr_mult: float = 1.0
+    ramp: float = 0.0
+    loss_multipliers: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class EMAConfig:
+    enabled: bool = True
+    decay: float = 0.999
+    warmup: bool = True  # effective decay min(decay, (1 + n) / (10 + n)) after n updates
+
+
+@dataclass
+class TrainingConfig:
+    output_dir: str = "runs/${experiment_name}"
+    overwrite: bool = False  # allow writing into an existing non-empty output_dir (never deletes it)
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    seed: int = 0
+    batch_size: int = 64  # global batch per optimizer step (all ranks, all accumulation steps)
+    grad_accum_steps: int = 1
+    epochs: int = 30
+    max_steps: int | None = None  # if set, the run length in optimizer steps (overrides epochs)
+    learning_rate: float = 1e-4  # heads
+    backbone_lr_mult: float = 0.1  # trainable backbone blocks get learning_rate * this
+    weight_decay: float = 0.05  # not applied to biases, norms and other 1-D parameters
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    warmup_fraction: float = 0.05
+    min_lr_ratio: float = 0.01  # cosine floor as a fraction of the peak
+    grad_clip: float = 1.0  # max global grad norm; 0 disables clipping
+    precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp32
+    ema: EMAConfig = field(default_factory=EMAConfig)
+    stages: list[StageConfig] = field(default_factory=lambda: [StageConfig()])
+    val_every_epochs: int = 1
+    log_every_steps: int = 10
+    collapse_threshold: float = 0.2  # warn when prediction spread / GT spread falls below
+    monitor_grad_norm: bool = True
+
+
+@dataclass
+class CheckpointConfig:
+    resume_from: str | None = None  # a checkpoint folder, or a run folder (uses checkpoints/last)
+    every_epochs: int = 1  # periodic checkpoints (0: only last/best)
+    every_steps: int = 0  # additional periodic checkpoints by step (0: off)
+    best_metric: str = "hand.root-relative.mpjpe"  # dotted key into the evaluator's result
+    best_mode: str = "min"  # min | max
+
+
+@dataclass
+class LoggingConfig:
+    tensorboard: bool = True
+    wandb: bool = False
+    wandb_project: str = "amt"
+    wandb_mode: str = "offline"
+    progress: bool = True  # tqdm bar with ETA (rank 0)
+
+
+def _model_section() -> type:
+    """Dataclass with every ModelConfig field defaulting to None ("the preset's value")."""
+    from amt.models.config import ModelConfig
+
+    names = [f.name for f in dataclasses.fields(ModelConfig) if f.name != "preset"]
+    spec = [("preset", str, field(default="tiny"))] + [(n, Any, field(default=None)) for n in names]
+    return dataclasses.make_dataclass("ModelSection", spec)
+
+
+def _loss_section() -> type:
+    """Dataclass with LossConfig's fields and defaults, typed Any (LossConfig validates types)."""
+    from amt.training.losses import LossConfig
+
+    defaults = LossConfig()
+    spec = []
+    for f in dataclasses.fields(LossConfig):
+        value = getattr(defaults, f.name)
+        if isinstance(value, (dict, list)):
+            spec.append((f.name, Any, field(default_factory=lambda v=value: type(v)(v))))
+        elif dataclasses.is_dataclass(value):
+            spec.append((f.name, Any, field(default_factory=lambda v=value: dataclasses.asdict(v))))
+        else:
+            spec.append((f.name, Any, field(default=value)))
+    return dataclasses.make_dataclass("LossSection", spec)
+
+
+@functools.cache
+def _schema_type() -> type:
+    model, loss = _model_section(), _loss_section()
+    return dataclasses.make_dataclass(
+        "AMTConfig",
+        [
+            ("experiment_name", str, field(default="default")),
+            ("data", DataConfig, field(default_factory=DataConfig)),
+            ("model", model, field(default_factory=model)),
+            ("loss", loss, field(default_factory=loss)),
+            ("training", TrainingConfig, field(default_factory=TrainingConfig)),
+            ("checkpoint", CheckpointConfig, field(default_factory=CheckpointConfig)),
+            ("logging", LoggingConfig, field(default_factory=LoggingConfig)),
+        ],
+    )
+
+
+def schema() -> DictConfig:
+    """The full config schema (all sections, with defaults) as a structured DictConfig."""
+    return OmegaConf.structured(_schema_type())
+
+
+def register_configs() -> None:
+    """Register the schema as `base_config` in Hydra's ConfigStore (config.yaml lists it first)."""
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(name="base_config", node=schema())
+
+
+def compose(config_name: str = "config", overrides: list[str] | None = None) -> DictConfig:
+    """Compose `amt.config/<config_name>.yaml` with Hydra overrides (verbatim command-line form,
+    e.g. "training.batch_size=64", "experiment=paper"); returns the validated, resolved config."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+
+    register_configs()
+    if GlobalHydra.instance().is_initialized():
+        GlobalHydra.instance().clear()
+    with initialize_config_module(config_module=CONFIG_MODULE, version_base=None):
+        cfg = hydra_compose(config_name=config_name, overrides=list(overrides or []))
+    OmegaConf.resolve(cfg)
+    return cfg
+
+
+@dataclass
+class RunConfig:
+    """The typed view of a composed config that the trainer consumes."""
+
+    experiment_name: str
+    data: DataConfig
+    model: dict[str, Any]  # preset + explicit overrides (None fields dropped)
+    loss: dict[str, Any]
+    training: TrainingConfig
+    checkpoint: CheckpointConfig
+    logging: LoggingConfig
+    resolved: dict[str, Any]  # the whole resolved config, as saved with checkpoints
+
+    @classmethod
+    def from_omegaconf(cls, cfg: DictConfig) -> RunConfig:
+        cfg = OmegaConf.merge(schema(), cfg)
+        OmegaConf.resolve(cfg)
+        model = {k: v for k, v in OmegaConf.to_container(cfg.model).items() if v is not None}
+        return cls(
+            experiment_name=cfg.experiment_name,
+            data=OmegaConf.to_object(cfg.data),
+            model=model,
+            loss=OmegaConf.to_container(cfg.loss),
+            training=OmegaConf.to_object(cfg.training),
+            checkpoint=OmegaConf.to_object(cfg.checkpoint),
+            logging=OmegaConf.to_object(cfg.logging),
+            resolved=OmegaConf.to_container(cfg),
+        )
+
+    def to_yaml(self) -> str:
+        return OmegaConf.to_yaml(OmegaConf.create(self.resolved))
+
+
+def build_loss_config(values: dict[str, Any]) -> Any:
+    """`amt.training.losses.LossConfig` from the `loss` section (nested dataclasses rebuilt)."""
+    from amt.training.losses import LossConfig
+
+    kwargs = {}
+    for f in dataclasses.fields(LossConfig):
+        if f.name not in values:
+            continue
+        default = getattr(LossConfig(), f.name)
+        value = values[f.name]
+        kwargs[f.name] = type(default)(**value) if dataclasses.is_dataclass(default) else value
+    unknown = set(values) - set(kwargs)
+    if unknown:
+        raise ValueError(f"config section 'loss': unknown keys {sorted(unknown)}; expected fields of LossConfig")
+    return LossConfig(**kwargs)
