@@ -83,7 +83,7 @@ def split_spec(split: str) -> SplitSpec:
     return SPLITS[split]
 
 
-class _CalibrationLoader(yaml.SafeLoader):
+class _CalibrationLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
     """Safe YAML loader that also accepts the `!!python/tuple` tag DexYCB's intrinsics use."""
 
 
