@@ -57,6 +57,8 @@ def make_batch(gen: torch.Generator, b: int = B) -> dict:
         "grasped": torch.zeros(b, dtype=torch.int64),
         "contact_points": joints[:, 8:9] + 0.01 * torch.randn(b, M, 3, generator=gen),
         "contact_valid": contact_valid,
+        "mano_shape": torch.randn(b, 10, generator=gen),
+        "mano_valid": torch.ones(b, dtype=torch.bool),
         "sequence_length": K_SEQ,
     }
 
@@ -121,8 +123,9 @@ def test_every_term_is_finite_nonzero_and_moves_the_gradient(example):
         assert torch.isfinite(terms[name]) and terms[name].abs() > 0, name
         without = _grads(dataclasses.replace(LossConfig(), **{name: 0.0}), outputs, batch)
         assert any(not torch.allclose(a, b, atol=0, rtol=0) for a, b in zip(base, without)), name
-    for part in ("penetration", "joint_limits", "bone_length", "stability"):
-        assert terms[f"physics/{part}"] > 0, part
+    for part in ("physics/penetration", "physics/joint_limits", "physics/bone_length", "physics/stability",
+                 "hand_coarse/shape", "hand_refined/confidence"):
+        assert terms[part] > 0, part
 
 
 def test_total_is_the_weighted_sum_and_stage_multipliers_apply(example):
@@ -145,6 +148,7 @@ def test_empty_batches_give_finite_values_and_gradients():
     batch["hand_valid"][:] = False
     batch["obj_valid"][:] = False
     batch["contact_valid"][:] = False
+    batch["mano_valid"][:] = False
     outputs = make_outputs(batch, gen)
     total, terms = AMTLoss()(outputs, batch)
     total.backward()
@@ -165,13 +169,14 @@ def test_perfect_predictions_zero_the_supervised_terms(example):
     batch["hand_valid"][:] = True
     perfect = dict(outputs)
     perfect["joints_3d"] = perfect["joints_3d_coarse"] = batch["joints_3d"].clone()
+    perfect["joint_conf"], perfect["mano_shape"] = torch.ones(B, 21), batch["mano_shape"]
     perfect["obj_t"] = torch.cat([batch["obj_t"][:, :2], batch["obj_t"][:, :2] + 1.0], 1)
     perfect["obj_quat"] = matrix_to_quat_wxyz(torch.cat([batch["obj_R"][:, :2]] * 2, 1))
     perfect["contact_points"] = torch.cat([batch["contact_points"][:, :2]] * 2, 1)
     perfect["aux"] = {"refine_steps": [], "hand_points": outputs["aux"]["hand_points"]}
     _, terms = AMTLoss()(perfect, batch)
     for name in ("hand_coarse", "hand_refined", "object_position", "reprojection", "temporal"):
-        assert terms[name].abs() < 1e-9, name
+        assert terms[name].abs() < 1e-6, name
     assert terms["object_rotation"].abs() < 1e-3  # float32 acos/quaternion round trip
 
 
@@ -185,6 +190,18 @@ def test_rotation_error_respects_object_symmetry():
     assert err[0] < 1e-3  # bowl: any turn about its axis is free
     assert err[1] == pytest.approx(geodesic_angle(pred[1], R[1]).item(), abs=1e-5)  # cracker box: plain
     assert err[2] < 1e-3 and err[3] < 1e-3  # blocks: 180 deg flips are free
+
+
+def test_rotation_matrix_output_is_preferred_over_the_quaternion(example):
+    batch, outputs = example
+    with_matrix = dict(outputs, obj_R=quat_wxyz_to_matrix(outputs["obj_quat"]).detach().requires_grad_(True))
+    with_matrix["obj_quat"] = torch.randn_like(outputs["obj_quat"])  # ignored when obj_R is given
+    with_matrix["aux"] = {"refine_steps": [], "hand_points": outputs["aux"]["hand_points"]}
+    outputs["aux"]["refine_steps"] = []
+    _, from_quat = AMTLoss()(outputs, batch)
+    _, from_matrix = AMTLoss()(with_matrix, batch)
+    assert torch.allclose(from_matrix["object_rotation"], from_quat["object_rotation"], atol=1e-5)
+    torch.autograd.grad(from_matrix["object_rotation"], with_matrix["obj_R"])
 
 
 def test_human_ground_truth_respects_the_hand_priors():
@@ -235,9 +252,9 @@ def test_minimising_the_loss_fits_the_targets():
     outputs = make_outputs(batch, gen, steps=0)
     loss = AMTLoss()
     params = [v for k, v in outputs.items() if k != "aux"] + [outputs["aux"]["hand_points"]]
-    opt = torch.optim.Adam(params, lr=3e-3)
+    opt = torch.optim.Adam(params, lr=5e-3)
     first = None
-    for _ in range(60):
+    for _ in range(30):
         opt.zero_grad()
         total, terms = loss(outputs, batch)
         first = first if first is not None else {n: terms[n].item() for n in TERM_NAMES}

@@ -92,6 +92,11 @@ class LossConfig:
     # hand: smooth-L1 transition (m) and the relative weight of fingertips (others 1)
     smooth_l1_beta_m: float = 0.01
     tip_weight: float = 2.0
+    # hand: MANO betas (inside hand_coarse) and joint confidence (inside hand_refined), whose
+    # target is exp(-joint error / confidence_scale_m)
+    shape_weight: float = 0.01
+    confidence_weight: float = 0.1
+    confidence_scale_m: float = 0.02
     # class: DETR's down-weighting of the "no object" class
     no_object_weight: float = 0.1
     # contact: focal loss (Lin et al. 2017)
@@ -146,6 +151,14 @@ def hand_joint_loss(
     absolute = per_joint(pred, gt)
     relative = per_joint(pred - pred[:, :1], gt - gt[:, :1])
     return _masked_mean(absolute + relative, valid)
+
+
+def predicted_rotation(prediction: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """(B, Q, 3, 3) object rotations of an output (or refinement-step) dict: `obj_R` when the
+    model provides it (no quaternion round trip), else from the unit quaternion `obj_quat`."""
+    if "obj_R" in prediction:
+        return prediction["obj_R"]
+    return quat_wxyz_to_matrix(prediction["obj_quat"])
 
 
 def _geodesic(R1: torch.Tensor, R2: torch.Tensor) -> torch.Tensor:
@@ -234,8 +247,8 @@ class AMTLoss(nn.Module):
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         matched = gather_matched(match_objects(outputs, batch, self.cfg.match), outputs["obj_t"].device)
         terms: dict[str, torch.Tensor] = {}
-        terms["hand_coarse"] = self._hand_coarse(outputs, batch)
-        terms["hand_refined"] = self._hand_refined(outputs, batch)
+        terms["hand_coarse"] = self._hand_coarse(outputs, batch, terms)
+        terms["hand_refined"] = self._hand_refined(outputs, batch, terms)
         terms["object_position"] = self._object_position(outputs, batch, matched)
         terms["object_rotation"] = self._object_rotation(outputs, batch, matched)
         terms["object_class"] = self._object_class(outputs, batch, matched)
@@ -262,12 +275,33 @@ class AMTLoss(nn.Module):
         w = joint_weights(self.cfg.tip_weight, pred.device)
         return hand_joint_loss(pred, batch["joints_3d"], batch["hand_valid"], w, self.cfg.smooth_l1_beta_m)
 
-    def _hand_coarse(self, outputs, batch) -> torch.Tensor:
-        return self._hand(outputs["joints_3d_coarse"], batch)
+    def _hand_coarse(self, outputs, batch, terms: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Coarse joints, plus the MANO betas (squared error) where `mano_valid`."""
+        joints = self._hand(outputs["joints_3d_coarse"], batch)
+        if "mano_shape" not in outputs or "mano_valid" not in batch:
+            return joints
+        shape_err = (outputs["mano_shape"] - batch["mano_shape"].to(outputs["mano_shape"])).pow(2).mean(-1)
+        shape = _masked_mean(shape_err, batch["mano_valid"])
+        terms["hand_coarse/shape"] = shape.detach()
+        return joints + self.cfg.shape_weight * shape
 
-    def _hand_refined(self, outputs, batch) -> torch.Tensor:
+    def _hand_refined(self, outputs, batch, terms: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Final joints and every refinement step, plus the joint-confidence calibration."""
         preds = [outputs["joints_3d"]] + [s["joints_3d"] for s in self._steps(outputs)]
-        return torch.stack([self._hand(p, batch) for p in preds]).mean()
+        joints = torch.stack([self._hand(p, batch) for p in preds]).mean()
+        if "joint_conf" not in outputs:
+            return joints
+        conf = self._confidence(outputs["joint_conf"], outputs["joints_3d"], batch)
+        terms["hand_refined/confidence"] = conf.detach()
+        return joints + self.cfg.confidence_weight * conf
+
+    def _confidence(self, conf: torch.Tensor, joints: torch.Tensor, batch) -> torch.Tensor:
+        """BCE of `joint_conf` (B, 21) against exp(-error / scale) of the final joints (error
+        detached: the confidence learns to report the error, not to change it)."""
+        err = (joints.detach() - batch["joints_3d"].to(joints)).norm(dim=-1)
+        target = torch.exp(-err / self.cfg.confidence_scale_m)
+        bce = F.binary_cross_entropy(conf.clamp(1e-6, 1 - 1e-6), target, reduction="none").mean(-1)
+        return _masked_mean(bce, batch["hand_valid"])
 
     @staticmethod
     def _steps(outputs) -> list[Mapping[str, torch.Tensor]]:
@@ -290,10 +324,8 @@ class AMTLoss(nn.Module):
             return _zero(outputs["obj_quat"])
         gt = batch["obj_R"][m.batch, m.slot].to(outputs["obj_quat"])
         cls = batch["obj_class"][m.batch, m.slot].to(m.batch.device)
-        errs = [
-            rotation_error(quat_wxyz_to_matrix(q[m.batch, m.query]), gt, cls).mean()
-            for q in self._object_predictions(outputs, "obj_quat")
-        ]
+        preds = [outputs] + [s for s in self._steps(outputs) if "obj_R" in s or "obj_quat" in s]
+        errs = [rotation_error(predicted_rotation(p)[m.batch, m.query], gt, cls).mean() for p in preds]
         return torch.stack(errs).mean()
 
     def _class_targets(self, outputs, batch, m: MatchedIndices) -> torch.Tensor:

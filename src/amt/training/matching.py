@@ -63,7 +63,8 @@ def match_objects(
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Optimal one-to-one assignment of queries to valid GT slots, per sample.
 
-    outputs: `obj_logits` (B, Q, C+1), `obj_t` (B, Q, 3) metres, `obj_quat` (B, Q, 4) wxyz.
+    outputs: `obj_logits` (B, Q, C+1), `obj_t` (B, Q, 3) metres, `obj_quat` (B, Q, 4) wxyz
+    (or `obj_R` (B, Q, 3, 3), used when present).
     batch: `obj_class` (B, M) int64, `obj_t` (B, M, 3), `obj_R` (B, M, 3, 3), `obj_valid` (B, M).
     Returns B pairs `(pred_idx, gt_idx)` of int64 CPU tensors with equal length
     min(Q, number of valid slots); `gt_idx` indexes the M slots (invalid slots never appear).
@@ -73,7 +74,8 @@ def match_objects(
     cost = cost or MatchCost()
     prob = outputs["obj_logits"].detach().float().softmax(-1)
     pred_t = outputs["obj_t"].detach().float()
-    pred_R = quat_wxyz_to_matrix(outputs["obj_quat"].detach().float())
+    pred_R = outputs["obj_R"] if "obj_R" in outputs else quat_wxyz_to_matrix(outputs["obj_quat"])
+    pred_R = pred_R.detach().float()
     result: list[tuple[torch.Tensor, torch.Tensor]] = []
     for b in range(prob.shape[0]):
         slots = torch.nonzero(batch["obj_valid"][b], as_tuple=False).flatten()
