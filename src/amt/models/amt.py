@@ -1,0 +1,188 @@
+"""AMT assembly: backbone -> pyramid -> query decoder -> hand encoder / object head ->
+pixel-aligned refinement -> contact head, plus save_pretrained / from_pretrained.
+
+Output contract (docs/architecture.md): the keys of `OUTPUT_KEYS` plus `aux`; metres, camera
+frame of the crop. `aux` holds `refine_steps` (list of dicts joints_3d / obj_t / obj_quat),
+`joints_3d_coarse`, `hand_points` (B,P,3), `obj_R` (B,Q,3,3), `contact_logit` (B,Q), and with
+`return_attention=True` `backbone_attentions` (list over tap blocks of (B,H,1+N,1+N)),
+`object_cross_attention` (B,H,Q,T) of the last decoder layer and `memory_shapes` (the (h, w)
+of each pyramid level in the decoder memory, in token order).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from amt.geometry.mano import ManoLayer
+from amt.models.backbone import DinoBackbone
+from amt.models.config import ModelConfig, make_config
+from amt.models.contact import ContactHead
+from amt.models.hand import HandEncoder
+from amt.models.layers import init_head_weights, sine_positions_2d
+from amt.models.objects import ObjectHead, QueryDecoder
+from amt.models.pyramid import FeaturePyramid
+from amt.models.refine import Refiner
+from amt.models.sigma_reparam import apply_sigma_reparam
+
+log = logging.getLogger(__name__)
+
+CONFIG_FILE, WEIGHTS_FILE = "config.yaml", "model.safetensors"
+OUTPUT_KEYS = ("joints_3d", "joints_3d_coarse", "joint_conf", "mano_shape", "obj_t", "obj_quat", "obj_logits",
+               "contact_points", "contact_prob", "contact_force")  # fmt: skip
+
+
+class AMT(nn.Module):
+    """The Advanced Manipulation Transformer.
+
+    forward(batch) reads batch["image"] (B,3,224,224) normalised RGB and batch["K"] (B,3,3) crop
+    intrinsics (pixels) and returns the output dict of docs/architecture.md. Everything except
+    `backbone` is the head; head initialisation never touches the backbone, so pretrained weights
+    loaded by the backbone survive construction.
+    """
+
+    def __init__(self, config: ModelConfig, load_backbone_weights: bool = True) -> None:
+        super().__init__()
+        cfg = self.config = config
+        if not all(0 <= i < len(cfg.pyramid_scales) for i in cfg.decoder_levels):
+            raise ValueError(f"model config: decoder_levels {cfg.decoder_levels} must index pyramid_scales {cfg.pyramid_scales}")
+        self.backbone = DinoBackbone(cfg)
+        if load_backbone_weights and cfg.backbone_weights:
+            self.backbone.load_pretrained(cfg.backbone_weights)
+        self.backbone.freeze()
+        if cfg.sigma_reparam and cfg.sigma_reparam_backbone:
+            self.backbone.apply_sigma_reparam()
+
+        D = cfg.hidden_dim
+        self.pyramid = FeaturePyramid(cfg)
+        self.cls_proj = nn.Linear(cfg.backbone_hidden, D)
+        init_head_weights(self.cls_proj)
+        self.level_embed = nn.Parameter(torch.randn(len(cfg.decoder_levels), D) * 0.02)
+        self.memory_shapes = [self._level_shape(cfg.grid_size, cfg.pyramid_scales[i]) for i in cfg.decoder_levels]
+        pos = [sine_positions_2d(h, w, D) for h, w in self.memory_shapes]
+        self.register_buffer("memory_pos", torch.cat(pos).unsqueeze(0), persistent=False)  # (1, T, D)
+        self.decoder = QueryDecoder(cfg)
+        self.hand = HandEncoder(cfg, ManoLayer.from_pickle(cfg.mano_path) if cfg.mano_path else None)
+        self.objects = ObjectHead(cfg)
+        self.refiner = Refiner(cfg, len(cfg.pyramid_scales))
+        self.contact = ContactHead(cfg)
+        if cfg.sigma_reparam:
+            apply_sigma_reparam(self, skip=("backbone",))
+
+    @staticmethod
+    def _level_shape(grid: int, scale: float) -> tuple[int, int]:
+        side = int(grid * scale)
+        return side, side
+
+    # ----------------------------------------------------------------- parameters
+    def trainable_backbone_parameters(self) -> list[nn.Parameter]:
+        """Backbone parameters that train (blocks after `freeze_blocks`, final norm)."""
+        return self.backbone.trainable_parameters()
+
+    def head_parameters(self) -> list[nn.Parameter]:
+        """Every trainable parameter outside the backbone."""
+        return [p for n, p in self.named_parameters() if not n.startswith("backbone.") and p.requires_grad]
+
+    # ----------------------------------------------------------------- forward
+    def forward(self, batch: dict[str, Any], return_attention: bool = False) -> dict[str, Any]:
+        image, K = batch["image"], batch["K"].to(batch["image"].dtype)
+        feats = self.backbone(image, return_attention=return_attention)
+        levels = self.pyramid(feats["taps"], feats["grid"])
+        memory = torch.cat(
+            [levels[i].flatten(2).transpose(1, 2) + self.level_embed[j] for j, i in enumerate(self.config.decoder_levels)],
+            dim=1,
+        )
+        cls = self.cls_proj(feats["cls"])
+        hand_token, obj_tokens, cross = self.decoder(memory, self.memory_pos, cls, return_attention)
+        hand = self.hand(hand_token, cls, K)
+        obj = self.objects(obj_tokens, K)
+        joints, obj_t, obj_R, obj_tokens, steps = self.refiner(
+            hand["joints_3d"], obj["obj_t"], obj["obj_R"], obj_tokens, hand["hand_feature"], levels,
+            self.pyramid.strides, K,
+        )  # fmt: skip
+        contact = self.contact(obj_tokens, hand["hand_feature"], joints, obj_t)
+        obj_quat = steps[-1]["obj_quat"] if steps else obj["obj_quat"]
+        aux: dict[str, Any] = {
+            "refine_steps": steps,
+            "joints_3d_coarse": hand["joints_3d_coarse"],
+            "hand_points": hand["hand_points"],
+            "obj_R": obj_R,
+            "contact_logit": contact["contact_logit"],
+        }
+        if return_attention:
+            aux["backbone_attentions"] = feats["attentions"]
+            aux["object_cross_attention"] = cross[:, :, 1:]
+            aux["memory_shapes"] = list(self.memory_shapes)
+        return {
+            "joints_3d": joints,
+            "joints_3d_coarse": hand["joints_3d_coarse"],
+            "joint_conf": hand["joint_conf"],
+            "mano_shape": hand["mano_shape"],
+            "obj_t": obj_t,
+            "obj_quat": obj_quat,
+            "obj_logits": obj["obj_logits"],
+            "contact_points": contact["contact_points"],
+            "contact_prob": contact["contact_prob"],
+            "contact_force": contact["contact_force"],
+            "aux": aux,
+        }
+
+    def forward_tensors(self, image: torch.Tensor, K: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Tensor-only forward for tracing / ONNX: the `OUTPUT_KEYS` values in that order."""
+        out = self.forward({"image": image, "K": K})
+        return tuple(out[k] for k in OUTPUT_KEYS)
+
+    # ----------------------------------------------------------------- persistence
+    def save_pretrained(self, folder: str | Path) -> Path:
+        """Write `config.yaml` and `model.safetensors` into `folder` (created if needed)."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        with (folder / CONFIG_FILE).open("w") as f:
+            yaml.safe_dump(self.config.to_dict(), f, sort_keys=False)
+        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        save_file(state, str(folder / WEIGHTS_FILE), metadata={"format": "pt", "preset": self.config.preset})
+        return folder
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path, map_location: str | torch.device = "cpu") -> AMT:
+        """Restore a model saved by `save_pretrained` (or a training checkpoint folder). Strict:
+        a missing or unexpected weight, or a shape mismatch, is an error naming the key."""
+        folder = Path(folder)
+        config_path, weights_path = folder / CONFIG_FILE, folder / WEIGHTS_FILE
+        for path in (folder, config_path, weights_path):
+            if not path.exists():
+                raise FileNotFoundError(f"checkpoint incomplete: {path} does not exist (expected {CONFIG_FILE} + {WEIGHTS_FILE})")
+        with config_path.open() as f:
+            values = yaml.safe_load(f) or {}
+        if isinstance(values.get("model"), dict):  # a full run config: take its model section
+            values = values["model"]
+        model = cls(ModelConfig.from_dict(values, source=str(config_path)), load_backbone_weights=False)
+        state = load_file(str(weights_path), device=str(map_location))
+        own = model.state_dict()
+        missing = sorted(set(own) - set(state))
+        unexpected = sorted(set(state) - set(own))
+        if missing:
+            raise KeyError(f"{weights_path}: missing weight(s) {missing[:10]}")
+        if unexpected:
+            raise KeyError(f"{weights_path}: unexpected weight(s) {unexpected[:10]}")
+        for key, value in state.items():
+            if value.shape != own[key].shape:
+                raise ValueError(f"{weights_path}: {key} has shape {tuple(value.shape)}, the model expects {tuple(own[key].shape)}")
+        model.load_state_dict(state, strict=True)
+        return model.to(map_location)
+
+    def named_head_modules(self) -> Iterator[tuple[str, nn.Module]]:
+        """The head's top-level modules (everything except the backbone)."""
+        return ((n, m) for n, m in self.named_children() if n != "backbone")
+
+
+def build_model(preset: str = "tiny", load_backbone_weights: bool = True, **overrides: Any) -> AMT:
+    """Build AMT from a preset (`tiny`, `vits14`, `vitb14`, `vitl14`, `vitg14`) and field overrides."""
+    return AMT(make_config(preset, **overrides), load_backbone_weights=load_backbone_weights)

@@ -1,0 +1,109 @@
+"""Model configuration: the `ModelConfig` dataclass and the table of named presets.
+
+Presets are data: `PRESETS[name]` holds the field values that differ from the defaults, and
+`make_config(preset, **overrides)` applies them. Backbone sizes follow DINOv2 (Oquab et al.
+2023); `backbone_image_size` is the positional-embedding grid of the pretrained weights (518 px
+for Meta's checkpoints), inputs of `image_size` pixels interpolate it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from amt.data.ycb import NUM_CLASSES
+
+
+@dataclass
+class ModelConfig:
+    """Every knob of `amt.models.AMT`. Lengths in metres, image quantities in pixels."""
+
+    preset: str = "tiny"
+    # --- backbone (DINOv2 ViT) ---
+    backbone_hidden: int = 64
+    backbone_layers: int = 4
+    backbone_heads: int = 4
+    backbone_mlp_ratio: int = 4
+    backbone_swiglu: bool = False
+    backbone_layerscale: float = 1.0
+    backbone_image_size: int = 224
+    patch_size: int = 14
+    image_size: int = 224
+    # hub id ("facebook/dinov2-large"), local HF folder, or Meta checkpoint (dinov2_vit*14_pretrain.pth)
+    backbone_weights: str | None = None
+    freeze_blocks: int = 2
+    # 1-based block indices whose outputs form the pyramid; None = quarter points of the depth
+    tap_blocks: list[int] | None = None
+    gradient_checkpointing: bool = False
+    # --- heads ---
+    hidden_dim: int = 64
+    num_heads: int = 4
+    mlp_ratio: float = 4.0
+    # pyramid level scale factors relative to the patch grid, one per tap block (fine to coarse)
+    pyramid_scales: list[float] = field(default_factory=lambda: [4.0, 2.0, 1.0, 0.5])
+    # pyramid levels (indices) the object decoder cross-attends to
+    decoder_levels: list[int] = field(default_factory=lambda: [1, 2, 3])
+    decoder_layers: int = 2
+    num_queries: int = 10
+    num_classes: int = NUM_CLASSES
+    point_layers: int = 2
+    refine_steps: int = 2
+    refine_axis_length: float = 0.05
+    # depth = fx * depth_per_focal * exp(raw): 1e-3 m per pixel of focal length puts a
+    # 224-px crop (fx ~ 700) at about 0.7 m, the DexYCB working distance
+    depth_per_focal: float = 1e-3
+    sigma_reparam: bool = True
+    sigma_reparam_backbone: bool = False
+    mano_path: str | None = None
+    surface_points_per_bone: int = 4
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], source: str = "<dict>") -> ModelConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise KeyError(f"{source}: unknown model config key(s) {unknown}; expected a subset of {sorted(known)}")
+        return cls(**values)
+
+    @property
+    def taps(self) -> list[int]:
+        """1-based tap blocks: explicit, or the quarter points of the depth (6, 12, 18, 24 for 24)."""
+        if self.tap_blocks is not None:
+            return list(self.tap_blocks)
+        n = self.backbone_layers
+        return [max(1, round(n * k / 4)) for k in range(1, 5)]
+
+    @property
+    def grid_size(self) -> int:
+        """Patch-grid side for `image_size` (16 for 224 / 14)."""
+        return self.image_size // self.patch_size
+
+
+_VIT = dict(backbone_image_size=518, backbone_layerscale=1e-5)
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": dict(),
+    "vits14": dict(_VIT, backbone_hidden=384, backbone_layers=12, backbone_heads=6, freeze_blocks=6,
+                   hidden_dim=384, num_heads=6, decoder_layers=4),
+    "vitb14": dict(_VIT, backbone_hidden=768, backbone_layers=12, backbone_heads=12, freeze_blocks=6,
+                   hidden_dim=512, num_heads=8, decoder_layers=6),
+    # the paper setup: ViT-L/14, blocks 0-11 frozen, taps 6/12/18/24, hidden 1024
+    "vitl14": dict(_VIT, backbone_hidden=1024, backbone_layers=24, backbone_heads=16, freeze_blocks=12,
+                   hidden_dim=1024, num_heads=16, decoder_layers=6),
+    "vitg14": dict(_VIT, backbone_hidden=1536, backbone_layers=40, backbone_heads=24, backbone_swiglu=True,
+                   freeze_blocks=20, hidden_dim=1024, num_heads=16, decoder_layers=6),
+}  # fmt: skip
+
+# Published parameter counts of the paper model (vitl14 at hidden 1024), millions.
+PAPER_PARAMS_M = {"total": 516.1, "trainable": 362.9}
+
+
+def make_config(preset: str = "tiny", **overrides: Any) -> ModelConfig:
+    """Look a preset up and apply field overrides (unknown names are an error)."""
+    if preset not in PRESETS:
+        raise KeyError(f"unknown model preset {preset!r}; expected one of {sorted(PRESETS)}")
+    return ModelConfig.from_dict({**PRESETS[preset], "preset": preset, **overrides}, source=f"preset {preset!r}")

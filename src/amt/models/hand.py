@@ -1,0 +1,137 @@
+"""Multi-coordinate hand encoder.
+
+1. Coarse hand from the hand token: root 2D in crop pixels + depth, lifted with the crop K;
+   the other joints as root-relative offsets; MANO shape (and MANO pose when a MANO layer is
+   configured).
+2. From the coarse joints, the 22 local frames (`amt.geometry.frames`); hand surface points
+   (MANO's 778 vertices when a MANO layer is configured, else skeleton surface points) are
+   expressed in all 22 frames (66 values) plus a point-index feature: 67 per point. These
+   features are invariant to a rigid motion of the hand.
+3. A PointNet (shared per-point MLP fused with the image feature, attention pooling) predicts
+   refined joints (residuals in the palm frame), per-joint confidence and the MANO shape.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from amt.geometry.camera import unproject
+from amt.geometry.frames import NUM_FRAMES, local_frames, to_local
+from amt.geometry.hand_surface import skeleton_surface_points
+from amt.geometry.mano import ManoLayer
+from amt.models.config import ModelConfig
+from amt.models.layers import MLP, init_head_weights
+
+HAND_SCALE = 0.1  # metres: local coordinates and joint offsets are expressed in units of 10 cm
+RESIDUAL_SCALE = 0.02  # metres per unit of the refinement output
+NUM_SHAPE, NUM_MANO_POSE = 10, 48
+FEATURES_PER_POINT = NUM_FRAMES * 3 + 1  # 67
+
+
+# Reference open right hand: per finger (thumb..little) the direction of the finger in the
+# palm plane (degrees from the wrist -> middle-mcp axis), the wrist -> mcp distance and the three
+# bone lengths, metres (adult averages). Only used to initialise the coarse joint offsets.
+_REFERENCE_FINGERS = (
+    (-50.0, 0.035, (0.038, 0.032, 0.027)),
+    (-15.0, 0.090, (0.039, 0.023, 0.023)),
+    (0.0, 0.092, (0.043, 0.027, 0.024)),
+    (12.0, 0.088, (0.040, 0.026, 0.023)),
+    (25.0, 0.082, (0.032, 0.019, 0.021)),
+)
+
+
+def mean_hand_offsets() -> torch.Tensor:
+    """(21, 3) root-relative joints of a flat reference hand, metres, DexYCB order, in the
+    image plane (fingers towards -y, i.e. up in the image)."""
+    joints = [torch.zeros(3)]
+    for angle, base, lengths in _REFERENCE_FINGERS:
+        a = math.radians(angle)
+        direction = torch.tensor([math.sin(a), -math.cos(a), 0.0])
+        reach = base
+        joints.append(direction * reach)
+        for length in lengths:
+            reach += length
+            joints.append(direction * reach)
+    return torch.stack(joints)
+
+
+def multi_coordinate_features(points: torch.Tensor, R: torch.Tensor, origins: torch.Tensor) -> torch.Tensor:
+    """points: (B, P, 3) metres; R (B, 22, 3, 3), origins (B, 22, 3): the hand's local frames
+    (`local_frames`). Returns (B, P, 67): each point in the 22 frames (in units of HAND_SCALE)
+    and its index / (P - 1)."""
+    local = to_local(points, R, origins).flatten(-2) / HAND_SCALE  # (B, P, 66)
+    P = points.shape[-2]
+    index = torch.linspace(0.0, 1.0, P, dtype=points.dtype, device=points.device)
+    return torch.cat([local, index.expand(*points.shape[:-2], P).unsqueeze(-1)], dim=-1)
+
+
+class HandEncoder(nn.Module):
+    """forward(hand_token (B,D), cls (B,D), K (B,3,3)) -> dict:
+    joints_3d_coarse (B,21,3) m, joints_3d (B,21,3) m, joint_conf (B,21) in [0,1],
+    mano_shape (B,10), hand_points (B,P,3) m, hand_feature (B,D)."""
+
+    def __init__(self, cfg: ModelConfig, mano: ManoLayer | None = None) -> None:
+        super().__init__()
+        D = cfg.hidden_dim
+        self.mano = mano
+        self.image_size = cfg.image_size
+        self.depth_per_focal = cfg.depth_per_focal
+        self.per_bone = cfg.surface_points_per_bone
+        n_pose = NUM_MANO_POSE if mano is not None else 0
+        # one wide output: root uv (2), log depth (1), 20 offsets (60), shape (10), [MANO pose (48)]
+        self.coarse = MLP(2 * D, D, 3 + 60 + NUM_SHAPE + n_pose)
+        self.point_in = MLP(FEATURES_PER_POINT, D, D)
+        self.image_in = nn.Linear(2 * D, D)
+        self.point_layers = nn.ModuleList(nn.Linear(D, D) for _ in range(max(cfg.point_layers - 1, 0)))
+        self.point_score = nn.Linear(D, 1)
+        self.out = MLP(2 * D, D, 63 + 21 + NUM_SHAPE)
+        init_head_weights(self)
+        with torch.no_grad():
+            self.coarse[-1].bias[3:63].copy_(mean_hand_offsets()[1:].flatten() / HAND_SCALE)
+            self.out[-1].weight.mul_(0.1)
+
+    def _coarse(self, fused: torch.Tensor, K: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        raw = self.coarse(fused)
+        half = self.image_size / 2
+        uv = half + half * raw[:, None, 0:2]  # (B, 1, 2) crop pixels
+        depth = K[:, 0, 0, None] * self.depth_per_focal * torch.exp(raw[:, 2:3])  # (B, 1) metres
+        root = unproject(uv, depth, K)  # (B, 1, 3)
+        offsets = raw[:, 3:63].unflatten(-1, (20, 3)) * HAND_SCALE
+        joints = torch.cat([root, root + offsets], dim=1)
+        return joints, raw[:, 63 : 63 + NUM_SHAPE], raw[:, 63 + NUM_SHAPE :]
+
+    def surface_points(self, joints: torch.Tensor, shape: torch.Tensor, mano_pose: torch.Tensor) -> torch.Tensor:
+        """(B, P, 3) metres: MANO vertices placed at the coarse wrist, or skeleton points."""
+        if self.mano is None:
+            return skeleton_surface_points(joints, self.per_bone)
+        zeros = torch.zeros_like(mano_pose[:, :3])
+        verts, mano_joints = self.mano(mano_pose[:, :3], mano_pose[:, 3:], shape, zeros)
+        return verts - mano_joints[:, :1] + joints[:, :1]
+
+    def forward(self, hand_token: torch.Tensor, cls: torch.Tensor, K: torch.Tensor) -> dict[str, torch.Tensor]:
+        fused = torch.cat([hand_token, cls], dim=-1)  # (B, 2D)
+        coarse, shape_coarse, mano_pose = self._coarse(fused, K)
+        points = self.surface_points(coarse, shape_coarse, mano_pose)
+        R, origins = local_frames(coarse)
+        feats = multi_coordinate_features(points, R, origins)  # (B, P, 67)
+        image = self.image_in(fused)
+        x = F.gelu(self.point_in(feats) + image.unsqueeze(1))
+        for layer in self.point_layers:
+            x = F.gelu(layer(x))
+        weights = torch.softmax(self.point_score(x), dim=1)  # (B, P, 1) attention pooling
+        pooled = (weights * x).sum(dim=1)
+        raw = self.out(torch.cat([pooled, image], dim=-1))
+        # residuals are predicted in the palm frame (the last frame) and rotated to the camera
+        delta = raw[:, :63].unflatten(-1, (21, 3)) @ R[:, -1].transpose(-1, -2) * RESIDUAL_SCALE
+        return {
+            "joints_3d_coarse": coarse,
+            "joints_3d": coarse + delta,
+            "joint_conf": torch.sigmoid(raw[:, 63:84]),
+            "mano_shape": shape_coarse + raw[:, 84 : 84 + NUM_SHAPE],
+            "hand_points": points,
+            "hand_feature": pooled + image,
+        }

@@ -1,0 +1,73 @@
+"""Small building blocks shared by the heads: attention with optional probability maps, MLP,
+sine positional encodings and the head weight initialisation."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class Attention(nn.Module):
+    """Multi-head attention on SDPA with separate q / k / v / out projections (so each is an
+    `nn.Linear` that sigma reparameterisation can wrap).
+
+    forward(q (B,Lq,D), k (B,Lk,D), v (B,Lk,D), return_probs) -> (out (B,Lq,D), probs (B,H,Lq,Lk) or None)
+    """
+
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"model config: hidden_dim={dim} is not divisible by num_heads={heads}")
+        self.heads = heads
+        self.q = nn.Linear(dim, dim)
+        self.k = nn.Linear(dim, dim)
+        self.v = nn.Linear(dim, dim)
+        self.out = nn.Linear(dim, dim)
+
+    def forward(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, return_probs: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        split = lambda x: x.unflatten(-1, (self.heads, -1)).transpose(1, 2)  # noqa: E731
+        qh, kh, vh = split(self.q(q)), split(self.k(k)), split(self.v(v))
+        probs = None
+        if return_probs:
+            probs = torch.softmax(qh @ kh.transpose(-1, -2) / math.sqrt(qh.shape[-1]), dim=-1)
+            x = probs @ vh
+        else:
+            x = F.scaled_dot_product_attention(qh, kh, vh)
+        return self.out(x.transpose(1, 2).flatten(-2)), probs
+
+
+class MLP(nn.Sequential):
+    """Linear -> GELU -> Linear."""
+
+    def __init__(self, dim_in: int, dim_hidden: int, dim_out: int) -> None:
+        super().__init__(nn.Linear(dim_in, dim_hidden), nn.GELU(), nn.Linear(dim_hidden, dim_out))
+
+
+def sine_positions_2d(h: int, w: int, dim: int, temperature: float = 10000.0) -> torch.Tensor:
+    """Fixed 2D sine/cosine encoding of an h x w grid -> (h*w, dim), row-major like the tokens."""
+    if dim % 4:
+        raise ValueError(f"positional encoding dim {dim} must be divisible by 4")
+    ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32), indexing="ij")
+    # coordinates normalised to [0, 1] over the image so levels of different sizes agree
+    ys, xs = (ys.flatten() + 0.5) / h, (xs.flatten() + 0.5) / w
+    freq = temperature ** (-torch.arange(dim // 4, dtype=torch.float32) / (dim // 4))
+    ang_x, ang_y = 2 * math.pi * xs[:, None] * freq * 10, 2 * math.pi * ys[:, None] * freq * 10
+    return torch.cat([ang_x.sin(), ang_x.cos(), ang_y.sin(), ang_y.cos()], dim=-1)
+
+
+@torch.no_grad()
+def init_head_weights(module: nn.Module, std: float = 0.02) -> None:
+    """Truncated-normal linear weights, zero biases, unit norms: heads only, never the backbone."""
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.trunc_normal_(m.weight, std=std)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)

@@ -1,0 +1,106 @@
+"""sigma-reparameterised linear layers (Zhai et al. 2023, "Stabilizing Transformer Training by
+Preventing Attention Entropy Collapse").
+
+W_hat = (gamma / sigma(W)) W, where sigma(W) is the spectral norm estimated by power iteration
+(one step per training forward, persistent u / v buffers) and gamma is a learnable scalar
+initialised to sigma(W) so that the initial function is unchanged. The forward has no
+data-dependent Python, so it traces and exports (in eval mode the buffers are constants).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+INIT_POWER_ITERATIONS = 20
+
+
+class SigmaReparamLinear(nn.Module):
+    """Drop-in replacement for `nn.Linear` with sigma reparameterisation.
+
+    Parameters keep nn.Linear's names (`weight` (out, in), `bias` (out,)) plus `gamma` (scalar);
+    buffers `u` (out,) and `v` (in,) hold the power-iteration state.
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True) -> None:
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.weight = nn.Parameter(torch.empty(out_features, in_features))
+        self.bias = nn.Parameter(torch.empty(out_features)) if bias else None
+        self.gamma = nn.Parameter(torch.ones(()))
+        self.register_buffer("u", torch.empty(out_features))
+        self.register_buffer("v", torch.empty(in_features))
+        linear = nn.Linear(in_features, out_features, bias=bias, device=self.weight.device)
+        self.load_linear(linear)
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear) -> SigmaReparamLinear:
+        """Wrap an existing layer, keeping its weights (and hence its function)."""
+        layer = cls(linear.in_features, linear.out_features, bias=linear.bias is not None)
+        layer.to(device=linear.weight.device, dtype=linear.weight.dtype)
+        layer.load_linear(linear)
+        return layer
+
+    @torch.no_grad()
+    def load_linear(self, linear: nn.Linear) -> None:
+        """Copy weights from `linear`, re-estimate sigma and set gamma = sigma."""
+        self.weight.copy_(linear.weight)
+        if self.bias is not None:
+            self.bias.copy_(linear.bias)
+        self.reset_sigma()
+
+    @torch.no_grad()
+    def reset_sigma(self, iterations: int = INIT_POWER_ITERATIONS) -> None:
+        """Start u, v from a deterministic vector, iterate, and set gamma to the estimate."""
+        self.v.copy_(F.normalize(torch.ones_like(self.v), dim=0))
+        self.u.copy_(F.normalize(self.weight @ self.v, dim=0))
+        for _ in range(iterations):
+            self.power_iteration()
+        self.gamma.copy_(self.sigma())
+
+    @torch.no_grad()
+    def power_iteration(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """One step of power iteration on W: updates the u, v buffers in place and returns fresh
+        copies (autograd saves those, so a later step cannot invalidate a pending backward)."""
+        w = self.weight.detach().to(self.u.dtype)
+        v = F.normalize(w.t() @ self.u, dim=0, eps=1e-12)
+        u = F.normalize(w @ v, dim=0, eps=1e-12)
+        self.v.copy_(v)
+        self.u.copy_(u)
+        return u, v
+
+    def sigma(self, u: torch.Tensor | None = None, v: torch.Tensor | None = None) -> torch.Tensor:
+        """Spectral-norm estimate u^T W v (scalar, differentiable in W); defaults to the buffers."""
+        u = self.u if u is None else u
+        v = self.v if v is None else v
+        return torch.einsum("o,oi,i->", u.to(self.weight.dtype), self.weight, v.to(self.weight.dtype))
+
+    def effective_weight(self, u: torch.Tensor | None = None, v: torch.Tensor | None = None) -> torch.Tensor:
+        """W_hat = gamma / sigma * W, (out, in)."""
+        return self.weight * (self.gamma / self.sigma(u, v))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        u, v = self.power_iteration() if self.training else (self.u, self.v)
+        return F.linear(x, self.effective_weight(u, v), self.bias)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+
+
+def apply_sigma_reparam(module: nn.Module, skip: tuple[str, ...] = ()) -> int:
+    """Replace every `nn.Linear` inside `module` (recursively) by a `SigmaReparamLinear`.
+
+    Norms and embeddings are untouched; direct children named in `skip` are left alone.
+    Returns the number of layers replaced.
+    """
+    count = 0
+    for name, child in list(module.named_children()):
+        if name in skip:
+            continue
+        if type(child) is nn.Linear:
+            setattr(module, name, SigmaReparamLinear.from_linear(child))
+            count += 1
+        else:
+            count += apply_sigma_reparam(child)
+    return count
