@@ -1,0 +1,401 @@
+"""Run a model over a cached split and compute every number of the evaluation report.
+
+Two steps, usable separately:
+
+* `collect_predictions(model, dataset, ...)` runs the model (no augmentation, inference mode)
+  and gathers predictions and ground truth of the whole split as numpy arrays
+  (`Predictions`), including the Hungarian matching of object queries to ground-truth slots.
+* `compute_metrics(predictions, object_models, ...)` turns them into the report dict
+  (docs/metrics.md "The evaluation report"): hand, objects, contacts, collapse ratio and,
+  given the training split, the two honest baselines.
+
+`evaluate(...)` does both. Units: metres in the arrays, millimetres in reported errors.
+
+The cache keeps 3D labels in the original camera frame (a crop only changes K), and the model
+lifts its 3D outputs with the crop K into that same frame, so predictions are compared and
+submitted as they come out of the model.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from amt.data.cache import open_cache
+from amt.data.loaders import batch_to_device, collate
+from amt.data.object_models import ObjectModels
+from amt.data.ycb import SYMMETRIC_IDS, YCB_CLASSES
+from amt.evaluation import metrics
+from amt.geometry.hand_skeleton import JOINT_NAMES
+from amt.geometry.rotations import geodesic_angle, quat_wxyz_to_matrix
+from amt.training.matching import match_objects
+
+log = logging.getLogger(__name__)
+
+ALIGNMENTS = metrics.ALIGNMENTS
+FORCES_NOTE = (
+    "contact forces have no ground truth (DexYCB ships none); they are trained only through "
+    "the physics loss terms and are not evaluated"
+)
+# Batch keys the evaluator gathers as ground truth (batch contract, docs/architecture.md).
+_GT_KEYS = (
+    "K", "joints_3d", "joints_2d", "hand_valid", "obj_R", "obj_t", "obj_class", "obj_valid",
+    "grasped", "contact_points", "contact_valid",
+)  # fmt: skip
+
+
+@dataclass
+class Predictions:
+    """Predictions and ground truth of a whole split (N samples, Q queries, M GT slots).
+
+    Prediction arrays: `joints_3d` (N,21,3) m; `joint_conf` (N,21); `obj_t` (N,Q,3) m;
+    `obj_R` (N,Q,3,3); `obj_prob` (N,Q,C+1) softmax, last = no object; `contact_points`
+    (N,Q,3) m; `contact_prob` (N,Q). Ground truth under `gt` with the batch-contract names
+    (`joints_3d`, `hand_valid`, `obj_R`, `obj_t`, `obj_class`, `obj_valid`, `grasped`,
+    `contact_points`, `contact_valid`, `K`, `joints_2d`). `match` (N,M): query index assigned to
+    each GT slot, -1 where the slot is padding or no query was assigned. `index`: the split's
+    sample index (toolkit image_id); `position`: position in the evaluated dataset;
+    `meta`: per-sample metadata dicts.
+    """
+
+    index: np.ndarray
+    position: np.ndarray
+    meta: list[dict[str, Any]]
+    joints_3d: np.ndarray
+    joint_conf: np.ndarray
+    obj_t: np.ndarray
+    obj_R: np.ndarray
+    obj_prob: np.ndarray
+    contact_points: np.ndarray
+    contact_prob: np.ndarray
+    match: np.ndarray
+    gt: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+
+@dataclass
+class TrainingStatistics:
+    """What the baselines predict: the training split's mean root-relative pose (21,3) m and
+    mean object translation (3,) m, over valid hands / valid object slots."""
+
+    mean_root_relative_joints: np.ndarray
+    mean_object_translation: np.ndarray
+    num_hands: int
+    num_objects: int
+
+
+def _numpy(x: torch.Tensor) -> np.ndarray:
+    return x.detach().float().cpu().numpy() if x.is_floating_point() else x.detach().cpu().numpy()
+
+
+def _match_slots(outputs: dict[str, torch.Tensor], batch: dict[str, Any], num_slots: int) -> np.ndarray:
+    """(B, M) query index assigned to each valid GT slot by the Hungarian matcher, -1 elsewhere."""
+    match = np.full((batch["obj_valid"].shape[0], num_slots), -1, dtype=np.int64)
+    for b, (pred_idx, gt_idx) in enumerate(match_objects(outputs, batch)):
+        match[b, np.asarray(gt_idx, dtype=np.int64)] = np.asarray(pred_idx, dtype=np.int64)
+    return match
+
+
+@torch.inference_mode()
+def collect_predictions(
+    model: torch.nn.Module,
+    dataset: Dataset,
+    batch_size: int = 32,
+    device: str | torch.device = "cpu",
+    num_workers: int = 0,
+) -> Predictions:
+    """Run `model` over every sample of `dataset` (batch-contract samples) in order.
+
+    The model gets the batch's tensors on `device` (it reads `image` and `K`); nothing is
+    augmented. Returns a `Predictions` in dataset order.
+    """
+    model.eval().to(device)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=collate)
+    parts: dict[str, list[np.ndarray]] = {}
+    meta: list[dict[str, Any]] = []
+    index: list[np.ndarray] = []
+    start = 0
+    for batch in loader:
+        outputs = model(batch_to_device(batch, device))
+        bsz = batch["image"].shape[0]
+        probs = outputs["obj_logits"].float().softmax(-1)
+        values = {
+            "joints_3d": outputs["joints_3d"],
+            "joint_conf": outputs["joint_conf"],
+            "obj_t": outputs["obj_t"],
+            "obj_R": quat_wxyz_to_matrix(outputs["obj_quat"].float()),
+            "obj_prob": probs,
+            "contact_points": outputs["contact_points"],
+            "contact_prob": outputs["contact_prob"],
+        }
+        cpu_outputs = {k: v.detach().float().cpu() for k, v in outputs.items() if isinstance(v, torch.Tensor)}
+        gt_batch = {k: batch[k] for k in _GT_KEYS}
+        values["match"] = torch.from_numpy(_match_slots(cpu_outputs, gt_batch, batch["obj_valid"].shape[1]))
+        for key in _GT_KEYS:
+            values["gt_" + key] = batch[key]
+        for key, value in values.items():
+            parts.setdefault(key, []).append(_numpy(value))
+        sample_index = batch.get("image_id", batch.get("index"))
+        if sample_index is None:
+            raise KeyError("evaluator: dataset samples need an 'image_id' or 'index' key (the split's sample index)")
+        index.append(np.asarray(sample_index, dtype=np.int64).reshape(-1))
+        meta.extend(batch.get("meta", [{}] * bsz))
+        start += bsz
+    if start == 0:
+        raise ValueError("evaluator: the dataset to evaluate is empty")
+    arrays = {k: np.concatenate(v) for k, v in parts.items()}
+    gt = {k[3:]: arrays.pop(k) for k in list(arrays) if k.startswith("gt_")}
+    gt["hand_valid"] = gt["hand_valid"].astype(bool)
+    gt["obj_valid"] = gt["obj_valid"].astype(bool)
+    gt["contact_valid"] = gt["contact_valid"].astype(bool)
+    return Predictions(index=np.concatenate(index), position=np.arange(start), meta=meta, gt=gt, **arrays)
+
+
+def training_statistics(train: Dataset | str | Path) -> TrainingStatistics:
+    """Mean root-relative hand pose and mean object translation of a training split.
+
+    train: a cache folder, a `CachedDataset` (its label arrays are read without decoding
+    images), or any dataset of batch-contract samples (iterated).
+    """
+    keys = ("joints_3d", "hand_valid", "obj_t", "obj_valid")
+    if isinstance(train, (str, Path)):
+        labels = {k: open_cache(train).labels[k] for k in keys}
+    elif hasattr(train, "folder") and hasattr(train, "indices"):
+        cache = open_cache(train.folder)
+        labels = {k: np.asarray(cache.labels[k])[train.indices] for k in keys}
+    else:
+        rows = [{k: np.asarray(train[i][k]) for k in keys} for i in range(len(train))]
+        labels = {k: np.stack([r[k] for r in rows]) for k in keys}
+    joints = np.asarray(labels["joints_3d"], dtype=np.float64)
+    hand_valid = np.asarray(labels["hand_valid"], dtype=bool)
+    obj_t = np.asarray(labels["obj_t"], dtype=np.float64)
+    obj_valid = np.asarray(labels["obj_valid"], dtype=bool)
+    if not hand_valid.any() or not obj_valid.any():
+        raise ValueError("evaluator: the training split has no valid hand or no valid object for the baselines")
+    rr = joints[hand_valid] - joints[hand_valid][:, :1]
+    return TrainingStatistics(
+        mean_root_relative_joints=rr.mean(axis=0),
+        mean_object_translation=obj_t[obj_valid].mean(axis=0),
+        num_hands=int(hand_valid.sum()),
+        num_objects=int(obj_valid.sum()),
+    )
+
+
+def joints_mm(joints_m: np.ndarray) -> np.ndarray:
+    """Metres -> float64 millimetres the way the toolkit converts its ground truth (x 1000 in
+    float32), applied to predictions too so that identical joints score exactly 0."""
+    return (np.asarray(joints_m, np.float32) * np.float32(1000)).astype(np.float64)
+
+
+def _hand_metrics(pred: Predictions, pck_threshold_mm: float) -> tuple[dict, dict]:
+    valid = pred.gt["hand_valid"]
+    if not valid.any():
+        raise ValueError("evaluator: no sample of the split has a valid hand annotation")
+    pred_mm = joints_mm(pred.joints_3d[valid])
+    gt_mm = joints_mm(pred.gt["joints_3d"][valid])
+    table = metrics.hpe_metrics(pred_mm, gt_mm, units="mm")
+    errors = {a: metrics.joint_errors(pred_mm, gt_mm, a, units="mm") for a in ALIGNMENTS}
+    details = {
+        "num_samples": int(valid.sum()),
+        f"pck@{pck_threshold_mm:g}mm": {a: float(metrics.pck(errors[a], pck_threshold_mm)) for a in ALIGNMENTS},
+        "per_joint_mpjpe_mm": {
+            a: {name: float(e) for name, e in zip(JOINT_NAMES, errors[a].mean(axis=0))} for a in ALIGNMENTS
+        },
+        "pck_curves": {
+            "thresholds_mm": metrics.PCK_THRESHOLDS_MM.tolist(),
+            **{a: metrics.pck_curve(errors[a]).tolist() for a in ALIGNMENTS},
+        },
+    }
+    return table, details
+
+
+def _pose_error_summary(errors: np.ndarray, diameters: np.ndarray) -> dict[str, float | None]:
+    """errors (n,) metres with inf for misses -> mean (mm, over detected), AUC, <10% diameter."""
+    finite = np.isfinite(errors)
+    return {
+        "mean_mm": float(errors[finite].mean() * 1000) if finite.any() else None,
+        "auc": float(metrics.add_auc(errors, max_threshold=0.1)),
+        "acc_10pct_diameter": float(metrics.accuracy_within_diameter(errors, diameters, fraction=0.1)),
+    }
+
+
+def _object_instances(pred: Predictions, object_models: ObjectModels, num_points: int) -> dict[str, np.ndarray]:
+    """One row per valid GT object: sample, slot, matched query (-1 none), class, grasped,
+    detected, class_correct, errors in metres (`add`, `add_s`, `t_err`; inf when missed),
+    `r_err_deg`, `diameter` (m)."""
+    gt = pred.gt
+    none = pred.obj_prob.shape[-1] - 1
+    n, m = np.nonzero(gt["obj_valid"])
+    q = pred.match[n, m]
+    matched = q >= 0
+    qs = np.where(matched, q, 0)
+    top = np.where(matched, pred.obj_prob[n, qs].argmax(-1), none)
+    cls = gt["obj_class"][n, m].astype(np.int64)
+    detected = matched & (top != none)
+    R, t = pred.obj_R[n, qs].astype(np.float64), pred.obj_t[n, qs].astype(np.float64)
+    gt_R, gt_t = gt["obj_R"][n, m].astype(np.float64), gt["obj_t"][n, m].astype(np.float64)
+    r_err = np.degrees(geodesic_angle(torch.from_numpy(R), torch.from_numpy(gt_R)).numpy())
+    add, add_s = np.full(len(n), np.inf), np.full(len(n), np.inf)
+    for k in np.nonzero(detected)[0]:
+        points = object_models.points(int(cls[k]), n=num_points).astype(np.float64)
+        add[k] = metrics.add(R[k], t[k], gt_R[k], gt_t[k], points)
+        add_s[k] = metrics.add_s(R[k], t[k], gt_R[k], gt_t[k], points)
+    return {
+        "sample": n, "slot": m, "query": np.where(matched, q, -1), "class": cls,
+        "grasped": gt["grasped"][n] == m, "detected": detected, "class_correct": matched & (top == cls - 1),
+        "add": add, "add_s": add_s,
+        "t_err": np.where(matched, np.linalg.norm(t - gt_t, axis=-1), np.inf),
+        "r_err_deg": np.where(matched, r_err, np.inf),
+        "diameter": np.array([object_models.diameter(int(c)) for c in cls]),
+    }  # fmt: skip
+
+
+def _object_group(inst: dict[str, np.ndarray], mask: np.ndarray) -> dict[str, Any]:
+    sym = np.isin(inst["class"], list(SYMMETRIC_IDS))
+    add_minus_s = np.where(sym, inst["add_s"], inst["add"])
+    matched = mask & (inst["query"] >= 0)
+    diam = inst["diameter"][mask]
+    return {
+        "num_instances": int(mask.sum()),
+        "num_missed": int((mask & ~inst["detected"]).sum()),
+        "class_accuracy": float(inst["class_correct"][mask].mean()) if mask.any() else None,
+        "add": _pose_error_summary(inst["add"][mask], diam),
+        "add_s": _pose_error_summary(inst["add_s"][mask], diam),
+        "add(-s)": _pose_error_summary(add_minus_s[mask], diam),
+        "translation_error_mm": float(inst["t_err"][matched].mean() * 1000) if matched.any() else None,
+        "rotation_error_deg": float(inst["r_err_deg"][matched].mean()) if matched.any() else None,
+    }
+
+
+def _object_metrics(inst: dict[str, np.ndarray]) -> dict[str, Any]:
+    everything = np.ones(len(inst["class"]), dtype=bool)
+    return {
+        "all": _object_group(inst, everything),
+        "grasped": _object_group(inst, inst["grasped"].astype(bool)),
+        "per_object": {
+            YCB_CLASSES[c]: _object_group(inst, inst["class"] == c) for c in sorted(set(inst["class"].tolist()))
+        },
+        "symmetric_ids": sorted(SYMMETRIC_IDS),
+        "miss_rule": "a GT object is missed when no query is matched to it or its matched query predicts 'no object'",
+    }
+
+
+def _contact_metrics(pred: Predictions, inst: dict[str, np.ndarray], threshold: float) -> dict[str, Any]:
+    matched = inst["query"] >= 0
+    n, m, q = inst["sample"][matched], inst["slot"][matched], inst["query"][matched]
+    label = pred.gt["contact_valid"][n, m]
+    guess = pred.contact_prob[n, q] >= threshold
+    tp, fp = int((guess & label).sum()), int((guess & ~label).sum())
+    fn = int((~guess & label).sum())
+    precision = tp / (tp + fp) if tp + fp else 0.0
+    recall = tp / (tp + fn) if tp + fn else 0.0
+    positive_rate = float(label.mean()) if label.size else 0.0
+    point_err = np.linalg.norm(pred.contact_points[n, q] - pred.gt["contact_points"][n, m], axis=-1)[label]
+    return {
+        "num_objects": int(label.size),
+        "threshold": threshold,
+        "accuracy": float((guess == label).mean()) if label.size else None,
+        "precision": precision,
+        "recall": recall,
+        "f1": 2 * precision * recall / (precision + recall) if precision + recall else 0.0,
+        "positive_rate": positive_rate,
+        "majority_class_rate": max(positive_rate, 1.0 - positive_rate),
+        "contact_point_error_mm": float(point_err.mean() * 1000) if point_err.size else None,
+        "forces": FORCES_NOTE,
+    }
+
+
+def collapse_ratio(pred_joints: np.ndarray, gt_joints: np.ndarray) -> float:
+    """Std of predicted root-relative joints across samples / the same for the ground truth.
+
+    pred_joints, gt_joints: (N, 21, 3). Std per coordinate over N, averaged over coordinates.
+    Near 0 means the model predicts (almost) the same hand for every image.
+    """
+    pred_joints, gt_joints = np.asarray(pred_joints, np.float64), np.asarray(gt_joints, np.float64)
+    pred_rr = pred_joints - pred_joints[:, :1]
+    gt_rr = gt_joints - gt_joints[:, :1]
+    gt_std = float(gt_rr.std(axis=0).mean())
+    return float(pred_rr.std(axis=0).mean()) / gt_std if gt_std > 0 else float("nan")
+
+
+def _baselines(pred: Predictions, inst: dict[str, np.ndarray], stats: TrainingStatistics) -> dict[str, Any]:
+    valid = pred.gt["hand_valid"]
+    gt_mm = pred.gt["joints_3d"][valid].astype(np.float64) * 1000
+    mean_pose_mm = np.broadcast_to(stats.mean_root_relative_joints * 1000, gt_mm.shape)
+    hand = metrics.hpe_metrics(mean_pose_mm, gt_mm, units="mm")["root-relative"]["mpjpe"]
+    matched = inst["query"] >= 0
+    gt_t = pred.gt["obj_t"][inst["sample"][matched], inst["slot"][matched]].astype(np.float64)
+    obj = np.linalg.norm(gt_t - stats.mean_object_translation, axis=-1).mean() * 1000 if matched.any() else None
+    return {
+        "hand_root_relative_mpjpe": float(hand),
+        "object_translation_error": None if obj is None else float(obj),
+        "description": (
+            "hand: the training split's mean root-relative pose predicted for every sample "
+            f"({stats.num_hands} training hands); objects: the training split's mean object "
+            f"translation predicted for every matched GT object ({stats.num_objects} training objects), mm"
+        ),
+    }
+
+
+def compute_metrics(
+    pred: Predictions,
+    object_models: ObjectModels,
+    train_stats: TrainingStatistics | None = None,
+    contact_threshold: float = 0.5,
+    pck_threshold_mm: float = 20.0,
+    num_model_points: int = 1024,
+) -> dict[str, Any]:
+    """The report's numbers from collected predictions (see the module docstring)."""
+    hand, hand_details = _hand_metrics(pred, pck_threshold_mm)
+    inst = _object_instances(pred, object_models, num_model_points)
+    valid = pred.gt["hand_valid"]
+    result: dict[str, Any] = {
+        "num_samples": len(pred),
+        "hand": hand,
+        "hand_details": hand_details,
+        "objects": _object_metrics(inst),
+        "contacts": _contact_metrics(pred, inst, contact_threshold),
+        "collapse_ratio": collapse_ratio(pred.joints_3d[valid], pred.gt["joints_3d"][valid]),
+        "baselines": _baselines(pred, inst, train_stats) if train_stats is not None else None,
+    }
+    result["model_vs_baselines"] = {
+        "hand_root_relative_mpjpe": hand["root-relative"]["mpjpe"],
+        "object_translation_error": result["objects"]["all"]["translation_error_mm"],
+    }
+    return result
+
+
+def evaluate(
+    model: torch.nn.Module,
+    dataset: Dataset,
+    models_dir: str | Path,
+    batch_size: int = 32,
+    device: str | torch.device = "cpu",
+    train_dataset: Dataset | None = None,
+    num_workers: int = 0,
+    contact_threshold: float = 0.5,
+) -> dict[str, Any]:
+    """Evaluate `model` on `dataset` (a cached split); returns the report dict.
+
+    models_dir: the dataset's `models/` folder (object meshes for ADD/ADD-S and diameters).
+    train_dataset: the training split's cache, for the baselines (None: no baselines).
+    The returned dict also holds `predictions` (a `Predictions`, not JSON) for the
+    submission files and overlays.
+    """
+    pred = collect_predictions(model, dataset, batch_size=batch_size, device=device, num_workers=num_workers)
+    stats = training_statistics(train_dataset) if train_dataset is not None else None
+    result = compute_metrics(pred, ObjectModels(models_dir), stats, contact_threshold=contact_threshold)
+    result["predictions"] = pred
+    log.info(
+        "evaluated %d samples: root-relative MPJPE %.2f mm, collapse ratio %.3f",
+        len(pred), result["hand"]["root-relative"]["mpjpe"], result["collapse_ratio"],
+    )
+    return result
