@@ -229,3 +229,26 @@ def test_contacts_in_a_record_mark_the_touched_object(tree: Path) -> None:
     _, labels, _ = make_record(sample, models, CropConfig(size=SIZE), ContactConfig())
     assert labels["contact_valid"][1] and not labels["contact_valid"][2]
     assert np.linalg.norm(labels["contact_points"][1] - tip) < 1e-5
+
+
+def test_a_build_that_crashes_midway_resumes_to_the_same_cache(
+    tree: Path, cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import amt.data.cache as cache_module
+
+    real = cache_module.make_record
+
+    def crash_at_sample_20(sample, *args):
+        if sample["index"] == 20:
+            raise KeyboardInterrupt("simulated kill")
+        return real(sample, *args)
+
+    out = tmp_path / "crashed"
+    monkeypatch.setattr(cache_module, "make_record", crash_at_sample_20)
+    with pytest.raises(KeyboardInterrupt):
+        build_cache(tree, SPLIT, out, size=SIZE, workers=1, chunk_size=CHUNK, progress=False)
+    assert not (out / META_FILE).exists()
+    assert len((out / PROGRESS_FILE).read_text().splitlines()) == 20 // CHUNK
+    monkeypatch.setattr(cache_module, "make_record", real)
+    build_cache(tree, SPLIT, out, size=SIZE, workers=1, chunk_size=CHUNK, progress=False)
+    _assert_same_arrays(out, cache)

@@ -150,6 +150,17 @@ def batch_to_device(batch: dict[str, Any], device: torch.device | str, non_block
     return {k: v.to(device, non_blocking=non_blocking) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
+def _to_device_in_blocks(array: np.ndarray, device: torch.device, block_bytes: int = 1 << 28) -> torch.Tensor:
+    """Copy a (possibly memory-mapped, strided) array to `device` a block of rows at a time, so host
+    memory never holds more than one block (~256 MiB) beyond the page cache."""
+    out = torch.empty(array.shape, dtype=torch.from_numpy(np.empty(0, array.dtype)).dtype, device=device)
+    row_bytes = max(1, array[:1].nbytes)
+    step = max(1, block_bytes // row_bytes)
+    for start in range(0, len(array), step):
+        out[start : start + step] = torch.from_numpy(np.array(array[start : start + step]))
+    return out
+
+
 class GPUCachedDataset:
     """A whole cache resident on `device`: images (N, 3, S, S) uint8, labels as tensors.
 
@@ -169,8 +180,8 @@ class GPUCachedDataset:
         self.meta = cache.meta
         self.rank, self.world_size = rank, world_size
         keep = np.arange(len(cache))[rank::world_size]
-        self.images = torch.from_numpy(np.ascontiguousarray(cache.images[keep])).to(self.device).permute(0, 3, 1, 2)
-        self.labels = {k: torch.from_numpy(np.asarray(v[keep])).to(self.device) for k, v in cache.labels.items()}
+        self.images = _to_device_in_blocks(cache.images[rank::world_size], self.device).permute(0, 3, 1, 2)
+        self.labels = {k: _to_device_in_blocks(v[rank::world_size], self.device) for k, v in cache.labels.items()}
         self._global_index = keep
 
     def __len__(self) -> int:
