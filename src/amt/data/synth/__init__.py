@@ -1,0 +1,1 @@
+"""Building blocks of the synthetic DexYCB-format generator (`amt.data.synthetic`)."""
