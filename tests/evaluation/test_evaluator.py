@@ -208,3 +208,35 @@ def test_bop_csv_has_the_bop19_header_and_mm_translations(noisy_report: tuple[di
         t_dexycb = t_mm + R @ np.asarray(BOP_OFFSETS_MM[obj_id])
         np.testing.assert_allclose(t_dexycb, pred.obj_t[i, q] * 1000, atol=1e-2)
         assert float(row[6]) == -1
+
+
+def test_eval_cli_errors_name_the_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture[str], caches) -> None:
+    from amt.evaluation.cli import main
+
+    missing = tmp_path / "nope"
+    assert main([str(missing), "--data", str(caches["root"])]) == 1
+    corrupt = tmp_path / "corrupt"
+    corrupt.mkdir()
+    (corrupt / "config.yaml").write_text("preset: tiny\n")
+    (corrupt / "model.safetensors").write_bytes(b"not a safetensors file")
+    assert main([str(corrupt), "--data", str(caches["root"])]) == 1
+    err = capsys.readouterr().err
+    assert str(missing) in err and str(corrupt) in err
+
+
+def test_eval_cli_writes_the_report(tmp_path: Path, caches: dict[str, Path], capsys) -> None:
+    from amt.evaluation.cli import main
+    from amt.models import build_model
+
+    ckpt = tmp_path / "ckpt"
+    build_model("tiny", image_size=112).save_pretrained(ckpt)
+    out = tmp_path / "report"
+    rc = main([str(ckpt), "--data", str(caches["root"]), "--cache", str(caches["s0_test"]),
+               "--train-cache", str(caches["s0_train"]), "--out", str(out), "--batch-size", "8"])  # fmt: skip
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "| alignment" in printed and "baseline" in printed
+    report = json.loads((out / REPORT_JSON).read_text())
+    assert report["provenance"]["checkpoint"] == str(ckpt.resolve())
+    assert report["baselines"]["hand_root_relative_mpjpe"] > 0
+    assert (out / BOP_CSV).exists() and (out / HPE_SUBMISSION).exists()

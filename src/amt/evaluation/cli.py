@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -128,7 +129,7 @@ def main(argv: list[str]) -> int:
     try:
         model, config = load_checkpoint(args.checkpoint, use_ema=not args.no_ema)
     except CheckpointError as exc:
-        log.error("%s", exc)
+        print(f"amt eval: {exc}", file=sys.stderr)
         return 1
     root = args.data.expanduser().resolve()
     size = int(getattr(getattr(model, "config", None), "image_size", 224) or 224)
