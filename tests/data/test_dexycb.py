@@ -272,6 +272,12 @@ def test_wrong_shape_in_labels_is_named(small_root):
         DexYCB(small_root, "s1_val")[0]
 
 
+def test_wrong_seg_dtype_is_named(small_root):
+    _rewrite_labels(small_root, seg=np.zeros((480, 640), np.float32))
+    with pytest.raises(DexYCBError, match=r"labels_000000\.npz: key 'seg' has dtype float32, expected uint8"):
+        DexYCB(small_root, "s1_val")[0]
+
+
 def test_missing_label_key_is_named(small_root):
     npz = _view(small_root) / "labels_000000.npz"
     labels = dict(np.load(npz))

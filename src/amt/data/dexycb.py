@@ -225,6 +225,8 @@ def read_labels(path: str | Path, num_objects: int) -> dict[str, np.ndarray]:
     for key, shape in expected.items():
         if labels[key].shape != shape:
             raise DexYCBError(f"{path}: key {key!r} has shape {labels[key].shape}, expected {shape}")
+        if key == "seg" and labels[key].dtype != np.uint8:
+            raise DexYCBError(f"{path}: key 'seg' has dtype {labels[key].dtype}, expected uint8")
         if key != "seg" and not np.isfinite(labels[key]).all():
             raise DexYCBError(f"{path}: key {key!r} contains NaN or inf")
     return labels
