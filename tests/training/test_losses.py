@@ -263,3 +263,30 @@ def test_minimising_the_loss_fits_the_targets():
     _, terms = loss(outputs, batch)
     for name in ("hand_coarse", "hand_refined", "object_position", "object_rotation", "object_class", "contact"):
         assert terms[name].item() < first[name], name
+
+
+def test_contact_logits_and_probabilities_agree(example):
+    batch, outputs = example
+    logit = torch.randn(B, Q, generator=torch.Generator().manual_seed(4))
+    with_logit = dict(outputs, contact_prob=torch.sigmoid(logit))
+    with_logit["aux"] = dict(outputs["aux"], contact_logit=logit)
+    from_prob = dict(outputs, contact_prob=torch.sigmoid(logit))
+    _, a = AMTLoss()(with_logit, batch)
+    _, b = AMTLoss()(from_prob, batch)
+    assert a["contact"].item() == pytest.approx(b["contact"].item(), rel=1e-4)
+
+
+def test_real_tiny_model_trains_through_every_term():
+    models = pytest.importorskip("amt.models")
+    torch.manual_seed(0)
+    model = models.build_model("tiny", load_backbone_weights=False)
+    gen = torch.Generator().manual_seed(5)
+    batch = make_batch(gen, b=2)
+    batch["sequence_length"] = 2
+    batch["image"] = torch.randn(2, 3, 224, 224, generator=gen)
+    batch["K"] = torch.tensor([[300.0, 0, 112], [0, 300.0, 112], [0, 0, 1]]).expand(2, 3, 3).clone()
+    total, terms = AMTLoss()(model(batch), batch)
+    assert all(torch.isfinite(terms[n]) for n in TERM_NAMES)
+    total.backward()
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all(p.grad is not None and torch.isfinite(p.grad).all() for _, p in trainable)

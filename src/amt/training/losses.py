@@ -22,7 +22,6 @@ from amt.data.ycb import NUM_CLASSES, SYMMETRIC_IDS
 from amt.geometry.camera import project
 from amt.geometry.hand_skeleton import BONES, NUM_JOINTS, PARENTS, TIP_JOINTS
 from amt.geometry.hand_surface import skeleton_surface_points
-from amt.geometry.rotations import quat_wxyz_to_matrix
 from amt.training.matching import (
     NO_OBJECT,
     MatchCost,
@@ -30,6 +29,7 @@ from amt.training.matching import (
     class_logit_index,
     gather_matched,
     match_objects,
+    predicted_rotation,
 )
 
 logger = logging.getLogger(__name__)
@@ -153,14 +153,6 @@ def hand_joint_loss(
     return _masked_mean(absolute + relative, valid)
 
 
-def predicted_rotation(prediction: Mapping[str, torch.Tensor]) -> torch.Tensor:
-    """(B, Q, 3, 3) object rotations of an output (or refinement-step) dict: `obj_R` when the
-    model provides it (no quaternion round trip), else from the unit quaternion `obj_quat`."""
-    if "obj_R" in prediction:
-        return prediction["obj_R"]
-    return quat_wxyz_to_matrix(prediction["obj_quat"])
-
-
 def _geodesic(R1: torch.Tensor, R2: torch.Tensor) -> torch.Tensor:
     """`amt.geometry.rotations.geodesic_angle` with roma's clamping below 1, so the gradient
     stays finite for predictions 180 deg away (the angle saturates 2.8e-3 rad below pi)."""
@@ -186,13 +178,15 @@ def rotation_error(pred_R: torch.Tensor, gt_R: torch.Tensor, class_id: torch.Ten
     return torch.where(class_id == 13, axis, torch.where(torch.isin(class_id, box_ids), box, plain))
 
 
-def focal_bce(prob: torch.Tensor, target: torch.Tensor, gamma: float, alpha: float) -> torch.Tensor:
-    """Element-wise focal binary cross-entropy on probabilities in [0, 1] (nats)."""
-    p = prob.clamp(1e-6, 1 - 1e-6)
-    target = target.to(p)
-    p_true = torch.where(target > 0.5, p, 1 - p)
-    a = torch.where(target > 0.5, torch.full_like(p, alpha), torch.full_like(p, 1 - alpha))
-    return -2.0 * a * (1 - p_true).pow(gamma) * torch.log(p_true)
+def focal_bce(log_p: torch.Tensor, log_not_p: torch.Tensor, target: torch.Tensor, gamma: float, alpha: float) -> torch.Tensor:
+    """Element-wise focal binary cross-entropy (nats) from log p and log(1 - p).
+
+    -2 alpha_t (1 - p_t)^gamma log p_t; alpha = 0.5, gamma = 0 is the plain BCE.
+    """
+    positive = target.to(torch.bool)
+    log_p_true = torch.where(positive, log_p, log_not_p)
+    a = torch.where(positive, torch.full_like(log_p, alpha), torch.full_like(log_p, 1 - alpha))
+    return -2.0 * a * (1 - log_p_true.exp()).pow(gamma) * log_p_true
 
 
 def bend_angles(joints: torch.Tensor) -> torch.Tensor:
@@ -346,9 +340,16 @@ class AMTLoss(nn.Module):
         if m.batch.numel() == 0:
             return _zero(outputs["contact_prob"]) + _zero(outputs["contact_points"])
         label = batch["contact_valid"][m.batch, m.slot].to(m.batch.device)
-        prob = outputs["contact_prob"][m.batch, m.query]
-        cls = focal_bce(prob, label, self.cfg.focal_gamma, self.cfg.focal_alpha).mean()
-        point_err = (outputs["contact_points"][m.batch, m.query] - batch["contact_points"][m.batch, m.slot].to(prob)).norm(dim=-1)
+        logit = outputs.get("aux", {}).get("contact_logit")
+        if logit is not None:  # exact log-probabilities when the model exposes its logits
+            z = logit[m.batch, m.query]
+            log_p, log_not_p = F.logsigmoid(z), F.logsigmoid(-z)
+        else:
+            p = outputs["contact_prob"][m.batch, m.query].clamp(1e-6, 1 - 1e-6)
+            log_p, log_not_p = p.log(), (1 - p).log()
+        cls = focal_bce(log_p, log_not_p, label, self.cfg.focal_gamma, self.cfg.focal_alpha).mean()
+        pred_point = outputs["contact_points"][m.batch, m.query]
+        point_err = (pred_point - batch["contact_points"][m.batch, m.slot].to(pred_point)).norm(dim=-1)
         return cls + _masked_mean(point_err, label)
 
     # physics --------------------------------------------------------------------------------

@@ -44,6 +44,15 @@ class MatchedIndices(NamedTuple):
     slot: torch.Tensor
 
 
+def predicted_rotation(prediction: Mapping) -> torch.Tensor:
+    """(B, Q, 3, 3) object rotations of an output (or refinement-step) dict: `obj_R` (top level
+    or in `aux`) when the model provides it (no quaternion round trip), else from `obj_quat`."""
+    if "obj_R" in prediction:
+        return prediction["obj_R"]
+    aux_R = prediction.get("aux", {}).get("obj_R")
+    return aux_R if aux_R is not None else quat_wxyz_to_matrix(prediction["obj_quat"])
+
+
 def class_logit_index(class_id: torch.Tensor) -> torch.Tensor:
     """YCB ids (1..C) -> logit indices (0..C-1)."""
     return class_id - 1
@@ -64,7 +73,7 @@ def match_objects(
     """Optimal one-to-one assignment of queries to valid GT slots, per sample.
 
     outputs: `obj_logits` (B, Q, C+1), `obj_t` (B, Q, 3) metres, `obj_quat` (B, Q, 4) wxyz
-    (or `obj_R` (B, Q, 3, 3), used when present).
+    (or `obj_R` (B, Q, 3, 3), top level or in `aux`, used when present).
     batch: `obj_class` (B, M) int64, `obj_t` (B, M, 3), `obj_R` (B, M, 3, 3), `obj_valid` (B, M).
     Returns B pairs `(pred_idx, gt_idx)` of int64 CPU tensors with equal length
     min(Q, number of valid slots); `gt_idx` indexes the M slots (invalid slots never appear).
@@ -74,8 +83,7 @@ def match_objects(
     cost = cost or MatchCost()
     prob = outputs["obj_logits"].detach().float().softmax(-1)
     pred_t = outputs["obj_t"].detach().float()
-    pred_R = outputs["obj_R"] if "obj_R" in outputs else quat_wxyz_to_matrix(outputs["obj_quat"])
-    pred_R = pred_R.detach().float()
+    pred_R = predicted_rotation(outputs).detach().float()
     result: list[tuple[torch.Tensor, torch.Tensor]] = []
     for b in range(prob.shape[0]):
         slots = torch.nonzero(batch["obj_valid"][b], as_tuple=False).flatten()
