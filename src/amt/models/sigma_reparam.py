@@ -23,36 +23,37 @@ class SigmaReparamLinear(nn.Module):
     buffers `u` (out,) and `v` (in,) hold the power-iteration state.
     """
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = True) -> None:
+    def __init__(
+        self, in_features: int, out_features: int, bias: bool = True, device: torch.device | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:  # fmt: skip
         super().__init__()
-        self.in_features, self.out_features = in_features, out_features
-        self.weight = nn.Parameter(torch.empty(out_features, in_features))
-        self.bias = nn.Parameter(torch.empty(out_features)) if bias else None
-        self.gamma = nn.Parameter(torch.ones(()))
-        self.register_buffer("u", torch.empty(out_features))
-        self.register_buffer("v", torch.empty(in_features))
-        linear = nn.Linear(in_features, out_features, bias=bias, device=self.weight.device)
-        self.load_linear(linear)
+        self._adopt(nn.Linear(in_features, out_features, bias=bias, device=device, dtype=dtype))
 
     @classmethod
     def from_linear(cls, linear: nn.Linear) -> SigmaReparamLinear:
-        """Wrap an existing layer, keeping its weights (and hence its function)."""
-        layer = cls(linear.in_features, linear.out_features, bias=linear.bias is not None)
-        layer.to(device=linear.weight.device, dtype=linear.weight.dtype)
-        layer.load_linear(linear)
+        """Wrap an existing layer, taking over its parameters (and hence its function)."""
+        layer = cls.__new__(cls)
+        nn.Module.__init__(layer)
+        layer._adopt(linear)
         return layer
 
-    @torch.no_grad()
-    def load_linear(self, linear: nn.Linear) -> None:
-        """Copy weights from `linear`, re-estimate sigma and set gamma = sigma."""
-        self.weight.copy_(linear.weight)
-        if self.bias is not None:
-            self.bias.copy_(linear.bias)
+    def _adopt(self, linear: nn.Linear) -> None:
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.weight = linear.weight
+        self.bias = linear.bias
+        factory = {"device": linear.weight.device, "dtype": linear.weight.dtype}
+        self.gamma = nn.Parameter(torch.ones((), **factory))
+        self.register_buffer("u", torch.empty(self.out_features, **factory))
+        self.register_buffer("v", torch.empty(self.in_features, **factory))
         self.reset_sigma()
 
     @torch.no_grad()
     def reset_sigma(self, iterations: int = INIT_POWER_ITERATIONS) -> None:
-        """Start u, v from a deterministic vector, iterate, and set gamma to the estimate."""
+        """Start u, v from a deterministic vector, iterate, and set gamma to the estimate (so the
+        layer computes what the plain linear layer did). Skipped on the meta device."""
+        if self.weight.is_meta:
+            return
         self.v.copy_(F.normalize(torch.ones_like(self.v), dim=0))
         self.u.copy_(F.normalize(self.weight @ self.v, dim=0))
         for _ in range(iterations):
