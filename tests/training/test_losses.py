@@ -290,3 +290,16 @@ def test_real_tiny_model_trains_through_every_term():
     total.backward()
     trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     assert trainable and all(p.grad is not None and torch.isfinite(p.grad).all() for _, p in trainable)
+
+
+def test_unlabelled_garbage_and_points_behind_the_camera_stay_finite(example):
+    batch, outputs = example
+    batch["joints_3d"][3] = float("nan")  # frame 3 has hand_valid False
+    batch["joints_2d"][3] = float("inf")
+    batch["contact_points"][~batch["contact_valid"]] = float("nan")
+    batch["mano_valid"][0], batch["mano_shape"][0] = False, float("nan")
+    behind = dict(outputs, joints_3d=outputs["joints_3d"] * torch.tensor([1.0, 1.0, -1.0]))
+    total, _ = AMTLoss()(behind, batch)
+    grads = torch.autograd.grad(total, [outputs[k] for k in ("joints_3d", "contact_points", "mano_shape")])
+    assert torch.isfinite(total) and all(torch.isfinite(g).all() for g in grads)
+    assert grads[0].abs().max() < 1e3

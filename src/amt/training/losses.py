@@ -8,7 +8,6 @@ in fractions of the image size. `terms` holds the unweighted value of each name 
 
 from __future__ import annotations
 
-import logging
 import math
 from dataclasses import dataclass, field
 from typing import Mapping
@@ -31,8 +30,6 @@ from amt.training.matching import (
     match_objects,
     predicted_rotation,
 )
-
-logger = logging.getLogger(__name__)
 
 TERM_NAMES: tuple[str, ...] = (
     "hand_coarse", "hand_refined", "object_position", "object_rotation", "object_class",
@@ -58,6 +55,8 @@ NOMINAL_BONE_LENGTH_M: tuple[float, ...] = (
     0.078, 0.022, 0.018, 0.020,  # little
 )  # fmt: skip
 BONE_RANGE: tuple[float, float] = (0.6, 1.5)
+
+MIN_DEPTH_M = 0.01  # depth clamp of the reprojection term
 
 # Largest bend (deg) between a joint's incoming and outgoing bone, per articulated joint
 # (anatomical flexion range plus a 10 deg margin). Unsigned: it bounds flexion and hyperextension.
@@ -118,11 +117,19 @@ class LossConfig:
 
 def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean of `values` over `mask` (same leading shape); 0 (graph kept) when the mask is empty."""
-    mask = mask.to(values.dtype)
+    mask = mask.to(device=values.device, dtype=torch.bool)
     while mask.dim() < values.dim():
         mask = mask.unsqueeze(-1)
     mask = mask.expand_as(values)
-    return (values * mask).sum() / mask.sum().clamp_min(1.0)
+    # where, not multiply: labels of unlabelled samples may be anything (-1, inf, nan)
+    return torch.where(mask, values, torch.zeros_like(values)).sum() / mask.sum().clamp_min(1)
+
+
+def _labels(x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Labels `x` (B, ...) with the rows of unlabelled samples (`valid` (B,) False) set to 0, so
+    whatever placeholder they hold (-1, nan) cannot reach a value or a gradient."""
+    keep = valid.to(device=x.device, dtype=torch.bool).reshape(-1, *([1] * (x.dim() - 1)))
+    return torch.where(keep, x, torch.zeros_like(x))
 
 
 def _zero(like: torch.Tensor) -> torch.Tensor:
@@ -267,14 +274,16 @@ class AMTLoss(nn.Module):
     # hand -----------------------------------------------------------------------------------
     def _hand(self, pred: torch.Tensor, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         w = joint_weights(self.cfg.tip_weight, pred.device)
-        return hand_joint_loss(pred, batch["joints_3d"], batch["hand_valid"], w, self.cfg.smooth_l1_beta_m)
+        gt = _labels(batch["joints_3d"], batch["hand_valid"])
+        return hand_joint_loss(pred, gt, batch["hand_valid"], w, self.cfg.smooth_l1_beta_m)
 
     def _hand_coarse(self, outputs, batch, terms: dict[str, torch.Tensor]) -> torch.Tensor:
         """Coarse joints, plus the MANO betas (squared error) where `mano_valid`."""
         joints = self._hand(outputs["joints_3d_coarse"], batch)
         if "mano_shape" not in outputs or "mano_valid" not in batch:
             return joints
-        shape_err = (outputs["mano_shape"] - batch["mano_shape"].to(outputs["mano_shape"])).pow(2).mean(-1)
+        gt_shape = _labels(batch["mano_shape"], batch["mano_valid"]).to(outputs["mano_shape"])
+        shape_err = (outputs["mano_shape"] - gt_shape).pow(2).mean(-1)
         shape = _masked_mean(shape_err, batch["mano_valid"])
         terms["hand_coarse/shape"] = shape.detach()
         return joints + self.cfg.shape_weight * shape
@@ -292,7 +301,7 @@ class AMTLoss(nn.Module):
     def _confidence(self, conf: torch.Tensor, joints: torch.Tensor, batch) -> torch.Tensor:
         """BCE of `joint_conf` (B, 21) against exp(-error / scale) of the final joints (error
         detached: the confidence learns to report the error, not to change it)."""
-        err = (joints.detach() - batch["joints_3d"].to(joints)).norm(dim=-1)
+        err = (joints.detach() - _labels(batch["joints_3d"], batch["hand_valid"]).to(joints)).norm(dim=-1)
         target = torch.exp(-err / self.cfg.confidence_scale_m)
         bce = F.binary_cross_entropy(conf.clamp(1e-6, 1 - 1e-6), target, reduction="none").mean(-1)
         return _masked_mean(bce, batch["hand_valid"])
@@ -349,7 +358,8 @@ class AMTLoss(nn.Module):
             log_p, log_not_p = p.log(), (1 - p).log()
         cls = focal_bce(log_p, log_not_p, label, self.cfg.focal_gamma, self.cfg.focal_alpha).mean()
         pred_point = outputs["contact_points"][m.batch, m.query]
-        point_err = (pred_point - batch["contact_points"][m.batch, m.slot].to(pred_point)).norm(dim=-1)
+        gt_point = _labels(batch["contact_points"][m.batch, m.slot], label).to(pred_point)
+        point_err = (pred_point - gt_point).norm(dim=-1)
         return cls + _masked_mean(point_err, label)
 
     # physics --------------------------------------------------------------------------------
@@ -413,8 +423,11 @@ class AMTLoss(nn.Module):
         joints = outputs["joints_3d"]
         h, w = batch["image"].shape[-2:]
         size = torch.tensor([w, h], dtype=joints.dtype, device=joints.device)
-        uv = project(joints, batch["K"].to(joints)) / size
-        gt = batch["joints_2d"].to(joints) / size
+        # a hand closer than 1 cm is impossible; the clamp bounds 1/z so early predictions near
+        # or behind the camera cannot blow up the gradient
+        in_front = torch.cat([joints[..., :2], joints[..., 2:].clamp_min(MIN_DEPTH_M)], dim=-1)
+        uv = project(in_front, batch["K"].to(joints)) / size
+        gt = _labels(batch["joints_2d"], batch["hand_valid"]).to(joints) / size
         err = F.smooth_l1_loss(uv, gt, reduction="none", beta=self.cfg.reprojection_beta).sum(-1).mean(-1)
         return _masked_mean(err, batch["hand_valid"])
 
@@ -437,7 +450,7 @@ class AMTLoss(nn.Module):
         if joints.shape[0] % k:
             raise ValueError(f"batch['sequence_length']={k} does not divide the batch size {joints.shape[0]}")
         pred = joints.reshape(-1, k, NUM_JOINTS, 3)
-        gt = batch["joints_3d"].to(joints).reshape(-1, k, NUM_JOINTS, 3)
+        gt = _labels(batch["joints_3d"], batch["hand_valid"]).to(joints).reshape(-1, k, NUM_JOINTS, 3)
         valid = batch["hand_valid"].reshape(-1, k)
 
         def diff(x: torch.Tensor) -> torch.Tensor:
