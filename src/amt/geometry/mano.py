@@ -146,3 +146,42 @@ class ManoLayer(nn.Module):
         joints21 = torch.cat([posed_joints, verts[:, self.tip_vertices]], dim=1)[:, list(MANOPTH_TO_DEXYCB)]
         t = transl.unsqueeze(1)
         return verts + t, joints21 + t
+
+
+# MANO's kinematic tree (manopth joint order): wrist, then index, middle, little, ring, thumb chains.
+MANO_PARENTS: tuple[int, ...] = (-1, 0, 1, 2, 0, 4, 5, 0, 7, 8, 0, 10, 11, 0, 13, 14)
+
+
+def fake_mano_arrays(seed: int = 0) -> dict[str, Any]:
+    """Random arrays with the real MANO keys, shapes and types (J_regressor scipy-sparse), for
+    tests and demos where the licensed file is absent. Not a hand: random values, metres."""
+    import scipy.sparse
+
+    rng = np.random.default_rng(seed)
+    V, J = 778, 16
+    v_template = rng.uniform(-0.05, 0.05, size=(V, 3)) + np.array([0.0, -0.05, 0.0])
+    regressor = np.zeros((J, V))
+    for j in range(J):
+        regressor[j, rng.choice(V, size=12, replace=False)] = 1.0 / 12
+    weights = rng.uniform(size=(V, J)) ** 4
+    root = np.iinfo(np.uint32).max
+    return {
+        "v_template": v_template,
+        "f": rng.integers(0, V, size=(1538, 3)).astype(np.uint32),
+        "weights": weights / weights.sum(axis=1, keepdims=True),
+        "kintree_table": np.array([[root, *MANO_PARENTS[1:]], list(range(J))], dtype=np.int64),
+        "J_regressor": scipy.sparse.csc_matrix(regressor),
+        "posedirs": rng.normal(scale=1e-3, size=(V, 3, 135)),
+        "shapedirs": rng.normal(scale=1e-3, size=(V, 3, 10)),
+        "hands_components": np.linalg.qr(rng.normal(size=(45, 45)))[0],
+        "hands_mean": rng.normal(scale=0.1, size=45),
+        "hands_coeffs": rng.normal(size=(20, 45)),
+    }
+
+
+def write_fake_mano_pickle(path: str | Path, seed: int = 0) -> Path:
+    """Write `fake_mano_arrays(seed)` as a MANO-format pickle at `path`."""
+    path = Path(path)
+    with path.open("wb") as f:
+        pickle.dump(fake_mano_arrays(seed), f, protocol=2)
+    return path

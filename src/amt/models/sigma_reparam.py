@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-INIT_POWER_ITERATIONS = 20
+INIT_POWER_ITERATIONS = 200
 
 
 class SigmaReparamLinear(nn.Module):
