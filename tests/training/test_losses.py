@@ -10,14 +10,16 @@ import numpy as np
 import pytest
 import torch
 
-from amt.data.ycb import YCB_CLASSES
+from amt.data.ycb import SYMMETRIC_IDS, YCB_CLASSES
 from amt.geometry.camera import project
-from amt.geometry.rotations import geodesic_angle, matrix_to_quat_wxyz, quat_wxyz_to_matrix, rotation_about_z
+from amt.geometry.rotations import axis_angle_to_matrix, geodesic_angle, matrix_to_quat_wxyz, quat_wxyz_to_matrix, rotation_about_z
 from amt.training.losses import (
     BEND_LIMIT_DEG,
     BONE_RANGE,
+    CONTINUOUS_SYMMETRY_AXIS,
     NOMINAL_BONE_LENGTH_M,
     OBJECT_CORE_RADIUS_M,
+    SYMMETRY_ROTATIONS,
     TERM_NAMES,
     AMTLoss,
     LossConfig,
@@ -182,14 +184,41 @@ def test_perfect_predictions_zero_the_supervised_terms(example):
 
 def test_rotation_error_respects_object_symmetry():
     gen = torch.Generator().manual_seed(2)
-    R = _rotations(4, gen)
-    spin = rotation_about_z(torch.tensor([0.7, 2.0, math.pi, math.pi]))
-    flip_x = torch.diag(torch.tensor([1.0, -1.0, -1.0]))
-    pred = torch.stack([R[0] @ spin[0], R[1] @ spin[1], R[2] @ flip_x, R[3] @ spin[3]])
-    err = rotation_error(pred, R, torch.tensor([13, 2, 16, 21]))
+    R = _rotations(6, gen)
+    spin = rotation_about_z(torch.tensor([0.7, 2.0, math.pi / 2, math.pi, 0.0, 0.0]))
+    flip_x, flip_y = torch.diag(torch.tensor([1.0, -1.0, -1.0])), torch.diag(torch.tensor([-1.0, 1.0, -1.0]))
+    pred = torch.stack([R[0] @ spin[0], R[1] @ spin[1], R[2] @ spin[2], R[3] @ spin[3], R[4] @ flip_y, R[5] @ flip_x])
+    err = rotation_error(pred, R, torch.tensor([13, 2, 16, 21, 19, 19]))
     assert err[0] < 1e-3  # bowl: any turn about its axis is free
     assert err[1] == pytest.approx(geodesic_angle(pred[1], R[1]).item(), abs=1e-5)  # cracker box: plain
-    assert err[2] < 1e-3 and err[3] < 1e-3  # blocks: 180 deg flips are free
+    assert err[2] < 1e-3 and err[3] < 1e-3 and err[4] < 1e-3  # block 90 deg, brick 180 deg, clamp long-axis flip
+    assert err[5] == pytest.approx(math.pi, abs=1e-2)  # the large clamp has no flip about x
+    assert set(SYMMETRY_ROTATIONS) | set(CONTINUOUS_SYMMETRY_AXIS) == SYMMETRIC_IDS
+
+
+def test_symmetry_table_matches_the_meshes():
+    trimesh = pytest.importorskip("trimesh")
+    root = SHARED / "ycb_models"
+    if not root.exists():
+        pytest.skip(f"{root} not available (../shared/data is absent)")
+    from scipy.spatial import cKDTree
+
+    x90 = axis_angle_to_matrix(torch.tensor([math.pi / 2, 0.0, 0.0]))
+    for class_id in sorted(SYMMETRIC_IDS):
+        mesh = trimesh.load(root / YCB_CLASSES[class_id] / "textured_simple.obj", force="mesh", process=False)
+        points = np.asarray(trimesh.sample.sample_surface(mesh, 2000, seed=0)[0])
+        points -= (points.max(0) + points.min(0)) / 2
+        tree, diagonal = cKDTree(points), np.linalg.norm(points.max(0) - points.min(0))
+
+        def mismatch(R: torch.Tensor) -> float:  # mean surface distance / diagonal after turning
+            return float(tree.query(points @ R.double().numpy().T)[0].mean() / diagonal)
+
+        if class_id in CONTINUOUS_SYMMETRY_AXIS:
+            rotations = rotation_about_z(torch.tensor([0.5, 1.0, 2.0, 3.0]))
+        else:
+            rotations = SYMMETRY_ROTATIONS[class_id]
+        assert max(mismatch(R) for R in rotations) < 0.04, class_id
+        assert mismatch(x90) > 0.06, class_id  # a turn that is no symmetry is clearly worse
 
 
 def test_rotation_matrix_output_is_preferred_over_the_quaternion(example):
@@ -221,7 +250,7 @@ def test_core_radius_table_matches_the_meshes():
     if not root.exists():
         pytest.skip(f"{root} not available (../shared/data is absent)")
     for class_id in (1, 13, 17):
-        mesh = trimesh.load(root / YCB_CLASSES[class_id] / "textured_simple.obj", force="mesh")
+        mesh = trimesh.load(root / YCB_CLASSES[class_id] / "textured_simple.obj", force="mesh", process=False)
         extent = mesh.vertices.max(0) - mesh.vertices.min(0)
         assert OBJECT_CORE_RADIUS_M[class_id] == pytest.approx(extent.min() / 2, abs=1e-4)
 

@@ -17,10 +17,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from amt.data.ycb import NUM_CLASSES, SYMMETRIC_IDS
+from amt.data.ycb import NUM_CLASSES
 from amt.geometry.camera import project
 from amt.geometry.hand_skeleton import BONES, NUM_JOINTS, PARENTS, TIP_JOINTS
 from amt.geometry.hand_surface import skeleton_surface_points
+from amt.geometry.rotations import rotation_about_z
 from amt.training.matching import (
     NO_OBJECT,
     MatchCost,
@@ -166,23 +167,49 @@ def _geodesic(R1: torch.Tensor, R2: torch.Tensor) -> torch.Tensor:
     return roma.rotmat_geodesic_distance(R1, R2, clamping=1.0 - 1e-6)
 
 
-def rotation_error(pred_R: torch.Tensor, gt_R: torch.Tensor, class_id: torch.Tensor) -> torch.Tensor:
-    """(N, 3, 3) x2, (N,) YCB ids -> (N,) radians, symmetry-aware for `SYMMETRIC_IDS`.
+# Discrete symmetries of the YCB objects in their model frames, as rotations about the object's
+# centre (checked against the meshes in tests/training/test_losses.py): 4-fold about z plus the
+# flips for the square wood block, the three 180 deg flips for the foam brick, the flip about
+# the long axis for the clamps (y for 19, x for 20). The bowl (13) is continuous about z
+# (`CONTINUOUS_SYMMETRY_AXIS`). Every other class has the identity only.
+_X180, _Y180 = torch.diag(torch.tensor([1.0, -1.0, -1.0])), torch.diag(torch.tensor([-1.0, 1.0, -1.0]))
+_Z_TURNS = rotation_about_z(torch.arange(4) * (math.pi / 2))  # 0, 90, 180, 270 deg
+SYMMETRY_ROTATIONS: dict[int, torch.Tensor] = {
+    16: torch.cat([_Z_TURNS, _X180 @ _Z_TURNS]),
+    19: torch.stack([torch.eye(3), _Y180]),
+    20: torch.stack([torch.eye(3), _X180]),
+    21: torch.stack([torch.eye(3), _X180, _Y180, _Z_TURNS[2]]),
+}
+CONTINUOUS_SYMMETRY_AXIS: dict[int, int] = {13: 2}  # class id -> model axis (0 x, 1 y, 2 z)
 
-    The bowl (13) is rotationally symmetric about its model z axis: the error is the angle
-    between the predicted and true z axes. The box-like blocks and clamps (16, 19, 20, 21) are
-    taken as invariant under 180 deg turns about each model axis: the error is the smallest
-    geodesic angle to any of the 4 equivalent ground-truth rotations.
+
+def symmetry_table() -> torch.Tensor:
+    """(NUM_CLASSES + 1, S, 3, 3): each class id's symmetry rotations, padded with the identity."""
+    size = max(len(r) for r in SYMMETRY_ROTATIONS.values())
+    table = torch.eye(3).expand(NUM_CLASSES + 1, size, 3, 3).clone()
+    for class_id, rotations in SYMMETRY_ROTATIONS.items():
+        table[class_id, : len(rotations)] = rotations
+    return table
+
+
+def rotation_error(
+    pred_R: torch.Tensor, gt_R: torch.Tensor, class_id: torch.Tensor, table: torch.Tensor | None = None
+) -> torch.Tensor:
+    """(N, 3, 3) x2, (N,) YCB ids -> (N,) radians, symmetry-aware.
+
+    Discrete symmetries: the smallest geodesic angle to any equivalent ground truth
+    `gt_R @ S_k` (`table` = `symmetry_table()`, the identity only for asymmetric classes).
+    Continuous symmetry about a model axis a: the angle between `pred_R a` and `gt_R a`, the
+    exact minimum over all rotations about a.
     """
-    plain = _geodesic(pred_R, gt_R)
-    flips = torch.diag_embed(
-        torch.tensor([[1, 1, 1], [1, -1, -1], [-1, 1, -1], [-1, -1, 1]], dtype=pred_R.dtype, device=pred_R.device)
-    )  # identity and 180 deg about x, y, z
-    box = _geodesic(pred_R[:, None], gt_R[:, None] @ flips[None]).amin(dim=1)
-    za, zb = pred_R[..., 2], gt_R[..., 2]
-    axis = torch.atan2(torch.linalg.cross(za, zb).norm(dim=-1), (za * zb).sum(-1))
-    box_ids = torch.tensor(sorted(SYMMETRIC_IDS - {13}), device=class_id.device)
-    return torch.where(class_id == 13, axis, torch.where(torch.isin(class_id, box_ids), box, plain))
+    table = symmetry_table() if table is None else table
+    sym = table.to(pred_R)[class_id]  # (N, S, 3, 3)
+    error = _geodesic(pred_R[:, None], gt_R[:, None] @ sym).amin(dim=1)
+    for cid, axis in CONTINUOUS_SYMMETRY_AXIS.items():
+        a, b = pred_R[..., axis], gt_R[..., axis]
+        aligned = torch.atan2(torch.linalg.cross(a, b).norm(dim=-1), (a * b).sum(-1))
+        error = torch.where(class_id == cid, aligned, error)
+    return error
 
 
 def focal_bce(log_p: torch.Tensor, log_not_p: torch.Tensor, target: torch.Tensor, gamma: float, alpha: float) -> torch.Tensor:
@@ -230,6 +257,7 @@ class AMTLoss(nn.Module):
         self.log_vars = nn.Parameter(torch.zeros(len(TERM_NAMES))) if self.cfg.dynamic_weighting else None
         radius = [0.0] + [OBJECT_CORE_RADIUS_M[i] for i in range(1, NUM_CLASSES + 1)]  # index = YCB id
         self.register_buffer("core_radius", torch.tensor(radius), persistent=False)
+        self.register_buffer("symmetries", symmetry_table(), persistent=False)
         self.register_buffer("nominal_bone", torch.tensor(NOMINAL_BONE_LENGTH_M), persistent=False)
         self.register_buffer("bend_limit", torch.tensor(list(BEND_LIMIT_DEG.values())).deg2rad(), persistent=False)
 
@@ -328,7 +356,7 @@ class AMTLoss(nn.Module):
         gt = batch["obj_R"][m.batch, m.slot].to(outputs["obj_quat"])
         cls = batch["obj_class"][m.batch, m.slot].to(m.batch.device)
         preds = [outputs] + [s for s in self._steps(outputs) if "obj_R" in s or "obj_quat" in s]
-        errs = [rotation_error(predicted_rotation(p)[m.batch, m.query], gt, cls).mean() for p in preds]
+        errs = [rotation_error(predicted_rotation(p)[m.batch, m.query], gt, cls, self.symmetries).mean() for p in preds]
         return torch.stack(errs).mean()
 
     def _class_targets(self, outputs, batch, m: MatchedIndices) -> torch.Tensor:
