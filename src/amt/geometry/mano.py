@@ -84,21 +84,25 @@ class ManoLayer(nn.Module):
         f32 = lambda a: torch.as_tensor(np.asarray(a, dtype=np.float32))  # noqa: E731
         v_template = f32(arrays["v_template"])
         num_verts = v_template.shape[0]
-        self.register_buffer("v_template", v_template)  # (V, 3)
-        self.register_buffer("shapedirs", f32(arrays["shapedirs"]).reshape(num_verts * 3, -1).t().contiguous())
+        self._constant("v_template", v_template)  # (V, 3)
+        self._constant("shapedirs", f32(arrays["shapedirs"]).reshape(num_verts * 3, -1).t().contiguous())
         posedirs = f32(arrays["posedirs"])  # (V, 3, 135)
-        self.register_buffer("posedirs", posedirs.reshape(num_verts * 3, -1).t().contiguous())  # (135, V*3)
-        self.register_buffer("J_regressor", f32(arrays["J_regressor"]))  # (16, V)
-        self.register_buffer("weights", f32(arrays["weights"]))  # (V, 16)
-        self.register_buffer("hands_components", f32(arrays["hands_components"]))  # (ncomps, 45)
+        self._constant("posedirs", posedirs.reshape(num_verts * 3, -1).t().contiguous())  # (135, V*3)
+        self._constant("J_regressor", f32(arrays["J_regressor"]))  # (16, V)
+        self._constant("weights", f32(arrays["weights"]))  # (V, 16)
+        self._constant("hands_components", f32(arrays["hands_components"]))  # (ncomps, 45)
         mean = torch.zeros(45) if flat_hand_mean else f32(arrays["hands_mean"]).reshape(45)
-        self.register_buffer("hands_mean", mean)
-        self.register_buffer("faces", torch.as_tensor(np.asarray(arrays["f"], dtype=np.int64)))
+        self._constant("hands_mean", mean)
+        self._constant("faces", torch.as_tensor(np.asarray(arrays["f"], dtype=np.int64)))
         kintree = np.asarray(arrays["kintree_table"]).astype(np.int64)
         col_of = {int(joint_id): col for col, joint_id in enumerate(kintree[1])}
         self.parents: list[int] = [-1] + [col_of[int(kintree[0, c])] for c in range(1, kintree.shape[1])]
         tips = MANO_TIP_VERTICES_RIGHT if side == "right" else MANO_TIP_VERTICES_LEFT
         self.tip_vertices = list(tips)
+
+    def _constant(self, name: str, value: torch.Tensor) -> None:
+        # non-persistent: MANO data comes from the user's licensed file, never from a checkpoint
+        self.register_buffer(name, value, persistent=False)
 
     @classmethod
     def from_pickle(cls, path: str | Path, side: str | None = None, flat_hand_mean: bool = False) -> ManoLayer:

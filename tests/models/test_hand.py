@@ -1,0 +1,64 @@
+"""Multi-coordinate hand encoder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import roma
+import torch
+
+from amt.geometry.frames import local_frames
+from amt.geometry.hand_surface import skeleton_surface_points
+from amt.geometry.mano import ManoLayer, write_fake_mano_pickle
+from amt.models import make_config
+from amt.models.hand import FEATURES_PER_POINT, HandEncoder, mean_hand_offsets, multi_coordinate_features
+
+
+def _features(joints: torch.Tensor) -> torch.Tensor:
+    return multi_coordinate_features(skeleton_surface_points(joints), *local_frames(joints))
+
+
+def test_rigid_motion_leaves_multi_coordinate_features_unchanged() -> None:
+    g = torch.Generator().manual_seed(0)
+    joints = mean_hand_offsets().double() + 0.01 * torch.randn(4, 21, 3, generator=g, dtype=torch.float64)
+    rot = roma.random_rotmat(4, dtype=torch.float64)
+    moved = joints @ rot.transpose(-1, -2) + torch.randn(4, 1, 3, dtype=torch.float64)
+    feats = _features(joints)
+    assert feats.shape == (4, 101, FEATURES_PER_POINT) and FEATURES_PER_POINT == 67
+    torch.testing.assert_close(_features(moved), feats)
+    # ... but an articulation changes them
+    bent = joints.clone()
+    bent[:, 8] += 0.02
+    assert not torch.allclose(_features(bent), feats)
+
+
+def test_point_index_feature_is_the_last_column() -> None:
+    feats = _features(mean_hand_offsets()[None])
+    torch.testing.assert_close(feats[0, :, -1], torch.linspace(0, 1, 101))
+
+
+def test_encoder_outputs_and_translation_through_the_camera() -> None:
+    torch.manual_seed(0)
+    cfg = make_config("tiny")
+    enc = HandEncoder(cfg)
+    D = cfg.hidden_dim
+    K = torch.tensor([[[600.0, 0, 100], [0, 650.0, 120], [0, 0, 1]]]).expand(2, 3, 3)
+    out = enc(torch.randn(2, D), torch.randn(2, D), K)
+    assert out["joints_3d_coarse"].shape == (2, 21, 3) and out["joints_3d"].shape == (2, 21, 3)
+    assert out["joint_conf"].shape == (2, 21) and out["mano_shape"].shape == (2, 10)
+    assert out["hand_points"].shape == (2, 101, 3)
+    # the coarse wrist is a pixel in the crop lifted with K: re-projecting it lands in the crop
+    wrist = out["joints_3d_coarse"][:, 0]
+    uv = (wrist @ K[0].T)[:, :2] / wrist[:, 2:]
+    assert ((uv > 0) & (uv < cfg.image_size)).all()
+
+
+def test_encoder_uses_mano_vertices_when_configured(tmp_path: Path) -> None:
+    mano = ManoLayer.from_pickle(write_fake_mano_pickle(tmp_path / "MANO_RIGHT.pkl"))
+    cfg = make_config("tiny")
+    enc = HandEncoder(cfg, mano)
+    K = torch.tensor([[[700.0, 0, 112], [0, 700.0, 112], [0, 0, 1]]])
+    out = enc(torch.randn(1, cfg.hidden_dim), torch.randn(1, cfg.hidden_dim), K)
+    assert out["hand_points"].shape == (1, 778, 3)
+    # MANO buffers come from the user's file, never from a checkpoint
+    assert not any(k.startswith("mano.") for k in enc.state_dict())
