@@ -332,3 +332,19 @@ def test_unlabelled_garbage_and_points_behind_the_camera_stay_finite(example):
     grads = torch.autograd.grad(total, [outputs[k] for k in ("joints_3d", "contact_points", "mano_shape")])
     assert torch.isfinite(total) and all(torch.isfinite(g).all() for g in grads)
     assert grads[0].abs().max() < 1e3
+
+
+def test_constant_velocity_clips_have_no_temporal_loss_and_lengths_may_be_collated(example):
+    batch, outputs = example
+    batch["hand_valid"][:] = True
+    steps = torch.arange(B, dtype=torch.float32).remainder(K_SEQ)[:, None, None]
+    batch["joints_3d"] = batch["joints_3d"][:1] + 0.01 * steps  # each clip moves at 1 cm/frame
+    moving = dict(outputs, joints_3d=batch["joints_3d"] + 0.02)  # offset, same motion
+    _, terms = AMTLoss()(moving, batch)
+    assert terms["temporal"].abs() < 1e-6
+    batch["sequence_length"] = torch.full((B,), K_SEQ)  # as a DataLoader collates it
+    _, collated = AMTLoss()(outputs, batch)
+    assert collated["temporal"] > 0
+    batch["sequence_length"] = torch.tensor([3, 3, 3, 2, 2, 2])
+    with pytest.raises(ValueError, match="sequence_length"):
+        AMTLoss()(outputs, batch)

@@ -133,6 +133,15 @@ def _labels(x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     return torch.where(keep, x, torch.zeros_like(x))
 
 
+def _sequence_length(batch: Mapping) -> int:
+    """`batch["sequence_length"]` as an int (1 when absent); a collated (B,) tensor must hold
+    one value."""
+    values = torch.as_tensor(batch.get("sequence_length", 1)).flatten().unique()
+    if values.numel() != 1:
+        raise ValueError(f"batch['sequence_length'] must hold one clip length, got {values.tolist()}")
+    return int(values[0])
+
+
 def _zero(like: torch.Tensor) -> torch.Tensor:
     """A zero that stays attached to the graph of `like`, so backward never breaks."""
     return like.sum() * 0.0
@@ -463,7 +472,7 @@ class AMTLoss(nn.Module):
         """KL(label marginal || predicted marginal) of the class distribution over all queries."""
         logits = outputs["obj_logits"]
         target = self._class_targets(outputs, batch, m).flatten()
-        label = torch.bincount(target, minlength=logits.shape[-1]).to(logits.dtype) / target.numel()
+        label = F.one_hot(target, logits.shape[-1]).to(logits.dtype).mean(0)  # (bincount is not deterministic on CUDA)
         log_pred = torch.logsumexp(logits.flatten(0, 1).log_softmax(-1), dim=0) - math.log(target.numel())
         present = label > 0
         return (label[present] * (label[present].log() - log_pred[present])).sum()
@@ -472,7 +481,7 @@ class AMTLoss(nn.Module):
         """Second difference (velocity for K=2) of the joints across a clip, minus the ground
         truth's where all frames involved have a hand label; metres per frame^2 (frame)."""
         joints = outputs["joints_3d"]
-        k = int(batch.get("sequence_length", 1))
+        k = _sequence_length(batch)
         if k < 2:
             return _zero(joints)
         if joints.shape[0] % k:
