@@ -31,9 +31,10 @@ class CheckpointError(RuntimeError):
 def load_checkpoint(folder: str | Path, use_ema: bool = True) -> tuple[torch.nn.Module, dict[str, Any]]:
     """Model from a checkpoint folder (config.yaml + model.safetensors [+ trainer.pt]).
 
-    With `use_ema`, the EMA weights stored in trainer.pt (key "ema": a state dict, or a dict
-    holding one under "shadow"/"state_dict") replace the raw weights. Returns (model, config
-    as a plain dict).
+    The trainer saves the EMA weights (the evaluated ones) as model.safetensors when EMA is on;
+    `use_ema=False` loads the raw weights from trainer.pt (key "model") instead. Returns
+    (model, {"model": model config dict, "weights": "ema" | "raw" | "saved", "train": run config
+    or None}).
     """
     from amt.models import AMT
 
@@ -47,32 +48,37 @@ def load_checkpoint(folder: str | Path, use_ema: bool = True) -> tuple[torch.nn.
         model = AMT.from_pretrained(path)
     except Exception as exc:  # any failure of the loader means the folder is unusable
         raise CheckpointError(f"{path}: cannot load the checkpoint ({type(exc).__name__}: {exc})") from exc
-    trainer_file = path / "trainer.pt"
-    if use_ema and trainer_file.is_file():
-        ema = _ema_state(trainer_file)
-        if ema is not None:
-            model.load_state_dict(ema, strict=True)
-            log.info("%s: evaluating the EMA weights", trainer_file)
+    weights = "saved"
+    state = _trainer_state(path / "trainer.pt")
+    if state is not None:
+        weights = "ema" if state.get("ema") is not None else "raw"
+        if not use_ema and state.get("ema") is not None:
+            model.load_state_dict(state["model"], strict=True)
+            weights = "raw"
+    train_config = path / "train_config.yaml"
     try:
-        config = yaml.safe_load((path / "config.yaml").read_text())
+        config = {
+            "model": yaml.safe_load((path / "config.yaml").read_text()),
+            "weights": weights,
+            "train": yaml.safe_load(train_config.read_text()) if train_config.is_file() else None,
+        }
     except yaml.YAMLError as exc:
-        raise CheckpointError(f"{path / 'config.yaml'}: not valid YAML ({exc})") from exc
+        raise CheckpointError(f"{path}: a config file is not valid YAML ({exc})") from exc
+    log.info("%s: evaluating the %s weights", path, weights)
     return model, config
 
 
-def _ema_state(trainer_file: Path) -> dict[str, torch.Tensor] | None:
+def _trainer_state(path: Path) -> dict[str, Any] | None:
+    if not path.is_file():
+        return None
     try:
-        state = torch.load(trainer_file, map_location="cpu", weights_only=False)
+        # weights_only=False: trainer.pt holds numpy/python RNG states next to the tensors.
+        state = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
     except Exception as exc:
-        raise CheckpointError(f"{trainer_file}: cannot read the trainer state ({type(exc).__name__}: {exc})") from exc
-    ema = state.get("ema") if isinstance(state, dict) else None
-    if isinstance(ema, dict):
-        for key in ("shadow", "state_dict", "model"):
-            if isinstance(ema.get(key), dict):
-                return ema[key]
-        if ema and all(isinstance(v, torch.Tensor) for v in ema.values()):
-            return ema
-    return None
+        raise CheckpointError(f"{path}: cannot read the trainer state ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(state, dict) or "model" not in state:
+        raise CheckpointError(f"{path}: expected a dict with key 'model' (the trainer's checkpoint state)")
+    return state
 
 
 def train_split_of(split: str) -> str:
@@ -115,9 +121,9 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _is_synthetic(root: Path) -> bool:
-    """The synthetic generator leaves a marker file in its output root."""
-    return any((root / name).exists() for name in ("synthetic.json", "SYNTHETIC", "synthetic_meta.json"))
+def is_synthetic(root: Path) -> bool:
+    """`amt synth` output: its MANO calibration folders are named `mano_<date>_synthetic_...`."""
+    return any((root / "calibration").glob("mano_*_synthetic_*"))
 
 
 def main(argv: list[str]) -> int:
@@ -143,7 +149,7 @@ def main(argv: list[str]) -> int:
         model, dataset, root / "models", batch_size=args.batch_size, device=args.device, train_dataset=train_dataset
     )
     out = args.out or args.checkpoint / f"eval_{args.split}"
-    info = provenance(args.checkpoint, config, root, args.split, args.synthetic or _is_synthetic(root), args.device)
+    info = provenance(args.checkpoint, config, root, args.split, args.synthetic or is_synthetic(root), args.device)
     paths = write_report(result, out, info, bop_ids=_bop_ids(root, args.split, result["predictions"].index))
     if args.report == "html":
         # Hook: amt.evaluation.html_report.write_html_report(result, out_dir, provenance, dataset) -> Path.

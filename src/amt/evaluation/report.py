@@ -232,14 +232,19 @@ def draw_hand_objects(
     joints_3d: np.ndarray | None,
     objects: Sequence[tuple[np.ndarray, np.ndarray]],
     axis_length: float = 0.05,
+    scale: int = 1,
 ) -> Image.Image:
     """Draw a 2D skeleton and object centres + axes on an image.
 
     image: (H, W, 3) uint8 RGB crop; K: (3, 3) its intrinsics; joints_3d: (21, 3) metres or
     None; objects: (R (3,3), t (3,)) per object, camera frame, metres; axes of `axis_length` m
-    drawn red/green/blue for x/y/z.
+    drawn red/green/blue for x/y/z. scale: integer upsampling of the picture (K follows it).
     """
     pil = Image.fromarray(np.ascontiguousarray(image)).convert("RGB")
+    if scale > 1:
+        pil = pil.resize((pil.width * scale, pil.height * scale), Image.BILINEAR)
+        # Pixel centres: u' = s (u + 0.5) - 0.5.
+        K = np.array([[scale, 0, (scale - 1) / 2], [0, scale, (scale - 1) / 2], [0, 0, 1]]) @ np.asarray(K)
     draw = ImageDraw.Draw(pil)
     r = max(2, pil.width // 112)
     for R, t in objects:
@@ -258,20 +263,23 @@ def draw_hand_objects(
     return pil
 
 
-def overlay_pair(image: np.ndarray, pred: Predictions, i: int, min_score: float = 0.5) -> Image.Image:
+def overlay_pair(
+    image: np.ndarray, pred: Predictions, i: int, min_score: float = 0.5, min_size: int = 224
+) -> Image.Image:
     """Ground truth (left) next to the prediction (right) for sample `i` of `pred`.
 
-    image: (H, W, 3) uint8 crop of that sample. Predicted objects: queries whose best class is
-    not "no object" with probability >= min_score.
+    image: (H, W, 3) uint8 crop of that sample, upsampled to at least `min_size` pixels.
+    Predicted objects: queries whose best class is not "no object" with probability >= min_score.
     """
+    scale = max(1, math.ceil(min_size / image.shape[1]))
     gt, K = pred.gt, pred.gt["K"][i]
     gt_objects = [(gt["obj_R"][i, m], gt["obj_t"][i, m]) for m in np.nonzero(gt["obj_valid"][i])[0]]
     probs = pred.obj_prob[i]
     none = probs.shape[-1] - 1
     keep = [q for q in range(len(probs)) if probs[q].argmax() != none and probs[q].max() >= min_score]
     pred_objects = [(pred.obj_R[i, q], pred.obj_t[i, q]) for q in keep]
-    left = draw_hand_objects(image, K, gt["joints_3d"][i] if gt["hand_valid"][i] else None, gt_objects)
-    right = draw_hand_objects(image, K, pred.joints_3d[i], pred_objects)
+    left = draw_hand_objects(image, K, gt["joints_3d"][i] if gt["hand_valid"][i] else None, gt_objects, scale=scale)
+    right = draw_hand_objects(image, K, pred.joints_3d[i], pred_objects, scale=scale)
     pair = Image.new("RGB", (left.width * 2 + 4, left.height), (255, 255, 255))
     pair.paste(left, (0, 0))
     pair.paste(right, (left.width + 4, 0))
