@@ -110,10 +110,17 @@ class _Worker:
     renderer: Renderer | None = None
 
     @classmethod
-    def init(cls, models_dir: str | None) -> None:
+    def init(cls, models_dir: str | None, preloaded: dict | None = None) -> None:
         cls.library = ObjectLibrary(Path(models_dir) if models_dir else None)
+        cls.library.add(preloaded or {})
         if cls.renderer is not None:
             cls.renderer.clear_meshes()
+
+    @classmethod
+    def init_child(cls, models_dir: str | None, preloaded: dict) -> None:
+        """Worker start: never reuse a GL context inherited from the parent through fork."""
+        cls.renderer = None
+        cls.init(models_dir, preloaded)
 
     @classmethod
     def get_renderer(cls) -> Renderer:
@@ -215,7 +222,7 @@ def run_instant(job: InstantJob) -> dict:
     kind = setup.kinds[job.frame]
     side_sign = 1.0 if setup.side == "right" else -1.0
     grasp_index = setup.ycb_ids.index(setup.plan.grasped_class)
-    scene = sample_scene(models, setup.ycb_ids, grasp_index, kind, job.shape, side_sign, rng)
+    scene = sample_scene(models, setup.ycb_ids, grasp_index, kind, job.shape, side_sign, rng, setup.rig[:, :, 3])
     if scene.hand is not None:
         _Worker.get_renderer().set_hand(*_hand_arrays(scene))
     seq_dir = Path(job.out) / setup.plan.subject_name / setup.plan.name
@@ -311,7 +318,7 @@ def generate(out: str | os.PathLike, frames: int, seed: int = 0, models: str | o
         root, plans, {s.plan.name: s.rig for s in setups},
         {f"{s.plan.mano_calib}_{s.side}": np.zeros(10) for s in setups},
     )  # fmt: skip
-    results = _run_jobs(jobs, models_dir, workers)
+    results = _run_jobs(jobs, models_dir, workers, sorted({c for s in setups for c in s.ycb_ids}))
     by_seq: dict[str, list[dict]] = {}
     for job, res in zip(jobs, results, strict=True):
         by_seq.setdefault(job.setup.plan.name + job.setup.plan.subject_name, []).append(res)
@@ -326,12 +333,19 @@ def generate(out: str | os.PathLike, frames: int, seed: int = 0, models: str | o
     return result
 
 
-def _run_jobs(jobs: list[InstantJob], models_dir: Path | None, workers: int) -> list[dict]:
+def _run_jobs(jobs: list[InstantJob], models_dir: Path | None, workers: int, class_ids: list[int]) -> list[dict]:
+    """Run the instants in this process (workers <= 1) or a spawn pool; results in job order.
+
+    The object models are loaded once here and handed to the workers; each worker keeps its
+    own GL context and uploads each mesh once.
+    """
     arg = str(models_dir) if models_dir else None
+    if _Worker.library is None or _Worker.library.models_dir != models_dir:
+        _Worker.init(arg)
+    preloaded = _Worker.library.preload(class_ids)
     if workers <= 1 or len(jobs) <= 1:
-        if _Worker.library is None or _Worker.library.models_dir != (Path(arg) if arg else None):
-            _Worker.init(arg)
         return [run_instant(job) for job in jobs]
-    ctx = mp.get_context("spawn")
-    with ctx.Pool(workers, initializer=_Worker.init, initargs=(arg,)) as pool:
+    # fork is cheap (no re-import, models shared) but must not copy a live GL context.
+    ctx = mp.get_context("fork" if _Worker.renderer is None and "fork" in mp.get_all_start_methods() else "spawn")
+    with ctx.Pool(workers, initializer=_Worker.init_child, initargs=(arg, preloaded)) as pool:
         return pool.map(run_instant, jobs, chunksize=max(1, len(jobs) // (workers * 8)))

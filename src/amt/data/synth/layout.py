@@ -9,8 +9,8 @@ subject grasps DEXYCB_USED_IDS[i // 5], as in DexYCB), blocks taken in the order
 for subjects 0..9, and so on. The official splits select sequences by their position in the
 subject's sorted folder list, so 10 sequences (N >= 80) give s0_train, s0_val (subject 0,
 sequence 4) and s0_test (subject 2, sequence 4) samples; N >= 400 puts sequences in every
-subject (s1 splits). At most 1000 sequences are made; frames per sequence = ceil(instants /
-1000), spread evenly. All 10 subject folders are always created (possibly empty), so every
+subject (s1 splits). min(instants, 1000) sequences are made (one instant each until the
+1000 DexYCB sequences exist), the instants spread evenly over them. All 10 subject folders are always created (possibly empty), so every
 split can be opened.
 """
 
@@ -70,8 +70,7 @@ def plan_dataset(frames: int) -> list[SequencePlan]:
     if frames < 1:
         raise ValueError(f"--frames must be >= 1, got {frames}")
     instants = -(-frames // VIEWS)
-    per_seq = -(-instants // MAX_SEQUENCES)
-    n_seq = -(-instants // per_seq)
+    n_seq = min(instants, MAX_SEQUENCES)
     slots: list[tuple[int, int]] = []
     for block in range(len(DEXYCB_USED_IDS)):
         for subject in _SUBJECT_ORDER:

@@ -152,6 +152,14 @@ class ObjectLibrary:
         self.models_dir = models_dir
         self._cache: dict[int, ObjectModel] = {}
 
+    def preload(self, class_ids: list[int]) -> dict[int, ObjectModel]:
+        """Load the given classes now; returns the loaded models (picklable, for worker processes)."""
+        return {c: self.get(c) for c in sorted(set(class_ids))}
+
+    def add(self, models: dict[int, ObjectModel]) -> None:
+        """Adopt models loaded elsewhere (by `preload` in another process)."""
+        self._cache.update(models)
+
     def get(self, class_id: int) -> ObjectModel:
         if class_id not in self._cache:
             self._cache[class_id] = self._load(class_id)
@@ -166,7 +174,12 @@ class ObjectLibrary:
             path = source / MODEL_FILE
             if not path.is_file():
                 raise FileNotFoundError(f"{path}: missing model for class {class_id} ({name})")
-            mesh = trimesh.load(path, process=False, force="mesh")
+            loaded = trimesh.load(path, process=False)
+            if isinstance(loaded, trimesh.Scene):  # one geometry; taken as is (force="mesh" deep-copies)
+                if len(loaded.geometry) != 1:
+                    raise ValueError(f"{path}: expected one mesh, found {len(loaded.geometry)} geometries")
+                loaded = next(iter(loaded.geometry.values()))
+            mesh = loaded
         image = getattr(getattr(mesh.visual, "material", None), "image", None)
         texture = np.asarray(image.convert("RGB")) if image is not None else _primitive_texture(class_id)
         points, face_idx = trimesh.sample.sample_surface(mesh, SDF_SAMPLES, seed=class_id)

@@ -20,6 +20,7 @@ log = logging.getLogger(__name__)
 
 N_SERIALS = 8
 CAMERA_DISTANCE = (0.4, 0.9)  # metres, camera centre to its look-at point (DexYCB-like)
+MIN_CAMERA_DISTANCE = 0.3  # metres, closest a hand joint may come to a camera
 AXIS_SAMPLES = 6  # points per capsule axis in the contact search
 FLEX_STEPS = 40
 FLEX_SWEEP = 2.4  # radians of the coupled flexion sweep
@@ -264,10 +265,14 @@ def _place_at_gap(ctx: GraspContext, pose: hm.HandPose, normal: np.ndarray, gap:
     return current
 
 
-def _world_ok(hand: HandState, others: list[tuple[ObjectModel, np.ndarray, np.ndarray]]) -> bool:
-    """Hand above the table, forearm not through it, no overlap with the non-grasped objects."""
+def _world_ok(hand: HandState, others: list[tuple[ObjectModel, np.ndarray, np.ndarray]],
+              cameras: np.ndarray) -> bool:
+    """Hand above the table, forearm not through it, no overlap with the non-grasped objects,
+    at least MIN_CAMERA_DISTANCE from every camera centre (cameras: (C, 3) world)."""
     joints = hand.joints()
     if joints[:, 2].min() < 0.012:
+        return False
+    if len(cameras) and np.linalg.norm(joints[None] - cameras[:, None], axis=-1).min() < MIN_CAMERA_DISTANCE:
         return False
     forearm = hand.translation - 0.15 * hand.rotation[:, 1]
     if forearm[2] < 0.03:
@@ -280,7 +285,8 @@ def _world_ok(hand: HandState, others: list[tuple[ObjectModel, np.ndarray, np.nd
 
 
 def synthesize_grasp(model: ObjectModel, rotation: np.ndarray, translation: np.ndarray, shape: hm.HandShape,
-                     side_sign: float, kind: str, others: list, rng: np.random.Generator):
+                     side_sign: float, kind: str, others: list, rng: np.random.Generator,
+                     cameras: np.ndarray = np.zeros((0, 3))):
     """A hand grasping (or approaching) the object posed at (rotation, translation) in the world.
 
     Grasp: try surface points with outward normals; put the palm a few millimetres off the
@@ -311,7 +317,7 @@ def synthesize_grasp(model: ObjectModel, rotation: np.ndarray, translation: np.n
             contacts = np.array([c for c, _ in results])
             gaps = np.array([g for _, g in results])
         hand = HandState(shape, pose, rotation @ ctx.rotation, rotation @ ctx.translation + translation, side_sign)
-        if not _world_ok(hand, others):
+        if not _world_ok(hand, others, cameras):
             continue
         score = contacts.sum() + 0.5 * contacts[0]
         if score > best_score:
@@ -323,15 +329,18 @@ def synthesize_grasp(model: ObjectModel, rotation: np.ndarray, translation: np.n
 
 
 def sample_scene(models: list[ObjectModel], class_ids: list[int], grasp_index: int, kind: str,
-                 shape: hm.HandShape, side_sign: float, rng: np.random.Generator) -> Scene:
-    """Objects on the table plus a hand of the given kind ("grasp", "approach", "empty")."""
+                 shape: hm.HandShape, side_sign: float, rng: np.random.Generator, cameras: np.ndarray) -> Scene:
+    """Objects on the table plus a hand of the given kind ("grasp", "approach", "empty").
+
+    cameras: (C, 3) camera centres (world) the hand must keep MIN_CAMERA_DISTANCE from.
+    """
     rotations, translations = place_objects(models, grasp_index, lifted=kind == "grasp", rng=rng)
     hand, diag = None, {}
     if kind != "empty":
         others = [(models[i], rotations[i], translations[i]) for i in range(len(models)) if i != grasp_index]
         for _ in range(4):
             hand, diag = synthesize_grasp(models[grasp_index], rotations[grasp_index], translations[grasp_index],
-                                          shape, side_sign, kind, others, rng)
+                                          shape, side_sign, kind, others, rng, cameras)
             if hand is not None:
                 break
             rotations, translations = place_objects(models, grasp_index, lifted=kind == "grasp", rng=rng)
