@@ -21,7 +21,7 @@ from torch import nn
 
 from amt.geometry.camera import unproject
 from amt.geometry.frames import NUM_FRAMES, local_frames, to_local
-from amt.geometry.hand_surface import skeleton_surface_points
+from amt.geometry.hand_surface import num_skeleton_points, skeleton_surface_points
 from amt.geometry.mano import ManoLayer
 from amt.models.config import ModelConfig
 from amt.models.layers import MLP, init_head_weights
@@ -59,14 +59,22 @@ def mean_hand_offsets() -> torch.Tensor:
     return torch.stack(joints)
 
 
-def multi_coordinate_features(points: torch.Tensor, R: torch.Tensor, origins: torch.Tensor) -> torch.Tensor:
+def point_index_feature(num_points: int) -> torch.Tensor:
+    """(P,) the point-index feature: index / (P - 1), in [0, 1]."""
+    return torch.arange(num_points, dtype=torch.float32) / max(num_points - 1, 1)
+
+
+def multi_coordinate_features(
+    points: torch.Tensor, R: torch.Tensor, origins: torch.Tensor, index: torch.Tensor | None = None
+) -> torch.Tensor:
     """points: (B, P, 3) metres; R (B, 22, 3, 3), origins (B, 22, 3): the hand's local frames
-    (`local_frames`). Returns (B, P, 67): each point in the 22 frames (in units of HAND_SCALE)
-    and its index / (P - 1)."""
+    (`local_frames`); index: (P,) point-index feature (default `point_index_feature(P)`).
+    Returns (B, P, 67): each point in the 22 frames (in units of HAND_SCALE) and its index."""
     local = to_local(points, R, origins).flatten(-2) / HAND_SCALE  # (B, P, 66)
-    P = points.shape[-2]
-    index = torch.linspace(0.0, 1.0, P, dtype=points.dtype, device=points.device)
-    return torch.cat([local, index.expand(*points.shape[:-2], P).unsqueeze(-1)], dim=-1)
+    B, P = points.shape[0], points.shape[-2]
+    if index is None:
+        index = point_index_feature(P).to(points)
+    return torch.cat([local, index.to(points.dtype).expand(B, P).unsqueeze(-1)], dim=-1)
 
 
 class HandEncoder(nn.Module):
@@ -82,6 +90,9 @@ class HandEncoder(nn.Module):
         self.depth_per_focal = cfg.depth_per_focal
         self.per_bone = cfg.surface_points_per_bone
         n_pose = NUM_MANO_POSE if mano is not None else 0
+        num_points = mano.v_template.shape[0] if mano is not None else num_skeleton_points(self.per_bone)
+        # a buffer, not computed per forward: torch.linspace exports to ONNX through float64
+        self.register_buffer("point_index", point_index_feature(num_points), persistent=False)
         # one wide output: root uv (2), log depth (1), 20 offsets (60), shape (10), [MANO pose (48)]
         self.coarse = MLP(2 * D, D, 3 + 60 + NUM_SHAPE + n_pose)
         self.point_in = MLP(FEATURES_PER_POINT, D, D)
@@ -117,7 +128,7 @@ class HandEncoder(nn.Module):
         coarse, shape_coarse, mano_pose = self._coarse(fused, K)
         points = self.surface_points(coarse, shape_coarse, mano_pose)
         R, origins = local_frames(coarse)
-        feats = multi_coordinate_features(points, R, origins)  # (B, P, 67)
+        feats = multi_coordinate_features(points, R, origins, self.point_index)  # (B, P, 67)
         image = self.image_in(fused)
         x = F.gelu(self.point_in(feats) + image.unsqueeze(1))
         for layer in self.point_layers:
