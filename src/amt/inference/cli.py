@@ -1,0 +1,254 @@
+"""`amt predict` and `amt export`.
+
+amt predict CKPT INPUT --out DIR [--bbox x0,y0,x1,y1 | --boxes FILE.json | --detector]
+            [--K fx,fy,cx,cy | --calib FILE.yml] [--side-by-side] [--smooth ema|one-euro]
+            [--video-out FILE] [--score-threshold T] [--models DIR] [--device cpu|cuda]
+amt export CKPT --format onnx|torchscript [--dynamic-batch] [--out FILE] [--tolerance 1e-4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from amt.data.transforms import CropConfig
+from amt.inference.frames import (
+    Frame,
+    FrameSourceError,
+    is_video,
+    iter_frames,
+    require_video_backend,
+    video_fps,
+    write_video,
+)
+from amt.inference.intrinsics import DEFAULT_HFOV_DEG, Intrinsics, IntrinsicsError, default_intrinsics, load_calibration, parse_K
+
+log = logging.getLogger(__name__)
+
+
+class BoxFileError(ValueError):
+    """A --boxes JSON file is unreadable or holds a malformed box."""
+
+
+def _setup_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+
+
+def parse_bbox(text: str) -> tuple[float, float, float, float]:
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 4 or not (values[2] > values[0] and values[3] > values[1]):
+        raise argparse.ArgumentTypeError(f"--bbox {text!r}: expected x0,y0,x1,y1 pixels with x0 < x1, y0 < y1")
+    return values  # type: ignore[return-value]
+
+
+def load_box_file(path: Path) -> dict[str, tuple[float, float, float, float]]:
+    """JSON {filename: [x0, y0, x1, y1]} -> dict; errors name the file and the key."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise BoxFileError(f"{path}: cannot read box file: {exc}") from exc
+    if not isinstance(data, dict):
+        raise BoxFileError(f"{path}: expected a JSON object {{filename: [x0, y0, x1, y1]}}")
+    boxes = {}
+    for key, value in data.items():
+        if not (isinstance(value, list) and len(value) == 4 and all(isinstance(v, (int, float)) for v in value)):
+            raise BoxFileError(f"{path}: key {key!r}: expected [x0, y0, x1, y1] numbers, got {value!r}")
+        if not (value[2] > value[0] and value[3] > value[1]):
+            raise BoxFileError(f"{path}: key {key!r}: expected x0 < x1 and y0 < y1, got {value}")
+        boxes[key] = tuple(float(v) for v in value)
+    return boxes
+
+
+def _predict_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="amt predict", description="Run a checkpoint on images, a folder or a video.")
+    p.add_argument("checkpoint", type=Path, help="checkpoint folder (config.yaml + model.safetensors)")
+    p.add_argument("input", type=Path, help="image file, folder of images, or video (.gif; .mp4 etc. need imageio-ffmpeg)")
+    p.add_argument("--out", type=Path, required=True, help="output folder for JSON and overlay PNGs")
+    crop = p.add_mutually_exclusive_group()
+    crop.add_argument("--bbox", type=parse_bbox, help="hand box x0,y0,x1,y1 (pixels) for every frame")
+    crop.add_argument("--boxes", type=Path, help="JSON {filename or frame name: [x0,y0,x1,y1]}")
+    crop.add_argument("--detector", action="store_true", help="find the hand with MediaPipe (pip install 'amt[detector]')")
+    cam = p.add_mutually_exclusive_group()
+    cam.add_argument("--K", dest="K", type=str, help="intrinsics fx,fy,cx,cy (pixels)")
+    cam.add_argument("--calib", type=Path, help="DexYCB-style intrinsics .yml (block 'color')")
+    p.add_argument("--hfov", type=float, default=DEFAULT_HFOV_DEG, help="horizontal FOV (deg) of the default intrinsics")
+    p.add_argument("--margin", type=float, default=CropConfig().margin, help="crop side / hand box side")
+    p.add_argument("--score-threshold", type=float, default=0.5, help="minimum object score to report")
+    p.add_argument("--models", type=Path, help="DexYCB-style models/ folder: draw each object's mesh box")
+    p.add_argument("--side-by-side", action="store_true", help="add a 3D view (matplotlib) next to the overlay")
+    p.add_argument("--smooth", choices=("none", "ema", "one-euro"), default="none", help="temporal smoothing (frames in order)")
+    p.add_argument("--fps", type=float, default=None, help="frame rate for smoothing/--video-out (default: the video's, else 30)")
+    p.add_argument("--video-out", type=Path, help="also write the overlays as a video (.gif, or .mp4 with imageio-ffmpeg)")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model (slow start)")
+    return p
+
+
+def _model_bounds(models_dir: Path) -> dict[int, np.ndarray]:
+    from amt.data.object_models import ObjectModels
+    from amt.data.ycb import YCB_CLASSES
+
+    models = ObjectModels(models_dir)
+    bounds = {}
+    for cid in YCB_CLASSES:
+        try:
+            bounds[cid] = np.asarray(models.mesh(cid).bounds, dtype=np.float64)
+        except (FileNotFoundError, ValueError, KeyError) as exc:
+            log.debug("no mesh for class %d in %s: %s", cid, models_dir, exc)
+    return bounds
+
+
+class _CropChooser:
+    """Decides each frame's square crop box: --bbox, --boxes entry, detector, else centred (warned)."""
+
+    def __init__(self, args: argparse.Namespace, crop: CropConfig) -> None:
+        self.bbox, self.crop = args.bbox, crop
+        self.boxes = load_box_file(args.boxes) if args.boxes else None
+        self.detector = None
+        if args.detector:
+            from amt.inference.detector import MediaPipeHandDetector
+
+            self.detector = MediaPipeHandDetector()
+        self.warned = False
+
+    def __call__(self, frame: Frame) -> tuple[tuple[int, int, int] | None, str]:
+        from amt.inference.predictor import box_from_xyxy
+
+        if self.bbox is not None:
+            return box_from_xyxy(self.bbox, self.crop), "--bbox"
+        if self.boxes is not None:
+            # images: keyed by file name (or stem); video frames: by `<video stem>_<index:06d>`
+            keys = (frame.name,) if is_video(Path(frame.source)) else (Path(frame.source).name, frame.name)
+            for key in keys:
+                if key in self.boxes:
+                    return box_from_xyxy(self.boxes[key], self.crop), f"--boxes[{key}]"
+        if self.detector is not None:
+            found = self.detector.detect(frame.image)
+            if found is not None:
+                return box_from_xyxy(found, self.crop), "detector"
+        if not self.warned:
+            log.warning("no hand box for %s (and maybe later frames): using a centred square crop", frame.source)
+            self.warned = True
+        return None, "centred (no hand box)"
+
+
+def _intrinsics_for(args: argparse.Namespace, width: int, height: int) -> Intrinsics:
+    if args.K:
+        return parse_K(args.K)
+    if args.calib:
+        return load_calibration(args.calib)
+    return default_intrinsics(width, height, args.hfov)
+
+
+def predict_main(argv: list[str]) -> int:
+    """Entry point of `amt predict`. Exit code 0 when at least one frame was predicted."""
+    _setup_logging()
+    args = _predict_parser().parse_args(argv)
+    import torch
+
+    from amt.inference.detector import DetectorUnavailable
+    from amt.inference.fastpath import FastPathConfig
+    from amt.inference.predictor import CheckpointError, Predictor
+    from amt.inference.smoothing import PredictionSmoother
+    from amt.inference.visualize import draw_3d_view, draw_overlay, side_by_side
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    crop = CropConfig(margin=args.margin)
+    try:  # every input is checked before the (slower) model load
+        choose_box = _CropChooser(args, crop)
+        if args.K or args.calib:
+            _intrinsics_for(args, 0, 0)
+        frames = iter_frames(args.input)
+        fps = args.fps or (video_fps(args.input) if is_video(args.input) else 30.0)
+        bounds = _model_bounds(args.models) if args.models else None
+        if args.video_out:
+            require_video_backend(args.video_out)
+        predictor = Predictor.from_checkpoint(
+            args.checkpoint, device=device, score_threshold=args.score_threshold, crop=crop,
+            fastpath=FastPathConfig(compile=args.compile),
+        )  # fmt: skip
+    except (CheckpointError, BoxFileError, IntrinsicsError, FrameSourceError, DetectorUnavailable) as exc:
+        print(f"amt predict: {exc}", file=sys.stderr)
+        return 2
+    args.out.mkdir(parents=True, exist_ok=True)
+    smoother = PredictionSmoother(args.smooth, fps) if args.smooth != "none" else None
+    done, skipped, video_frames, intrinsics_used = [], [], [], set()
+    for frame in frames:
+        if frame.image is None:
+            log.error("skipping %s: %s", frame.name, frame.error)
+            skipped.append({"frame": frame.name, "source": frame.source, "error": frame.error})
+            continue
+        h, w = frame.image.shape[:2]
+        intrinsics = _intrinsics_for(args, w, h)
+        intrinsics_used.add(intrinsics.source)
+        box, source = choose_box(frame)
+        pred = predictor.predict(frame.image, intrinsics, box, crop_source=source)
+        if smoother is not None:
+            pred = smoother(pred)
+        record = {"frame": frame.name, "source": frame.source, "index": frame.index, **pred.to_json()}
+        (args.out / f"{frame.name}.json").write_text(json.dumps(record, indent=1))
+        overlay = draw_overlay(frame.image, pred, bounds)
+        if args.side_by_side:
+            overlay = side_by_side(overlay, draw_3d_view(pred))
+        overlay.save(args.out / f"{frame.name}_overlay.png")
+        if args.video_out:
+            video_frames.append(np.asarray(overlay))
+        done.append(frame.name)
+    if args.video_out and video_frames:
+        write_video(video_frames, args.video_out, fps)
+    summary = {
+        "checkpoint": str(args.checkpoint),
+        "input": str(args.input),
+        "device": device,
+        "predicted": len(done),
+        "skipped": skipped,
+        "intrinsics": sorted(intrinsics_used),
+        "smoothing": args.smooth,
+        "score_threshold": args.score_threshold,
+    }
+    (args.out / "summary.json").write_text(json.dumps(summary, indent=1))
+    print(f"predicted {len(done)} frame(s), skipped {len(skipped)}; intrinsics: {', '.join(sorted(intrinsics_used)) or '-'}")
+    for s in skipped:
+        print(f"  skipped {s['source']}: {s['error']}")
+    print(f"wrote {args.out}")
+    return 0 if done else 1
+
+
+def export_main(argv: list[str]) -> int:
+    """Entry point of `amt export`: export, then print the parity check. Exit 1 when parity fails."""
+    _setup_logging()
+    p = argparse.ArgumentParser(prog="amt export", description="Export a checkpoint to ONNX or TorchScript.")
+    p.add_argument("checkpoint", type=Path)
+    p.add_argument("--format", choices=("onnx", "torchscript"), required=True)
+    p.add_argument("--dynamic-batch", action="store_true", help="batch dimension left free (checked at batch 1 and 3)")
+    p.add_argument("--out", type=Path, help="output file (default CKPT/model.onnx or CKPT/model.torchscript.pt)")
+    p.add_argument("--tolerance", type=float, default=1e-4, help="max abs difference allowed in the parity check")
+    args = p.parse_args(argv)
+    from amt.inference.export import ExportParityError, export
+    from amt.inference.predictor import CheckpointError, load_model
+
+    try:
+        model = load_model(args.checkpoint)
+    except CheckpointError as exc:
+        print(f"amt export: {exc}", file=sys.stderr)
+        return 2
+    out = args.out or args.checkpoint / ("model.onnx" if args.format == "onnx" else "model.torchscript.pt")
+    try:
+        result = export(model, out, args.format, args.dynamic_batch, args.tolerance)
+    except ExportParityError as exc:
+        print(f"amt export: PARITY FAILED: {exc}", file=sys.stderr)
+        return 1
+    print(f"wrote {result.path} ({result.format}, parity checked at batch {', '.join(map(str, result.parity_batches))})")
+    print(f"{'output':<18} max abs diff")
+    for name, diff in result.max_abs_diff.items():
+        print(f"{name:<18} {diff:.3e}")
+    print(f"{'worst':<18} {result.worst:.3e} (tolerance {args.tolerance:g})")
+    return 0

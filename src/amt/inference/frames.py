@@ -1,0 +1,149 @@
+"""Frame sources for `amt predict`: one image, a folder of images, or a video file.
+
+Every frame comes out as (H, W, 3) uint8 RGB whatever the file held (grayscale, RGBA,
+palette, 16-bit). A file that cannot be decoded yields a `Frame` with `error` set instead
+of raising, so one bad file never stops a batch.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
+# GIF is read as a video (pillow plugin), so animated GIFs work without ffmpeg.
+FFMPEG_VIDEO_EXTENSIONS = frozenset({".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v"})
+VIDEO_EXTENSIONS = FFMPEG_VIDEO_EXTENSIONS | {".gif"}
+
+
+class FrameSourceError(ValueError):
+    """The input path cannot be read as a whole (missing, unknown type, no video backend)."""
+
+
+@dataclass
+class Frame:
+    """One input frame.
+
+    name: output file stem (image stem, or `<video stem>_<index:06d>`); source: file path;
+    index: position in the source (video frame index, or order in the folder);
+    image: (H, W, 3) uint8 RGB, None when `error` says why it could not be read.
+    """
+
+    name: str
+    source: str
+    index: int
+    image: np.ndarray | None = None
+    error: str | None = None
+
+
+def load_rgb(path: str | Path) -> np.ndarray:
+    """Decode an image file to (H, W, 3) uint8 RGB. Raises OSError/ValueError when corrupt."""
+    with Image.open(path) as im:
+        im.load()
+        if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+            # 16/32-bit grayscale: rescale to 8 bits instead of letting PIL clip.
+            arr = np.asarray(im, dtype=np.float64)
+            top = arr.max() if arr.size and arr.max() > 0 else 1.0
+            arr = np.clip(arr / top * 255.0, 0, 255).astype(np.uint8)
+            return np.repeat(arr[..., None], 3, axis=-1)
+        return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
+
+
+def is_video(path: Path) -> bool:
+    return path.suffix.lower() in VIDEO_EXTENSIONS
+
+
+def _image_frame(path: Path, index: int) -> Frame:
+    try:
+        return Frame(path.stem, str(path), index, image=load_rgb(path))
+    except (OSError, ValueError, SyntaxError) as exc:  # PIL raises all three on corrupt data
+        return Frame(path.stem, str(path), index, error=f"cannot decode image {path}: {exc}")
+
+
+def require_video_backend(path: Path) -> None:
+    """Raise FrameSourceError when `path`'s video format needs imageio-ffmpeg and it is missing."""
+    if path.suffix.lower() in FFMPEG_VIDEO_EXTENSIONS and not (
+        importlib.util.find_spec("imageio_ffmpeg") or importlib.util.find_spec("av")
+    ):
+        raise FrameSourceError(
+            f"{path}: reading {path.suffix} video needs imageio-ffmpeg "
+            "(pip install 'amt[video]' or pip install imageio-ffmpeg)"
+        )
+
+
+def video_fps(path: Path, default: float = 30.0) -> float:
+    """Frames per second stored in a video file (GIF: from the frame duration in ms)."""
+    import imageio.v3 as iio
+
+    try:
+        meta = iio.immeta(path)
+    except Exception:  # noqa: BLE001 -- metadata is optional; the frames are what matter
+        return default
+    if meta.get("fps"):
+        return float(meta["fps"])
+    if meta.get("duration"):
+        return 1000.0 / float(meta["duration"])
+    return default
+
+
+def iter_video(path: Path) -> Iterator[Frame]:
+    """Frames of a video file; a decode failure mid-stream ends the video with an error frame."""
+    import imageio.v3 as iio
+
+    index = 0
+    try:
+        for arr in iio.imiter(path):
+            arr = np.asarray(arr)
+            if arr.ndim == 2:
+                arr = np.repeat(arr[..., None], 3, axis=-1)
+            yield Frame(f"{path.stem}_{index:06d}", str(path), index, image=np.ascontiguousarray(arr[..., :3]))
+            index += 1
+    except (OSError, ValueError, RuntimeError) as exc:
+        yield Frame(f"{path.stem}_{index:06d}", str(path), index, error=f"cannot decode video {path} at frame {index}: {exc}")
+
+
+def iter_frames(path: str | Path) -> Iterator[Frame]:
+    """Frames of an image file, a folder of images (sorted by name, non-images ignored) or a video.
+
+    The path is checked before this returns (FrameSourceError when it cannot be read at all);
+    frames are decoded lazily.
+    """
+    path = Path(path)
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+        if not files:
+            raise FrameSourceError(f"{path}: folder holds no image ({', '.join(sorted(IMAGE_EXTENSIONS))})")
+        ignored = sum(1 for p in path.iterdir() if p.is_file()) - len(files)
+        if ignored:
+            log.info("%s: ignoring %d file(s) that are not images", path, ignored)
+        return (_image_frame(file, i) for i, file in enumerate(files))
+    if not path.exists():
+        raise FrameSourceError(f"{path}: no such file or folder")
+    if is_video(path):
+        require_video_backend(path)
+        return iter_video(path)
+    if path.suffix.lower() in IMAGE_EXTENSIONS:
+        return iter([_image_frame(path, 0)])
+    raise FrameSourceError(
+        f"{path}: unknown input type {path.suffix!r}; expected an image "
+        f"({', '.join(sorted(IMAGE_EXTENSIONS))}), a folder or a video ({', '.join(sorted(VIDEO_EXTENSIONS))})"
+    )
+
+
+def write_video(frames: list[np.ndarray], path: Path, fps: float) -> None:
+    """Write (H, W, 3) uint8 frames as a video (.gif without extras; .mp4 etc. need imageio-ffmpeg)."""
+    import imageio.v3 as iio
+
+    require_video_backend(path)
+    if path.suffix.lower() == ".gif":
+        iio.imwrite(path, np.stack(frames), duration=1000.0 / fps, loop=0)
+    else:
+        iio.imwrite(path, np.stack(frames), fps=fps)
