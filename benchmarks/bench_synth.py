@@ -4,7 +4,10 @@
 
 Each configuration writes a fresh dataset into a temporary folder (JPEG colour + labels +
 calibration + models, textured YCB meshes when found) and reports images/s over the whole
-`generate` call, start-up (model loading, worker spawn, GL context) included.
+`generate` call, start-up (model loading, worker start, GL context) included, and the CPU
+time spent per image (this process + its workers, from getrusage). On a shared machine the
+wall-clock rate depends on the other load; `projected_images_per_s_2cores` = 2 / CPU seconds
+per image is what two otherwise idle cores would sustain with 2 workers.
 """
 
 from __future__ import annotations
@@ -13,10 +16,16 @@ import argparse
 import json
 import os
 import platform
+import resource
 import tempfile
 from datetime import datetime, timezone
 
 from amt.data.synthetic import generate
+
+
+def _cpu_seconds() -> float:
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 def main() -> None:
@@ -30,23 +39,30 @@ def main() -> None:
     rows = []
     for workers in args.workers:
         with tempfile.TemporaryDirectory() as tmp:
+            cpu0 = _cpu_seconds()
             res = generate(tmp, args.frames, seed=args.seed, workers=workers, primitives=args.primitives)
+            cpu = _cpu_seconds() - cpu0
             kinds = [r["kind"] for r in res.instants_info]
             rows.append({"workers": workers, "images": res.images, "instants": res.instants,
                          "seconds": round(res.seconds, 2), "images_per_s": round(res.frames_per_second, 2),
+                         "cpu_ms_per_image": round(1000 * cpu / res.images, 1),
+                         "projected_images_per_s_2cores": round(2 * res.images / cpu, 1),
                          "grasp_instants": kinds.count("grasp")})  # fmt: skip
     report = {
         "benchmark": "synth",
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
+        "load_average_1min": round(os.getloadavg()[0], 2),
         "objects": "primitives" if args.primitives else "YCB meshes (if found)",
         "resolution": "640x480",
         "results": rows,
     }
     print(json.dumps(report, indent=2))
-    print(f"\n| workers | images | seconds | images/s |\n|---|---|---|---|")
+    print("\n| workers | images | seconds | images/s | CPU ms/image | projected images/s (2 idle cores) |")
+    print("|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['workers']} | {r['images']} | {r['seconds']} | {r['images_per_s']} |")
+        print(f"| {r['workers']} | {r['images']} | {r['seconds']} | {r['images_per_s']} | {r['cpu_ms_per_image']} "
+              f"| {r['projected_images_per_s_2cores']} |")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(report, f, indent=2)

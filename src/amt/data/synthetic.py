@@ -134,8 +134,8 @@ class _Worker:
         for c in class_ids:
             if c not in renderer.meshes:
                 model = cls.library.get(c)
-                pos, nrm, uv = model.render_arrays()
-                renderer.add_mesh(c, pos, nrm, uv, model.texture)
+                pos, nrm, uv, faces = model.render_arrays()
+                renderer.add_mesh(c, pos, nrm, uv, model.texture, faces)
 
 
 def _homogeneous(r: np.ndarray, t: np.ndarray) -> np.ndarray:

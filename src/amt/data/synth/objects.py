@@ -135,14 +135,11 @@ class ObjectModel:
         sd = np.where(dist < 0.003, along, np.sign(along) * dist)
         return sd.reshape(points.shape[:-1])
 
-    def render_arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Triangle soup: positions (3F, 3), smooth normals (3F, 3), uv (3F, 2)."""
-        faces = self.mesh.faces
-        pos = self.mesh.vertices[faces].reshape(-1, 3)
-        nrm = self.mesh.vertex_normals[faces].reshape(-1, 3)
+    def render_arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Indexed mesh: positions (V, 3), smooth normals (V, 3), uv (V, 2), faces (F, 3)."""
         uv = getattr(self.mesh.visual, "uv", None)
-        uv = np.zeros((len(self.mesh.vertices), 2)) if uv is None else uv
-        return pos, nrm, np.asarray(uv)[faces].reshape(-1, 2)
+        uv = np.zeros((len(self.mesh.vertices), 2)) if uv is None else np.asarray(uv)
+        return np.asarray(self.mesh.vertices), np.asarray(self.mesh.vertex_normals), uv, np.asarray(self.mesh.faces)
 
 
 class ObjectLibrary:

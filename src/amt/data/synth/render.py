@@ -79,8 +79,9 @@ out vec2 v_xy;
 void main() { v_xy = in_xy * 0.5 + 0.5; gl_Position = vec4(in_xy, 0.999, 1.0); }
 """
 
-# Procedural backgrounds: a colour gradient, value noise at two scales, stripes and an
-# optional texture crop, mixed by per-frame weights.
+# Procedural backgrounds: a colour gradient, value noise at two scales (bilinear lookups of
+# a fixed random texture: far cheaper on llvmpipe than hashing per pixel), stripes, an
+# optional texture crop and per-pixel sensor noise, mixed by per-frame weights.
 _BG_FRAGMENT = """
 #version 330
 uniform vec3 u_c0;
@@ -94,26 +95,22 @@ uniform float u_stripe_amp;
 uniform vec2 u_stripe_dir;
 uniform float u_seed;
 uniform sampler2D u_tex;
+uniform sampler2D u_noise;
 uniform float u_tex_amp;
 uniform vec4 u_tex_rect;   // x0, y0, w, h in texture coordinates
 in vec2 v_xy;
 layout(location = 0) out vec4 out_color;
 layout(location = 1) out float out_seg;
-float hash(vec2 p) { return fract(sin(dot(p, vec2(127.1, 311.7)) + u_seed) * 43758.5453); }
-float vnoise(vec2 p) {
-    vec2 i = floor(p); vec2 f = fract(p); f = f * f * (3.0 - 2.0 * f);
-    return mix(mix(hash(i), hash(i + vec2(1, 0)), f.x), mix(hash(i + vec2(0, 1)), hash(i + vec2(1, 1)), f.x), f.y);
-}
 void main() {
     float g = clamp(dot(v_xy - 0.5, u_grad_dir) + 0.5, 0.0, 1.0);
     vec3 c = mix(u_c0, u_c1, g);
-    vec2 p = v_xy * vec2(1.3333, 1.0) * u_noise_scale;
-    float n = 0.65 * vnoise(p) + 0.35 * vnoise(p * 4.7);
+    vec2 p = v_xy * vec2(1.3333, 1.0) * u_noise_scale / 64.0 + u_seed;
+    float n = 0.65 * texture(u_noise, p).r + 0.35 * texture(u_noise, p * 4.7 + 0.37).r;
     c = mix(c, u_c2, u_noise_amp * n);
     c += u_stripe_amp * (step(0.5, fract(dot(v_xy, u_stripe_dir) * u_stripe_freq)) - 0.5);
     vec3 t = texture(u_tex, u_tex_rect.xy + v_xy * u_tex_rect.zw).rgb;
     c = mix(c, t, u_tex_amp);
-    c += (hash(gl_FragCoord.xy) - 0.5) * 0.03;
+    c += (texture(u_noise, gl_FragCoord.xy / 256.0 + u_seed * 7.0).g - 0.5) * 0.03;
     out_color = vec4(clamp(c, 0.0, 1.0), 1.0);
     out_seg = 0.0;
 }
@@ -196,18 +193,29 @@ class Renderer:
         self.meshes: dict[object, object] = {}
         self.textures: dict[object, object] = {}
         self.blank = self.ctx.texture((1, 1), 3, bytes([255, 255, 255]))
+        noise = np.random.default_rng(0).integers(0, 256, size=(256, 256, 3), dtype=np.uint8)
+        self.noise = self.ctx.texture((256, 256), 3, noise.tobytes())
+        self.noise.repeat_x = self.noise.repeat_y = True
         self.hand_vbo = self.ctx.buffer(reserve=MAX_HAND_VERTICES * 8 * 4, dynamic=True)
         self.hand_vao = self.ctx.vertex_array(self.prog, [(self.hand_vbo, "3f 3f 2f", "in_pos", "in_nrm", "in_uv")])
         self.hand_count = 0
         log.debug("moderngl context: %s", self.ctx.info.get("GL_RENDERER"))
 
     def add_mesh(self, key: object, positions: np.ndarray, normals: np.ndarray, uv: np.ndarray | None,
-                 texture: np.ndarray | None) -> None:
-        """Upload a triangle soup (V=3F rows: positions/normals (V, 3), uv (V, 2)) and its RGB texture."""
+                 texture: np.ndarray | None, faces: np.ndarray | None = None) -> None:
+        """Upload a mesh: positions/normals (V, 3), uv (V, 2) or None, and its RGB texture.
+
+        faces: (F, 3) vertex indices; None means the rows are a triangle soup (V = 3F).
+        Indexed meshes shade each vertex once (llvmpipe's vertex stage is not free).
+        """
         uv = np.zeros((len(positions), 2)) if uv is None else uv
         data = np.hstack([positions, normals, uv]).astype("f4")
-        vao = self.ctx.vertex_array(self.prog, [(self.ctx.buffer(data.tobytes()), "3f 3f 2f", "in_pos", "in_nrm", "in_uv")])
-        self.meshes[key] = (vao, len(positions))
+        content = [(self.ctx.buffer(data.tobytes()), "3f 3f 2f", "in_pos", "in_nrm", "in_uv")]
+        if faces is None:
+            self.meshes[key] = (self.ctx.vertex_array(self.prog, content), len(positions))
+        else:
+            ibo = self.ctx.buffer(np.ascontiguousarray(faces, dtype="i4").tobytes())
+            self.meshes[key] = (self.ctx.vertex_array(self.prog, content, ibo), 3 * len(faces))
         if texture is not None:
             self.add_texture(key, texture)
 
@@ -283,6 +291,8 @@ class Renderer:
         tex = self.textures.get(bg.texture_key) if bg.texture_key is not None else None
         (tex or self.blank).use(0)
         p["u_tex"].value = 0
+        self.noise.use(1)
+        p["u_noise"].value = 1
         p["u_tex_amp"].value = bg.texture_amp if tex is not None else 0.0
         p["u_tex_rect"].value = tuple(bg.texture_rect)
         self.bg_vao.render(vertices=3)

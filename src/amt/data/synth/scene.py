@@ -22,9 +22,9 @@ N_SERIALS = 8
 CAMERA_DISTANCE = (0.4, 0.9)  # metres, camera centre to its look-at point (DexYCB-like)
 MIN_CAMERA_DISTANCE = 0.3  # metres, closest a hand joint may come to a camera
 AXIS_SAMPLES = 6  # points per capsule axis in the contact search
-FLEX_STEPS = 40
+FLEX_STEPS = 28
 FLEX_SWEEP = 2.4  # radians of the coupled flexion sweep
-BISECTIONS = 7
+BISECTIONS = 6
 GRASP_CANDIDATES = 12
 # Relative speed of the (base, middle, distal) joints while a finger closes.
 CLOSING_WEIGHTS = np.array([[0.8, 1.0, 1.0]] + [[1.0, 1.0, 0.75]] * 4)
@@ -313,6 +313,9 @@ def synthesize_grasp(model: ObjectModel, rotation: np.ndarray, translation: np.n
             contacts, gaps = np.zeros(5, bool), np.full(5, np.nan)
         else:
             _place_at_gap(ctx, pose, n, rng.uniform(0.001, 0.012))
+            pre = HandState(shape, pose, rotation @ ctx.rotation, rotation @ ctx.translation + translation, side_sign)
+            if not _world_ok(pre, others, cameras):  # cheap reject before closing the fingers
+                continue
             results = [ctx.close_finger(pose, f) for f in range(5)]
             contacts = np.array([c for c, _ in results])
             gaps = np.array([g for _, g in results])
