@@ -114,11 +114,18 @@ class CachedDataset(Dataset):
 
 
 def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
-    """List of sample dicts -> batch dict: tensors stacked on a new first axis, `meta` a list."""
+    """List of sample dicts -> batch dict: tensors stacked on a new first axis, `meta` a list.
+
+    Stacks through numpy: on CPU, `np.stack` copies uint8 images several times faster than
+    `torch.stack` does.
+    """
     batch: dict[str, Any] = {}
     for key in samples[0]:
         values = [s[key] for s in samples]
-        batch[key] = torch.stack(values) if isinstance(values[0], torch.Tensor) else values
+        if isinstance(values[0], torch.Tensor):
+            batch[key] = torch.from_numpy(np.stack([v.numpy() for v in values]))
+        else:
+            batch[key] = values
     return batch
 
 

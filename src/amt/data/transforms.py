@@ -96,11 +96,13 @@ def normalize_images(images: torch.Tensor) -> torch.Tensor:
     """uint8 (B, 3, H, W) RGB or float in [0, 1] -> float32 ImageNet-normalised (B, 3, H, W).
 
     Runs on the tensor's device, so a uint8 batch can be normalised after the host-device copy.
+    One float copy, then in-place scale and shift (the input is never modified).
     """
-    x = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
-    mean = torch.tensor(IMAGENET_MEAN, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-    return (x - mean) / std
+    std = torch.tensor(IMAGENET_STD, device=images.device).view(1, 3, 1, 1)
+    mean = torch.tensor(IMAGENET_MEAN, device=images.device).view(1, 3, 1, 1)
+    scale = 1.0 / (std * 255.0) if images.dtype == torch.uint8 else 1.0 / std
+    x = images.to(torch.float32, copy=True)
+    return x.mul_(scale).sub_(mean / std)
 
 
 def denormalize_images(images: torch.Tensor) -> torch.Tensor:
