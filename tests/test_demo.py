@@ -1,0 +1,57 @@
+"""`amt demo` smoke test (a few frames and steps; `make demo` runs the full size)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from amt.demo import MARKER, main, prepare_out
+
+
+def test_demo_runs_end_to_end_and_refuses_to_overwrite(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "demo"
+    argv = ["--out", str(out), "--frames", "80", "--steps", "2", "--batch-size", "8", "--workers", "1"]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "Learning checks" in printed and "baseline" in printed
+    report = json.loads((out / "eval" / "report.json").read_text())
+    assert report["synthetic_data"] is True
+    assert [c["name"] for c in report["demo"]["checks"]] == [
+        "root-relative MPJPE (mm)", "object translation error (mm)", "contact accuracy", "collapse ratio",
+    ]  # fmt: skip
+    assert report["baselines"]["hand_root_relative_mpjpe"] > 0
+    assert report["demo"]["test_samples"] > 0 and report["demo"]["train_samples"] > 0
+    for name in ("training_curves.png", "pck_curves.png", "hpe_submission.txt", "bop_results.csv", "report.md"):
+        assert (out / "eval" / name).stat().st_size > 0, name
+    assert list((out / "eval" / "overlays").glob("*.png"))
+    assert (out / "train" / "checkpoints" / "last" / "model.safetensors").exists()
+
+    before = sorted(p.relative_to(out) for p in out.rglob("*"))
+    assert main(argv) == 2
+    assert "not empty" in capsys.readouterr().err
+    assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
+
+
+def test_force_never_deletes_files_of_a_folder_the_demo_did_not_make(tmp_path: Path) -> None:
+    user = tmp_path / "mine"
+    user.mkdir()
+    (user / "data").mkdir()
+    (user / "data" / "precious.txt").write_text("keep me")
+    with pytest.raises(FileExistsError, match="not empty"):
+        prepare_out(user, force=False)
+    target = prepare_out(user, force=True)
+    assert target.parent == user and target.name.startswith("demo_") and not any(target.iterdir())
+    assert (user / "data" / "precious.txt").read_text() == "keep me"
+
+
+def test_force_replaces_only_the_outputs_of_a_previous_demo(tmp_path: Path) -> None:
+    previous = tmp_path / "demo"
+    (previous / "train").mkdir(parents=True)
+    (previous / "train" / "old.txt").write_text("old run")
+    (previous / "notes.txt").write_text("user notes")
+    (previous / MARKER).write_text("{}")
+    assert prepare_out(previous, force=True) == previous
+    assert not (previous / "train").exists()
+    assert (previous / "notes.txt").read_text() == "user notes"
