@@ -252,3 +252,44 @@ def test_a_build_that_crashes_midway_resumes_to_the_same_cache(
     monkeypatch.setattr(cache_module, "make_record", real)
     build_cache(tree, SPLIT, out, size=SIZE, workers=1, chunk_size=CHUNK, progress=False)
     _assert_same_arrays(out, cache)
+
+
+def test_contacts_use_mano_vertices_when_a_mano_folder_is_given(tree: Path, tmp_path: Path) -> None:
+    from amt.data.cache import load_mano_layers, mano_vertices
+    from amt.geometry.hand_surface import skeleton_surface_points
+    from amt.geometry.mano import write_fake_mano_pickle
+
+    mano_dir = tmp_path / "mano"
+    mano_dir.mkdir()
+    write_fake_mano_pickle(mano_dir / "MANO_RIGHT.pkl", seed=0)
+    write_fake_mano_pickle(mano_dir / "MANO_LEFT.pkl", seed=1)
+    layers = load_mano_layers(mano_dir)
+    reader = DexYCB(tree, SPLIT)
+    models = ObjectModels(reader.models_dir)
+    sample = reader[0]
+    verts = mano_vertices(sample, layers)
+    assert verts is not None and verts.shape == (778, 3)
+    skeleton = skeleton_surface_points(torch.from_numpy(sample["joint_3d"])).numpy()
+    gap = np.linalg.norm(verts[:, None] - skeleton[None], axis=-1).min(axis=1)
+    v = verts[int(np.argmax(gap))]  # the vertex farthest from every skeleton point
+    assert gap.max() > 0.02
+    # object 1 touches that vertex with one surface point; object 2 is far away
+    pts = models.points(sample["ycb_ids"][1])
+    R = sample["obj_pose"][1, :, :3]
+    sample["obj_pose"] = sample["obj_pose"].copy()
+    sample["obj_pose"][1, :, 3] = v - R @ pts[0]
+    posed = pts @ R.T + sample["obj_pose"][1, :, 3]
+    if np.linalg.norm(posed[:, None] - skeleton[None], axis=-1).min() <= 0.01:
+        pytest.skip("this random object shape reaches the skeleton; the check needs a clear gap")
+    sample["obj_pose"][2, :, 3] += [5.0, 0.0, 0.0]
+    _, with_mano, _ = make_record(sample, models, CropConfig(size=SIZE), ContactConfig(), layers)
+    _, without, _ = make_record(sample, models, CropConfig(size=SIZE), ContactConfig())
+    assert with_mano["contact_valid"][1] and not without["contact_valid"][1]
+    assert np.linalg.norm(with_mano["contact_points"][1] - v) < 1e-5
+
+    out = build_cache(tree, SPLIT, tmp_path / "mano_cache", size=SIZE, workers=1, chunk_size=64, mano_dir=mano_dir, progress=False)
+    cached = open_cache(out)
+    for i in (0, 1, 4):
+        _, labels, _ = make_record(reader[i], models, CropConfig(size=SIZE), ContactConfig(), layers)
+        np.testing.assert_array_equal(cached.labels["contact_valid"][i], labels["contact_valid"])
+        np.testing.assert_array_equal(cached.labels["contact_points"][i], labels["contact_points"])

@@ -70,6 +70,7 @@ class CacheParams:
     crop: CropConfig = field(default_factory=CropConfig)
     contact: ContactConfig = field(default_factory=ContactConfig)
     models_dir: str | None = None
+    mano_dir: str | None = None
     chunk_size: int = 64
     version: int = CACHE_VERSION
 
@@ -104,6 +105,37 @@ def _object_box_points(sample: dict[str, Any], object_models: Any, n: int) -> np
     return None
 
 
+MANO_FILES = {"right": "MANO_RIGHT.pkl", "left": "MANO_LEFT.pkl"}
+
+
+def load_mano_layers(mano_dir: str | Path) -> dict[str, Any]:
+    """{side: ManoLayer} for the MANO_RIGHT.pkl / MANO_LEFT.pkl files present in `mano_dir`."""
+    from amt.geometry.mano import ManoLayer
+
+    folder = Path(mano_dir)
+    layers = {side: ManoLayer.from_pickle(folder / name, side=side) for side, name in MANO_FILES.items()
+              if (folder / name).is_file()}  # fmt: skip
+    if not layers:
+        raise FileNotFoundError(f"{folder}: no {' or '.join(MANO_FILES.values())} found")
+    return layers
+
+
+def mano_vertices(sample: dict[str, Any], layers: dict[str, Any]) -> np.ndarray | None:
+    """(778, 3) float32 MANO vertices in the camera frame (metres) from `pose_m` and the subject's
+    betas, or None when the frame has no MANO annotation or no layer for its side."""
+    import torch
+
+    pose_m = np.asarray(sample["pose_m"], dtype=np.float32).reshape(-1)
+    layer = layers.get(sample["side"])
+    if layer is None or not sample["hand_valid"] or not np.any(pose_m != 0) or not sample["mano_betas_valid"]:
+        return None
+    p = torch.from_numpy(pose_m)[None]
+    betas = torch.as_tensor(np.asarray(sample["mano_betas"], dtype=np.float32))[None]
+    with torch.no_grad():
+        verts, _ = layer(p[:, :3], layer.pca_to_hand_pose(p[:, 3:48]), betas, p[:, 48:51])
+    return verts[0].numpy()
+
+
 def crop_box_for_sample(sample: dict[str, Any], object_models: Any, crop: CropConfig) -> tuple[int, int, int]:
     """(x0, y0, side) integer box: around the hand's 2D joints, else the grasped object's projection,
     else the largest centred square of the image."""
@@ -118,9 +150,16 @@ def crop_box_for_sample(sample: dict[str, Any], object_models: Any, crop: CropCo
 
 
 def make_record(
-    sample: dict[str, Any], object_models: Any, crop: CropConfig, contact: ContactConfig
+    sample: dict[str, Any],
+    object_models: Any,
+    crop: CropConfig,
+    contact: ContactConfig,
+    mano_layers: dict[str, Any] | None = None,
 ) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, Any]]:
     """One reader sample -> (crop image (S, S, 3) uint8, labels per LABEL_SPECS, meta dict).
+
+    Contacts use the MANO vertices when `mano_layers` ({side: ManoLayer}) can pose this frame's
+    hand, otherwise the skeleton surface points of `joint_3d`.
 
     Objects fill slots in `ycb_ids` order, padded to MAX_OBJECTS; a slot without a pose in this
     frame has obj_valid False. Joints of a frame without a hand are zeros.
@@ -159,7 +198,7 @@ def make_record(
     labels["grasped"][...] = grasp if 0 <= grasp < n and valid[grasp] else -1
 
     if hand_valid:
-        hand = hand_surface(sample["joint_3d"])
+        hand = hand_surface(sample["joint_3d"], mano_vertices(sample, mano_layers) if mano_layers else None)
         obj_points = [
             pose_points(object_models.points(c, n=contact.num_points), pose[i, :, :3], pose[i, :, 3])
             if valid[i]
@@ -196,6 +235,7 @@ def _init_worker(params: dict[str, Any], folder: str, n: int) -> None:
         models=ObjectModels(models_dir),
         crop=CropConfig(**params["crop"]),
         contact=ContactConfig(**params["contact"]),
+        mano=load_mano_layers(params["mano_dir"]) if params["mano_dir"] else None,
         images=np.memmap(out / IMAGES_FILE, dtype=np.uint8, mode="r+", shape=(n, size, size, 3)),
         labels={k: np.load(out / LABELS_DIR / f"{k}.npy", mmap_mode="r+") for k in LABEL_SPECS},
     )
@@ -207,7 +247,7 @@ def _build_chunk(task: tuple[int, int, int]) -> tuple[int, list[list[Any]]]:
     w = _WORKER
     rows = []
     for i in range(start, stop):
-        image, labels, meta = make_record(w["dataset"][i], w["models"], w["crop"], w["contact"])
+        image, labels, meta = make_record(w["dataset"][i], w["models"], w["crop"], w["contact"], w["mano"])
         w["images"][i] = image
         for key, value in labels.items():
             w["labels"][key][i] = value
@@ -268,6 +308,7 @@ def build_cache(
     force: bool = False,
     resume: bool = True,
     models_dir: str | Path | None = None,
+    mano_dir: str | Path | None = None,
     threshold_mm: float = 10.0,
     chunk_size: int = 64,
     progress: bool = True,
@@ -275,6 +316,7 @@ def build_cache(
     """Build the cache of `split` under `out_dir`; returns the folder.
 
     Raises FileExistsError if `out_dir` already holds a complete cache and `force` is False.
+    mano_dir: folder with MANO_RIGHT.pkl / MANO_LEFT.pkl; when given, contacts use MANO vertices.
     With `resume`, an interrupted build with the same parameters continues where it stopped;
     otherwise (or when parameters differ and `force` is set) it starts afresh.
     """
@@ -291,6 +333,7 @@ def build_cache(
         crop=CropConfig(size=size, margin=margin, min_size=min_size),
         contact=ContactConfig(threshold_mm=threshold_mm),
         models_dir=None if models_dir is None else str(models_dir),
+        mano_dir=None if mano_dir is None else str(mano_dir),
         chunk_size=chunk_size,
     ).to_json()
     n = len(DexYCB(root, split, load_image=False))

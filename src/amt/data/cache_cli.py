@@ -20,6 +20,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--min-size", type=int, default=96, help="smallest crop side in image pixels (default 96)")
     p.add_argument("--threshold-mm", type=float, default=10.0, help="contact distance in mm (default 10)")
     p.add_argument("--models-dir", type=Path, default=None, help="object meshes (default ROOT/models)")
+    p.add_argument("--mano-dir", type=Path, default=None,
+                   help="folder with MANO_RIGHT.pkl / MANO_LEFT.pkl: contacts from MANO vertices (default: skeleton)")
     p.add_argument("--workers", type=int, default=2, help="parallel worker processes (default 2)")
     p.add_argument("--chunk-size", type=int, default=64, help="samples per resumable chunk (default 64)")
     p.add_argument("--force", action="store_true", help="rebuild even if a complete cache exists")
@@ -43,6 +45,7 @@ def main(argv: list[str]) -> int:
             force=args.force,
             resume=not args.no_resume,
             models_dir=args.models_dir,
+            mano_dir=args.mano_dir,
             threshold_mm=args.threshold_mm,
             chunk_size=args.chunk_size,
         )
