@@ -20,6 +20,8 @@ import resource
 import tempfile
 from datetime import datetime, timezone
 
+import numpy as np
+
 from amt.data.synthetic import generate
 
 
@@ -43,11 +45,20 @@ def main() -> None:
             res = generate(tmp, args.frames, seed=args.seed, workers=workers, primitives=args.primitives)
             cpu = _cpu_seconds() - cpu0
             kinds = [r["kind"] for r in res.instants_info]
+            grasps = [r["contact"] for r in res.instants_info if r["kind"] == "grasp"]
+            gaps = np.array([c["finger_gap"] for c in grasps])  # (G, 5) smallest gap of each finger, metres
+            pads = np.array([c["finger_contact"] for c in grasps])  # (G, 5) distal segment touching
             rows.append({"workers": workers, "images": res.images, "instants": res.instants,
                          "seconds": round(res.seconds, 2), "images_per_s": round(res.frames_per_second, 2),
                          "cpu_ms_per_image": round(1000 * cpu / res.images, 1),
                          "projected_images_per_s_2cores": round(2 * res.images / cpu, 1),
-                         "grasp_instants": kinds.count("grasp")})  # fmt: skip
+                         "grasp_instants": kinds.count("grasp"),
+                         # generator's own signed distances (metres) of each finger's capsules
+                         "fingers_within_5mm_mean": round(float((gaps < 0.005).sum(1).mean()), 2),
+                         "fingertip_pads_touching_mean": round(float(pads.sum(1).mean()), 2),
+                         "grasps_with_3plus_pads_touching": round(float((pads.sum(1) >= 3).mean()), 3),
+                         "median_contact_gap_mm": round(1000 * float(np.median(gaps[gaps < 0.005])), 3),
+                         "max_finger_penetration_mm": round(1000 * float(max(0.0, -gaps.min())), 3)})  # fmt: skip
     report = {
         "benchmark": "synth",
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -38,6 +38,23 @@ def _models_dir() -> Path:
     return SHARED_MODELS
 
 
+def test_same_seed_gives_identical_files_for_any_worker_count(tmp_path):
+    # first in the file: no GL context exists yet in this process, so the pool can fork
+    a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    generate(a, 16, seed=11, primitives=True, workers=1, left_fraction=0.5)
+    generate(b, 16, seed=11, primitives=True, workers=2, left_fraction=0.5)
+    generate(c, 8, seed=12, primitives=True, workers=1, left_fraction=0.5)
+    files = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(b) for p in b.rglob("*") if p.is_file())
+    assert len([f for f in files if f.suffix == ".jpg"]) == 16
+    _, mismatch, errors = filecmp.cmpfiles(a, b, [str(f) for f in files], shallow=False)
+    assert not mismatch and not errors
+    jpgs = [str(f) for f in files if f.suffix == ".jpg" and (c / f).is_file()]
+    assert len(jpgs) == 8 and filecmp.cmpfiles(a, c, jpgs, shallow=False)[1], "another seed should change images"
+    sides = {yaml.safe_load(m.read_text())["mano_sides"][0] for m in a.glob("*/*/meta.yml")}
+    assert sides <= {"left", "right"}
+
+
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory) -> Path:
     """80 images = 10 instants: subjects 0 and 2, sequences 0-4 each (s0 train, val and test)."""
@@ -116,7 +133,7 @@ def test_joint_2d_is_the_projection_of_joint_3d(dataset):
 
 @pytest.fixture(scope="module")
 def alone(dataset):
-    """Every other sample with each object re-rendered alone: (sample, masks {id: (H, W) bool},
+    """Every third sample with each object re-rendered alone: (sample, masks {id: (H, W) bool},
     object depth (H, W) metres, inf where no object), from the files in the dataset only."""
     from amt.data.synth.render import Background, DrawItem, Light, Renderer
 
@@ -126,7 +143,7 @@ def alone(dataset):
     light = Light(np.array([0.0, 0.0, -1.0]), np.ones(3), 0.5, 0.0)
     out = []
     for k, s in enumerate(_samples(dataset)):
-        if k % 2:
+        if k % 3:
             continue
         masks, depth = {}, np.full(s["seg"].shape, np.inf)
         for i, c in enumerate(s["ycb_ids"]):
@@ -167,7 +184,7 @@ def test_seg_matches_each_object_rendered_alone_and_its_projected_points(dataset
             near[1:-1, 1:-1] = np.any([region[1 + dy : 479 + dy, 1 + dx : 639 + dx]
                                        for dy in (-1, 0, 1) for dx in (-1, 0, 1)], axis=0)  # fmt: skip
             point_hits.append(near[uv[:, 1], uv[:, 0]].mean())
-    assert len(ious) >= 20 and len(point_hits) >= 10
+    assert len(ious) >= 12 and len(point_hits) >= 6
     assert min(ious) >= 0.9, sorted(ious)[:5]
     assert min(point_hits) >= 0.99, sorted(point_hits)[:5]
 
@@ -183,7 +200,7 @@ def test_hand_seg_covers_every_joint_not_hidden_by_an_object(alone):
                 continue
             checked += 1
             missed += not (seg[v - 1 : v + 2, u - 1 : u + 2] == SEG_HAND).any()
-    assert checked >= 150
+    assert checked >= 100
     assert missed == 0, f"{missed} of {checked} visible joints not on the hand's seg"
 
 
@@ -234,9 +251,28 @@ def test_grasps_touch_with_fingertips_and_barely_penetrate():
         # the tip joints themselves are within a fingertip radius (+5 mm) of the surface
         tips = (hand.joints()[[FINGER_JOINTS[n][3] for n in FINGERS]] - trans[0]) @ rot[0]
         assert np.sort(np.abs(_signed_distance_exact(model.mesh, tips)))[2] < 0.015
+        if class_id in (3, 21):  # an approach: same placement rule, hand 3-10 cm off the surface
+            away, _ = synthesize_grasp(model, rot[0], trans[0], shape, 1.0, "approach", [], rng)
+            gap = _signed_distance_exact(model.mesh, np.unique((away.mesh_world().positions - trans[0]) @ rot[0], axis=0))
+            assert gap.min() > 0.02, gap.min()
     assert min(tip_counts) >= 3, tip_counts
     assert np.median(np.abs(contact_gaps)) < 0.002, contact_gaps
     assert max(penetrations) < 0.005, penetrations
+
+
+@pytest.mark.parametrize("side_sign", [1.0, -1.0])
+def test_grasping_hand_has_the_requested_chirality_and_faces_the_object(side_sign):
+    """(index MCP - wrist) x (little MCP - wrist) points out of the palm for a right hand and
+    out of the back of the hand for a left one; the palm faces the grasped object."""
+    library = ObjectLibrary(None)
+    rng = np.random.default_rng(7)
+    model = library.get(4)
+    rot, trans = place_objects([model], 0, lifted=True, rng=rng)
+    hand, _ = synthesize_grasp(model, rot[0], trans[0], hm.HandShape.sample(rng), side_sign, "grasp", [], rng)
+    j = hand.joints()
+    normal = np.cross(j[5] - j[0], j[17] - j[0])
+    centre = rot[0] @ model.mesh.centroid + trans[0]
+    assert np.sign(normal @ (centre - (j[0] + j[9]) / 2)) == side_sign
 
 
 def test_left_hand_is_the_mirror_image_of_the_right():
@@ -251,19 +287,3 @@ def test_left_hand_is_the_mirror_image_of_the_right():
     lo_l, hi_l = (lambda p: (p.min(0), p.max(0)))(hm.hand_mesh(shape, hm.mirror_x(right), -1.0).positions)
     np.testing.assert_allclose([lo_l[0], hi_l[0]], [-hi_r[0], -lo_r[0]], atol=1.5e-3)  # x extent mirrored
     np.testing.assert_allclose([lo_l[1:], hi_l[1:]], [lo_r[1:], hi_r[1:]], atol=1.5e-3)
-
-
-def test_same_seed_gives_identical_files_for_any_worker_count(tmp_path):
-    a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
-    generate(a, 16, seed=11, primitives=True, workers=1, left_fraction=0.5)
-    generate(b, 16, seed=11, primitives=True, workers=2, left_fraction=0.5)
-    generate(c, 8, seed=12, primitives=True, workers=1, left_fraction=0.5)
-    files = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
-    assert files == sorted(p.relative_to(b) for p in b.rglob("*") if p.is_file())
-    assert len([f for f in files if f.suffix == ".jpg"]) == 16
-    _, mismatch, errors = filecmp.cmpfiles(a, b, [str(f) for f in files], shallow=False)
-    assert not mismatch and not errors
-    jpgs = [str(f) for f in files if f.suffix == ".jpg" and (c / f).is_file()]
-    assert len(jpgs) == 8 and filecmp.cmpfiles(a, c, jpgs, shallow=False)[1], "another seed should change images"
-    sides = {yaml.safe_load(m.read_text())["mano_sides"][0] for m in a.glob("*/*/meta.yml")}
-    assert sides <= {"left", "right"}

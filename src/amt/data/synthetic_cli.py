@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 
 
 def main(argv: list[str]) -> int:
@@ -22,8 +23,12 @@ def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from amt.data.synthetic import generate
 
-    result = generate(args.out, args.frames, seed=args.seed, models=args.models, mano=args.mano,
-                      left_fraction=args.left_fraction, workers=args.workers, primitives=args.primitives)
+    try:
+        result = generate(args.out, args.frames, seed=args.seed, models=args.models, mano=args.mano,
+                          left_fraction=args.left_fraction, workers=args.workers, primitives=args.primitives)
+    except (FileNotFoundError, NotImplementedError, ValueError) as exc:
+        print(f"amt synth: {exc}", file=sys.stderr)
+        return 2
     print(f"wrote {result.images} images ({result.instants} instants x 8 cameras) to {result.root} "
           f"in {result.seconds:.1f} s ({result.frames_per_second:.1f} images/s)")
     return 0
