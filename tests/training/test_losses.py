@@ -51,7 +51,7 @@ def make_batch(gen: torch.Generator, b: int = B) -> dict:
         "K": K,
         "joints_3d": joints,
         "joints_2d": project(joints, K) + torch.randn(b, 21, 2, generator=gen),
-        "hand_valid": torch.tensor([True, True, True, False, True, True][:b]),
+        "hand_valid": torch.arange(b) != 3,  # frame 3 unlabelled
         "obj_R": _rotations(b * M, gen).reshape(b, M, 3, 3),
         "obj_t": torch.tensor([0.0, 0.0, 0.4]) + 0.01 * torch.randn(b, M, 3, generator=gen),
         "obj_class": torch.tensor([[13, 2, 0]] * b),
