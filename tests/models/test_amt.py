@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import copy
+from pathlib import Path
+
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 
 from amt.data.ycb import NUM_CLASSES
 from amt.models import OUTPUT_KEYS, AMT
@@ -38,3 +42,119 @@ def test_output_keys_shapes_and_units(tiny_model: AMT, make_batch, batch_size: i
         assert step["obj_quat"].shape == (batch_size, 10, 4)
     assert torch.equal(aux["refine_steps"][-1]["joints_3d"], out["joints_3d"])
     assert aux["hand_points"].shape == (batch_size, 101, 3)
+
+
+def _all_outputs(out: dict) -> torch.Tensor:
+    """A scalar touching every prediction (final, coarse, every refinement step)."""
+    total = sum(out[k].float().sum() for k in OUTPUT_KEYS)
+    for step in out["aux"]["refine_steps"]:
+        total = total + sum(v.sum() for v in step.values())
+    return total
+
+
+def test_optimizer_step_keeps_frozen_weights_and_reaches_every_other(tiny_model: AMT, make_batch) -> None:
+    model = copy.deepcopy(tiny_model).train()
+    frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
+    assert any(n.startswith("backbone.model.encoder.layer.0.") for n in frozen)
+    assert any(n.startswith("backbone.model.embeddings.") for n in frozen)
+    assert not any(n.startswith("backbone.model.encoder.layer.3.") for n in frozen)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    _all_outputs(model(make_batch(2))).backward()
+    no_grad = [n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or p.grad.abs().sum() == 0)]
+    assert no_grad == [], f"parameters without a gradient: {no_grad}"
+    opt.step()
+    for name, p in model.named_parameters():
+        if name in frozen:
+            assert torch.equal(p, frozen[name]), f"frozen parameter {name} changed"
+            assert p.grad is None, name
+
+
+def test_parameter_groups_partition_the_trainable_parameters(tiny_model: AMT) -> None:
+    backbone = {id(p) for p in tiny_model.trainable_backbone_parameters()}
+    head = {id(p) for p in tiny_model.head_parameters()}
+    trainable = {id(p) for p in tiny_model.parameters() if p.requires_grad}
+    assert backbone and head and not backbone & head and backbone | head == trainable
+
+
+def test_every_head_responds_to_the_input_and_queries_differ(tiny_model: AMT, make_batch) -> None:
+    with torch.no_grad():
+        out = tiny_model(make_batch(2, seed=1))
+    for key in OUTPUT_KEYS:
+        assert not torch.allclose(out[key][0], out[key][1]), f"{key} ignores the image"
+    for key in ("obj_t", "obj_quat", "obj_logits", "contact_points", "contact_prob", "contact_force"):
+        assert out[key][0].std(dim=0).min() > 0 or out[key][0].std(dim=0).max() > 0, key
+        assert not torch.allclose(out[key][0, 0], out[key][0, 1]), f"{key}: queries 0 and 1 agree"
+
+
+def test_attention_maps_on_request(tiny_model: AMT, make_batch) -> None:
+    with torch.no_grad():
+        out = tiny_model(make_batch(1), return_attention=True)
+        plain = tiny_model(make_batch(1))
+    aux = out["aux"]
+    assert len(aux["backbone_attentions"]) == 4 and aux["backbone_attentions"][-1].shape == (1, 4, 257, 257)
+    tokens = sum(h * w for h, w in aux["memory_shapes"])
+    cross = aux["object_cross_attention"]
+    assert cross.shape == (1, 4, 10, tokens)
+    torch.testing.assert_close(cross.sum(-1), torch.ones(1, 4, 10))
+    torch.testing.assert_close(out["joints_3d"], plain["joints_3d"])
+    assert "backbone_attentions" not in plain["aux"]
+
+
+def test_save_and_load_round_trip_is_exact(tiny_model: AMT, make_batch, tmp_path: Path) -> None:
+    tiny_model.save_pretrained(tmp_path / "ckpt")
+    assert {p.name for p in (tmp_path / "ckpt").iterdir()} == {"config.yaml", "model.safetensors"}
+    loaded = AMT.from_pretrained(tmp_path / "ckpt").eval()
+    assert loaded.config == tiny_model.config
+    batch = make_batch(2)
+    with torch.no_grad():
+        a, b = tiny_model(batch), loaded(batch)
+    for key in OUTPUT_KEYS:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_loading_is_strict_and_names_the_problem(tiny_model: AMT, tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        AMT.from_pretrained(tmp_path / "nowhere")
+    folder = tiny_model.save_pretrained(tmp_path / "ckpt")
+    state = load_file(str(folder / "model.safetensors"))
+    key = "decoder.norm.weight"
+    save_file({k: v for k, v in state.items() if k != key}, str(folder / "model.safetensors"))
+    with pytest.raises(KeyError, match=key):
+        AMT.from_pretrained(folder)
+    save_file({**state, "extra.weight": torch.zeros(1)}, str(folder / "model.safetensors"))
+    with pytest.raises(KeyError, match="extra.weight"):
+        AMT.from_pretrained(folder)
+    (folder / "model.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match="model.safetensors"):
+        AMT.from_pretrained(folder)
+
+
+def test_trace_and_onnx_export(tiny_model: AMT, make_batch, tmp_path: Path) -> None:
+    onnx = pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    batch = make_batch(1)
+    wrapper = _TensorForward(tiny_model).eval()
+    with torch.no_grad():
+        expected = wrapper(batch["image"], batch["K"])
+        traced = torch.jit.trace(wrapper, (batch["image"], batch["K"]))
+        for got, want in zip(traced(batch["image"], batch["K"]), expected, strict=True):
+            torch.testing.assert_close(got, want)
+        path = tmp_path / "amt.onnx"
+        torch.onnx.export(
+            wrapper, (batch["image"], batch["K"]), str(path), dynamo=False, opset_version=18,
+            input_names=["image", "K"], output_names=list(OUTPUT_KEYS),
+        )  # fmt: skip
+    onnx.checker.check_model(str(path))
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    results = session.run(None, {"image": batch["image"].numpy(), "K": batch["K"].numpy()})
+    for key, got, want in zip(OUTPUT_KEYS, results, expected, strict=True):
+        torch.testing.assert_close(torch.from_numpy(got), want, rtol=1e-3, atol=1e-4, msg=key)
+
+
+class _TensorForward(torch.nn.Module):
+    def __init__(self, model: AMT) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, image: torch.Tensor, K: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return self.model.forward_tensors(image, K)

@@ -30,7 +30,7 @@ from amt.models.layers import init_head_weights, sine_positions_2d
 from amt.models.objects import ObjectHead, QueryDecoder
 from amt.models.pyramid import FeaturePyramid
 from amt.models.refine import Refiner
-from amt.models.sigma_reparam import apply_sigma_reparam
+from amt.models.sigma_reparam import apply_sigma_reparam, no_sigma_init
 
 log = logging.getLogger(__name__)
 
@@ -163,7 +163,8 @@ class AMT(nn.Module):
             values = yaml.safe_load(f) or {}
         if isinstance(values.get("model"), dict):  # a full run config: take its model section
             values = values["model"]
-        model = cls(ModelConfig.from_dict(values, source=str(config_path)), load_backbone_weights=False)
+        with no_sigma_init():  # u, v and gamma come from the checkpoint
+            model = cls(ModelConfig.from_dict(values, source=str(config_path)), load_backbone_weights=False)
         state = load_file(str(weights_path), device=str(map_location))
         own = model.state_dict()
         missing = sorted(set(own) - set(state))

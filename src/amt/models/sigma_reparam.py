@@ -9,11 +9,27 @@ data-dependent Python, so it traces and exports (in eval mode the buffers are co
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-INIT_POWER_ITERATIONS = 200
+INIT_POWER_ITERATIONS = 200  # at most; stops earlier once the estimate has settled
+EXACT_INIT_MAX_DIM = 512
+_INIT = {"enabled": True}
+
+
+@contextlib.contextmanager
+def no_sigma_init() -> Iterator[None]:
+    """Skip the power-iteration warm-up of new layers (their u, v, gamma are about to be loaded)."""
+    previous = _INIT["enabled"]
+    _INIT["enabled"] = False
+    try:
+        yield
+    finally:
+        _INIT["enabled"] = previous
 
 
 class SigmaReparamLinear(nn.Module):
@@ -50,14 +66,36 @@ class SigmaReparamLinear(nn.Module):
 
     @torch.no_grad()
     def reset_sigma(self, iterations: int = INIT_POWER_ITERATIONS) -> None:
-        """Start u, v from a deterministic vector, iterate, and set gamma to the estimate (so the
-        layer computes what the plain linear layer did). Skipped on the meta device."""
+        """Initialise u, v at the top singular vectors and set gamma to the estimate, so the layer
+        computes what the plain linear layer did. Small layers are solved exactly (one eigh call
+        beats hundreds of power steps on randomly initialised weights, whose spectral gap is
+        small); large ones power-iterate until the estimate settles. Skipped on the meta device;
+        inside `no_sigma_init()` only a valid starting point is set."""
         if self.weight.is_meta:
             return
-        self.v.copy_(F.normalize(torch.ones_like(self.v), dim=0))
-        self.u.copy_(F.normalize(self.weight @ self.v, dim=0))
-        for _ in range(iterations):
-            self.power_iteration()
+        w = self.weight.detach().float()
+        if _INIT["enabled"] and min(w.shape) <= EXACT_INIT_MAX_DIM:
+            # top eigenvector of the smaller Gram matrix (float64), the other side by one product
+            w64 = w.double()
+            if w.shape[0] <= w.shape[1]:
+                u = torch.linalg.eigh(w64 @ w64.T).eigenvectors[:, -1]
+                v = F.normalize(w64.T @ u, dim=0)
+            else:
+                v = torch.linalg.eigh(w64.T @ w64).eigenvectors[:, -1]
+                u = F.normalize(w64 @ v, dim=0)
+            self.u.copy_(u)
+            self.v.copy_(v)
+        else:
+            self.v.copy_(F.normalize(torch.ones_like(self.v), dim=0))
+            self.u.copy_(F.normalize(self.weight @ self.v, dim=0))
+            previous = self.sigma()
+            for i in range(1, iterations + 1 if _INIT["enabled"] else 1):
+                self.power_iteration()
+                if i % 10 == 0:
+                    current = self.sigma()
+                    if abs(current - previous) <= 1e-5 * abs(current):
+                        break
+                    previous = current
         self.gamma.copy_(self.sigma())
 
     @torch.no_grad()
