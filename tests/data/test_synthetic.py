@@ -21,7 +21,7 @@ from scipy.spatial import cKDTree
 from amt.data.dexycb import SERIALS, SUBJECTS, DexYCB
 from amt.data.object_models import ObjectModels
 from amt.data.synth import layout
-from amt.data.synth.objects import ObjectLibrary, find_models_dir
+from amt.data.synth.objects import ObjectLibrary
 from amt.data.synth.scene import place_objects, synthesize_grasp
 from amt.data.synthetic import generate
 from amt.data.ycb import SEG_HAND

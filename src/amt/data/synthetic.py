@@ -315,7 +315,7 @@ def generate(out: str | os.PathLike, frames: int, seed: int = 0, models: str | o
         jobs += [InstantJob(str(root), seed, setup.plan.first_instant + f, f, setup, shape, skin)
                  for f in range(setup.plan.num_frames)]  # fmt: skip
     layout.write_calibration(
-        root, plans, {s.plan.name: s.rig for s in setups},
+        root, {s.plan.name: s.rig for s in setups},
         {f"{s.plan.mano_calib}_{s.side}": np.zeros(10) for s in setups},
     )  # fmt: skip
     results = _run_jobs(jobs, models_dir, workers, sorted({c for s in setups for c in s.ycb_ids}))

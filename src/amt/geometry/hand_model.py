@@ -137,8 +137,8 @@ class HandPose:
     abduction: np.ndarray = field(default_factory=lambda: np.zeros(5))
 
     def clipped(self) -> HandPose:
-        lo = np.array([[lim[0] for lim in FLEXION_LIMITS[f]] for f in FINGERS])
-        hi = np.array([[lim[1] for lim in FLEXION_LIMITS[f]] for f in FINGERS])
+        """The pose with every angle clamped to the joint limits."""
+        lo, hi = flexion_limits()
         alo = np.array([ABDUCTION_LIMITS[f][0] for f in FINGERS])
         ahi = np.array([ABDUCTION_LIMITS[f][1] for f in FINGERS])
         return HandPose(np.clip(self.flexion, lo, hi), np.clip(self.abduction, alo, ahi))

@@ -55,6 +55,8 @@ class SequencePlan:
 
     @property
     def mano_calib(self) -> str:
+        """Calibration name without the side; the `_synthetic_` part is how consumers recognise
+        a tree written by `amt synth` (its pose_m/betas are not MANO), so keep it."""
         return f"{self.subject_name.split('-')[0]}_synthetic_subject-{self.subject + 1:02d}"
 
 
@@ -114,8 +116,7 @@ def intrinsics_yaml(serial_index: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_calibration(root: Path, plans: list[SequencePlan], rigs: dict[str, np.ndarray],
-                      betas: dict[str, np.ndarray]) -> None:
+def write_calibration(root: Path, rigs: dict[str, np.ndarray], betas: dict[str, np.ndarray]) -> None:
     """calibration/intrinsics/*.yml, extrinsics_<sequence>/extrinsics.yml, mano_<calib>/mano.yml."""
     calib = root / "calibration"
     (calib / "intrinsics").mkdir(parents=True, exist_ok=True)
