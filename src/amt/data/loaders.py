@@ -169,7 +169,7 @@ def _to_device_in_blocks(array: np.ndarray, device: torch.device, block_bytes: i
 
 
 class GPUCachedDataset:
-    """A whole cache resident on `device`: images (N, 3, S, S) uint8, labels as tensors.
+    """A whole cache resident on `device`: images (N, S, S, 3) uint8, labels as tensors.
 
     `.batches()` yields batch dicts built by indexing with device index tensors; the shuffle
     permutation is drawn once per epoch, so the loop does no host-device copies. Per-sample
@@ -187,7 +187,7 @@ class GPUCachedDataset:
         self.meta = cache.meta
         self.rank, self.world_size = rank, world_size
         keep = np.arange(len(cache))[rank::world_size]
-        self.images = _to_device_in_blocks(cache.images[rank::world_size], self.device).permute(0, 3, 1, 2)
+        self.images = _to_device_in_blocks(cache.images[rank::world_size], self.device)  # (n, S, S, 3)
         self.labels = {k: _to_device_in_blocks(v[rank::world_size], self.device) for k, v in cache.labels.items()}
         self._global_index = keep
 
@@ -197,7 +197,7 @@ class GPUCachedDataset:
     def get(self, idx: torch.Tensor, with_meta: bool = False) -> dict[str, Any]:
         """Batch dict for local indices `idx` (B,) int64 on any device."""
         idx = idx.to(self.device)
-        images = self.images[idx]
+        images = self.images[idx].permute(0, 3, 1, 2)  # gather whole rows, then view as CHW
         batch: dict[str, Any] = {"image": normalize_images(images) if self.normalize else images}
         for key, value in self.labels.items():
             batch[key] = value[idx]

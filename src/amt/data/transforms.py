@@ -101,7 +101,7 @@ def normalize_images(images: torch.Tensor) -> torch.Tensor:
     std = torch.tensor(IMAGENET_STD, device=images.device).view(1, 3, 1, 1)
     mean = torch.tensor(IMAGENET_MEAN, device=images.device).view(1, 3, 1, 1)
     scale = 1.0 / (std * 255.0) if images.dtype == torch.uint8 else 1.0 / std
-    x = images.to(torch.float32, copy=True)
+    x = images.to(torch.float32, memory_format=torch.contiguous_format, copy=True)
     return x.mul_(scale).sub_(mean / std)
 
 
