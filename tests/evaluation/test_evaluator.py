@@ -240,3 +240,20 @@ def test_eval_cli_writes_the_report(tmp_path: Path, caches: dict[str, Path], cap
     assert report["provenance"]["checkpoint"] == str(ckpt.resolve())
     assert report["baselines"]["hand_root_relative_mpjpe"] > 0
     assert (out / BOP_CSV).exists() and (out / HPE_SUBMISSION).exists()
+
+
+@pytest.mark.parametrize("scale", [1, 3])
+def test_overlay_draws_joints_where_they_project(scale: int) -> None:
+    from amt.evaluation.report import draw_hand_objects
+
+    K = np.array([[100.0, 0, 30], [0, 100.0, 40], [0, 0, 1]])
+    joints = np.zeros((21, 3))
+    joints[:, 2] = 0.5
+    joints[:, 0] = np.linspace(-0.1, 0.1, 21)  # a row of joints along x
+    picture = np.asarray(draw_hand_objects(np.zeros((80, 80, 3), np.uint8), K, joints, [], scale=scale))
+    assert picture.shape == (80 * scale, 80 * scale, 3)
+    for x, y, z in joints[[0, 10, 20]]:
+        u, v = 100 * x / z + 30, 100 * y / z + 40
+        # pixel centres scale as u' = s (u + 0.5) - 0.5
+        col, row = round(scale * (u + 0.5) - 0.5), round(scale * (v + 0.5) - 0.5)
+        assert picture[row, col].min() == 255
