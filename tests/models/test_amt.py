@@ -158,3 +158,10 @@ class _TensorForward(torch.nn.Module):
 
     def forward(self, image: torch.Tensor, K: torch.Tensor) -> tuple[torch.Tensor, ...]:
         return self.model.forward_tensors(image, K)
+
+
+def test_geometric_outputs_stay_float32_under_bf16_autocast(tiny_model: AMT, make_batch) -> None:
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = tiny_model(make_batch(1))
+    for key in OUTPUT_KEYS:
+        assert out[key].dtype == torch.float32, key

@@ -103,8 +103,9 @@ class SigmaReparamLinear(nn.Module):
         """One step of power iteration on W: updates the u, v buffers in place and returns fresh
         copies (autograd saves those, so a later step cannot invalidate a pending backward)."""
         w = self.weight.detach().to(self.u.dtype)
-        v = F.normalize(w.t() @ self.u, dim=0, eps=1e-12)
-        u = F.normalize(w @ v, dim=0, eps=1e-12)
+        with torch.autocast(w.device.type, enabled=False):  # the estimate stays in float32
+            v = F.normalize(w.t() @ self.u, dim=0, eps=1e-12)
+            u = F.normalize(w @ v, dim=0, eps=1e-12)
         self.v.copy_(v)
         self.u.copy_(u)
         return u, v
@@ -113,7 +114,8 @@ class SigmaReparamLinear(nn.Module):
         """Spectral-norm estimate u^T W v (scalar, differentiable in W); defaults to the buffers."""
         u = self.u if u is None else u
         v = self.v if v is None else v
-        return torch.einsum("o,oi,i->", u.to(self.weight.dtype), self.weight, v.to(self.weight.dtype))
+        with torch.autocast(self.weight.device.type, enabled=False):
+            return torch.einsum("o,oi,i->", u.to(self.weight.dtype), self.weight, v.to(self.weight.dtype))
 
     def effective_weight(self, u: torch.Tensor | None = None, v: torch.Tensor | None = None) -> torch.Tensor:
         """W_hat = gamma / sigma * W, (out, in)."""
