@@ -10,8 +10,8 @@ grasped or approached by a hand, ~3 % without a hand) seen by the sequence's 8 c
 (0.4-0.9 m away), each view with its own lighting and procedural background. The colour
 image and the segmentation come from the same rasterisation (`amt.data.synth.render`).
 
-Labels follow dexycb_spec.md 1.1 with one documented difference: for the procedural hand
-(no MANO model), `pose_m` is NOT MANO: `[0:3]` is the axis-angle of the hand frame in the
+Labels follow dexycb_spec.md 1.1. With `mano=` the hand is a MANO fit and `pose_m` is MANO
+as DexYCB stores it. With the default procedural hand (no MANO model) `pose_m` is NOT MANO: `[0:3]` is the axis-angle of the hand frame in the
 camera frame (`amt.geometry.hand_model` defines the frame; for left hands the frame of the
 x-mirrored geometry), `[3:48]` are zeros and `[48:51]` the wrist position (metres), and the
 `mano.yml` betas are zeros. `pose_m` is all zeros only when there is no hand.
@@ -74,6 +74,8 @@ class InstantJob:
     setup: SequenceSetup
     shape: hm.HandShape
     skin: tuple[float, float, float]
+    mano: str | None = None  # MANO pickle folder/file; None = procedural hand
+    betas: tuple[float, ...] = (0.0,) * 10  # the subject's MANO shape
 
 
 def _rng(seed: int, stream: int, *index: int) -> np.random.Generator:
@@ -103,11 +105,17 @@ def subject_hand(seed: int, subject: int) -> tuple[hm.HandShape, tuple[float, fl
     return shape, tuple(float(c) for c in np.clip(skin + rng.normal(0, 0.03, 3), 0, 1))
 
 
+def subject_betas(seed: int, subject: int) -> tuple[float, ...]:
+    """The subject's MANO shape (10,), used only with --mano."""
+    return tuple(float(b) for b in _rng(seed, _SUBJECT, subject, 1).normal(0.0, 0.8, size=10))
+
+
 class _Worker:
     """Per-process state: the object library and the renderer (created on first use)."""
 
     library: ObjectLibrary | None = None
     renderer: Renderer | None = None
+    fitters: dict = {}  # (mano path, side) -> ManoFitter
 
     @classmethod
     def init(cls, models_dir: str | None, preloaded: dict | None = None) -> None:
@@ -121,6 +129,15 @@ class _Worker:
         """Worker start: never reuse a GL context inherited from the parent through fork."""
         cls.renderer = None
         cls.init(models_dir, preloaded)
+
+    @classmethod
+    def get_fitter(cls, mano: str, side: str):
+        from amt.data.synth.mano_hand import ManoFitter, mano_path_for
+
+        key = (mano, side)
+        if key not in cls.fitters:
+            cls.fitters[key] = ManoFitter(mano_path_for(side, Path(mano)), side)
+        return cls.fitters[key]
 
     @classmethod
     def get_renderer(cls) -> Renderer:
@@ -176,8 +193,11 @@ def _project(points: np.ndarray, K: np.ndarray) -> np.ndarray:
     return uvw[:, :2] / uvw[:, 2:3]
 
 
-def view_labels(scene: Scene, extrinsic: np.ndarray, K: np.ndarray) -> dict[str, np.ndarray]:
-    """labels_XXXXXX.npz arrays (without seg) of one camera: pose_y, pose_m, joint_3d, joint_2d."""
+def view_labels(scene: Scene, extrinsic: np.ndarray, K: np.ndarray, fit=None) -> dict[str, np.ndarray]:
+    """labels_XXXXXX.npz arrays (without seg) of one camera: pose_y, pose_m, joint_3d, joint_2d.
+
+    fit: a `mano_hand.ManoFit` when the hand is MANO (joints and pose_m then come from it).
+    """
     r_cw = extrinsic[:, :3].T
     t_cw = -r_cw @ extrinsic[:, 3]
     pose_y = np.zeros((len(scene.class_ids), 3, 4), dtype=np.float32)
@@ -188,10 +208,16 @@ def view_labels(scene: Scene, extrinsic: np.ndarray, K: np.ndarray) -> dict[str,
     joint_3d = -np.ones((1, 21, 3), dtype=np.float32)
     joint_2d = -np.ones((1, 21, 2), dtype=np.float32)
     if scene.hand is not None:
-        joint_3d[0] = scene.hand.joints() @ r_cw.T + t_cw
+        joints = scene.hand.joints() if fit is None else fit.joints
+        joint_3d[0] = joints @ r_cw.T + t_cw
         joint_2d[0] = _project(joint_3d[0].astype(np.float64), K)
-        pose_m[0, :3] = hm.wrist_axis_angle(r_cw @ scene.hand.rotation)
-        pose_m[0, 48:] = r_cw @ scene.hand.translation + t_cw
+        if fit is None:
+            pose_m[0, :3] = hm.wrist_axis_angle(r_cw @ scene.hand.rotation)
+            pose_m[0, 48:] = r_cw @ scene.hand.translation + t_cw
+        else:
+            from amt.data.synth.mano_hand import pose_m_in_camera
+
+            pose_m[0] = pose_m_in_camera(fit, r_cw, t_cw)
     return {"pose_y": pose_y, "pose_m": pose_m, "joint_3d": joint_3d, "joint_2d": joint_2d}
 
 
@@ -223,14 +249,21 @@ def run_instant(job: InstantJob) -> dict:
     side_sign = 1.0 if setup.side == "right" else -1.0
     grasp_index = setup.ycb_ids.index(setup.plan.grasped_class)
     scene = sample_scene(models, setup.ycb_ids, grasp_index, kind, job.shape, side_sign, rng, setup.rig[:, :, 3])
-    if scene.hand is not None:
+    fit = None
+    if scene.hand is not None and job.mano is not None:
+        from amt.data.synth.mano_hand import vertex_normals
+
+        fit = _Worker.get_fitter(job.mano, setup.side).fit(scene.hand.joints(), np.array(job.betas))
+        normals = vertex_normals(fit.vertices, fit.faces)
+        _Worker.get_renderer().set_hand(fit.vertices[fit.faces].reshape(-1, 3), normals[fit.faces].reshape(-1, 3))
+    elif scene.hand is not None:
         _Worker.get_renderer().set_hand(*_hand_arrays(scene))
     seq_dir = Path(job.out) / setup.plan.subject_name / setup.plan.name
     for v, serial in enumerate(SERIALS):
         K = layout.K_from_color(layout.intrinsics_for(v)[0])
         view_rng = _rng(job.seed, _VIEW, job.instant, v)
         rgb, seg = render_view(scene, setup.rig[v], K, view_rng, job.skin, setup.ycb_ids)
-        labels = {"seg": seg, **view_labels(scene, setup.rig[v], K)}
+        labels = {"seg": seg, **view_labels(scene, setup.rig[v], K, fit)}
         folder = seq_dir / serial
         (folder / f"color_{job.frame:06d}.jpg").write_bytes(_encode_jpeg(rgb))
         layout.save_npz(folder / f"labels_{job.frame:06d}.npz", labels)
@@ -243,6 +276,8 @@ def run_instant(job: InstantJob) -> dict:
         "hand_rotation": None if scene.hand is None else scene.hand.rotation,
         "hand_translation": None if scene.hand is None else scene.hand.translation,
         "contact": scene.contact,
+        "mano_fit_error_mm": None if fit is None else fit.error_mm,
+        "hand_world": None if fit is None else {"orient": fit.global_orient, "pca": fit.pca, "transl": fit.transl},
     }
 
 
@@ -259,7 +294,9 @@ def _write_pose_npz(seq_dir: Path, results: list[dict], n_obj: int) -> None:
     for f, r in enumerate(results):
         pose_y[f, :, :4] = Rotation.from_matrix(r["obj_rotations"]).as_quat()
         pose_y[f, :, 4:] = r["obj_translations"]
-        if r["hand_rotation"] is not None:
+        if r["hand_world"] is not None:
+            pose_m[f, 0, :3], pose_m[f, 0, 3:48], pose_m[f, 0, 48:] = r["hand_world"].values()
+        elif r["hand_rotation"] is not None:
             pose_m[f, 0, :3] = Rotation.from_matrix(r["hand_rotation"]).as_rotvec()
             pose_m[f, 0, 48:] = r["hand_translation"]
     layout.save_npz(seq_dir / "pose.npz", {"pose_y": pose_y, "pose_m": pose_m})
@@ -288,11 +325,13 @@ def generate(out: str | os.PathLike, frames: int, seed: int = 0, models: str | o
     out: dataset root (created). models: a DexYCB-style `models/` folder; default: found by
     `find_models_dir` ($AMT_YCB_MODELS, then `shared/data/ycb_models` above the cwd or the
     package); `primitives=True` (or nothing found) uses textured stand-in primitives.
-    mano: a MANO pickle; not supported by this generator yet (the procedural hand is used).
+    mano: MANO_RIGHT.pkl (MANO_LEFT.pkl beside it for left hands) or their folder: the
+    hand is then a MANO fit to the procedural grasp (`amt.data.synth.mano_hand`), pose_m is
+    genuine MANO and mano.yml holds the subject's random betas; default: procedural hand.
     left_fraction: share of sequences with a left hand. workers: processes (1 = in-process).
     """
-    if mano is not None:
-        raise NotImplementedError(f"--mano {mano}: MANO hands are not supported yet; omit it for the procedural hand")
+    if mano is not None and not Path(mano).exists():
+        raise FileNotFoundError(f"--mano {mano}: no such file or folder (MANO_RIGHT.pkl / MANO_LEFT.pkl)")
     if not 0.0 <= left_fraction <= 1.0:
         raise ValueError(f"left_fraction must be in [0, 1], got {left_fraction}")
     start = time.perf_counter()
@@ -312,11 +351,14 @@ def generate(out: str | os.PathLike, frames: int, seed: int = 0, models: str | o
             (seq_dir / serial).mkdir(parents=True, exist_ok=True)
         (seq_dir / "meta.yml").write_text(layout.meta_yaml(setup.plan, setup.ycb_ids, setup.side))
         shape, skin = hands[setup.plan.subject]
-        jobs += [InstantJob(str(root), seed, setup.plan.first_instant + f, f, setup, shape, skin)
+        betas = subject_betas(seed, setup.plan.subject) if mano is not None else (0.0,) * 10
+        jobs += [InstantJob(str(root), seed, setup.plan.first_instant + f, f, setup, shape, skin,
+                            None if mano is None else str(mano), betas)
                  for f in range(setup.plan.num_frames)]  # fmt: skip
     layout.write_calibration(
         root, {s.plan.name: s.rig for s in setups},
-        {f"{s.plan.mano_calib}_{s.side}": np.zeros(10) for s in setups},
+        {f"{s.plan.mano_calib}_{s.side}": np.array(subject_betas(seed, s.plan.subject) if mano is not None
+                                                  else np.zeros(10)) for s in setups},
     )  # fmt: skip
     results = _run_jobs(jobs, models_dir, workers, sorted({c for s in setups for c in s.ycb_ids}))
     by_seq: dict[str, list[dict]] = {}

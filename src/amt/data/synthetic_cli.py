@@ -16,7 +16,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--models", default=None,
                         help="DexYCB-style models/ folder (default: $AMT_YCB_MODELS or shared/data/ycb_models)")
     parser.add_argument("--primitives", action="store_true", help="use textured primitives instead of YCB meshes")
-    parser.add_argument("--mano", default=None, help="MANO pickle (not supported yet; the procedural hand is used)")
+    parser.add_argument("--mano", default=None, help="MANO_RIGHT.pkl (MANO_LEFT.pkl beside it for left hands) or their folder; default: procedural hand")
     parser.add_argument("--left-fraction", type=float, default=0.0, help="share of sequences with a left hand")
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args(argv)
