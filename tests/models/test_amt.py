@@ -136,7 +136,7 @@ def test_trace_and_onnx_export(tiny_model: AMT, make_batch, tmp_path: Path) -> N
     wrapper = _TensorForward(tiny_model).eval()
     with torch.no_grad():
         expected = wrapper(batch["image"], batch["K"])
-        traced = torch.jit.trace(wrapper, (batch["image"], batch["K"]))
+        traced = torch.jit.trace(wrapper, (batch["image"], batch["K"]), check_trace=False)
         for got, want in zip(traced(batch["image"], batch["K"]), expected, strict=True):
             torch.testing.assert_close(got, want)
         path = tmp_path / "amt.onnx"

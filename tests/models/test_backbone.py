@@ -117,3 +117,20 @@ def test_gradient_checkpointing_gives_the_same_gradients() -> None:
             torch.testing.assert_close(a.grad, b.grad, msg=name)
         else:
             assert a.grad is None and b.grad is None, name
+
+
+def test_sigma_reparam_of_trainable_blocks_keeps_the_function(source: Dinov2Model) -> None:
+    from amt.models.sigma_reparam import SigmaReparamLinear
+
+    plain = DinoBackbone(make_config("tiny")).eval()
+    plain.model.load_state_dict(source.state_dict())
+    wrapped = DinoBackbone(make_config("tiny")).eval()
+    wrapped.model.load_state_dict(source.state_dict())
+    wrapped.freeze()
+    assert wrapped.apply_sigma_reparam() == 2 * 6  # blocks 2 and 3: q, k, v, o, fc1, fc2
+    layers = wrapped.model.encoder.layer
+    assert isinstance(layers[3].attention.q_proj, SigmaReparamLinear)
+    assert not isinstance(layers[1].attention.q_proj, SigmaReparamLinear)
+    image = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        torch.testing.assert_close(wrapped(image)["patches"], plain(image)["patches"], rtol=1e-4, atol=1e-5)

@@ -58,6 +58,13 @@ class ModelConfig:
     mano_path: str | None = None
     surface_points_per_bone: int = 4
 
+    def __post_init__(self) -> None:
+        # plain lists (a Hydra ListConfig or a tuple would not round-trip through config.yaml)
+        self.pyramid_scales = [float(x) for x in self.pyramid_scales]
+        self.decoder_levels = [int(x) for x in self.decoder_levels]
+        if self.tap_blocks is not None:
+            self.tap_blocks = [int(x) for x in self.tap_blocks]
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 

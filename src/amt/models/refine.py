@@ -97,7 +97,7 @@ class RefineStep(nn.Module):
         sampled = sample_levels(levels, strides, uv)
         embed = torch.cat([self.point_embed[:21], self.point_embed[21:].repeat(Q, 1)])  # (21 + 7Q, D)
         x = self.sampled_in(torch.cat([sampled, rel], dim=-1)) + embed + self.hand_in(hand).unsqueeze(1)
-        x = self.point_mlp(torch.nn.functional.gelu(x))
+        x = self.point_mlp(F.gelu(x))
         joints = joints + self.joint_out(x[:, :21]) * JOINT_STEP
         obj_in = torch.cat([x[:, 21:].reshape(B, Q, NUM_OBJECT_POINTS * D), obj_tokens], dim=-1)
         hidden = self.obj_mlp(obj_in)
@@ -117,7 +117,15 @@ class Refiner(nn.Module):
         self.steps = nn.ModuleList(RefineStep(cfg, num_levels) for _ in range(cfg.refine_steps))
 
     def forward(
-        self, joints, obj_t, obj_R, obj_tokens, hand, levels, strides, K
+        self,
+        joints: torch.Tensor,
+        obj_t: torch.Tensor,
+        obj_R: torch.Tensor,
+        obj_tokens: torch.Tensor,
+        hand: torch.Tensor,
+        levels: list[torch.Tensor],
+        strides: list[float],
+        K: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, list[dict[str, torch.Tensor]]]:
         history = []
         for step in self.steps:

@@ -1,0 +1,27 @@
+"""ModelConfig and the preset table."""
+
+from __future__ import annotations
+
+import pytest
+
+from amt.models import PRESETS, ModelConfig, make_config
+
+
+def test_presets_apply_and_overrides_win() -> None:
+    cfg = make_config("vitl14", hidden_dim=768)
+    assert cfg.preset == "vitl14" and cfg.backbone_layers == 24 and cfg.freeze_blocks == 12
+    assert cfg.hidden_dim == 768
+    assert set(PRESETS) == {"tiny", "vits14", "vitb14", "vitl14", "vitg14"}
+
+
+def test_unknown_names_are_errors_that_name_them() -> None:
+    with pytest.raises(KeyError, match="vitx99"):
+        make_config("vitx99")
+    with pytest.raises(KeyError, match="hiden_dim"):
+        make_config("tiny", hiden_dim=3)
+
+
+def test_sequences_become_plain_lists_for_config_yaml() -> None:
+    cfg = ModelConfig(pyramid_scales=(4, 2, 1, 0.5), decoder_levels=(1, 2), tap_blocks=(1, 2, 3, 4))
+    assert cfg.pyramid_scales == [4.0, 2.0, 1.0, 0.5] and cfg.decoder_levels == [1, 2]
+    assert ModelConfig.from_dict(cfg.to_dict()) == cfg
