@@ -260,6 +260,22 @@ def test_grasps_touch_with_fingertips_and_barely_penetrate():
     assert max(penetrations) < 0.005, penetrations
 
 
+def test_renderer_keeps_drawing_after_another_gl_context_came_and_went():
+    from amt.data.synth.render import Background, DrawItem, Light, Renderer
+
+    K = np.array([[616.0, 0, 308], [0, 616, 246], [0, 0, 1]])
+    bg = Background(np.zeros((3, 3)), np.zeros(2), 1.0, 0.0, 1.0, 0.0, np.zeros(2), 0.0, None, 0.0, np.zeros(4))
+    light = Light(np.array([0.0, 0.0, -1.0]), np.ones(3), 0.5, 0.0)
+    quad = np.array([[-0.1, -0.1, 1.0], [0.1, -0.1, 1.0], [0.0, 0.1, 1.0]])
+    a = Renderer()
+    a.add_mesh("tri", quad, np.tile([0.0, 0.0, -1.0], (3, 1)), None, None)
+    before = a.render(K, [DrawItem("tri", np.eye(4), 7, np.ones(3))], light, bg)[1]
+    Renderer().release()
+    after = a.render(K, [DrawItem("tri", np.eye(4), 7, np.ones(3))], light, bg)[1]
+    a.release()
+    assert (before == 7).sum() > 1000 and np.array_equal(before, after)
+
+
 @pytest.mark.parametrize("side_sign", [1.0, -1.0])
 def test_grasping_hand_has_the_requested_chirality_and_faces_the_object(side_sign):
     """(index MCP - wrist) x (little MCP - wrist) points out of the palm for a right hand and

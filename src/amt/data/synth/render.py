@@ -10,6 +10,7 @@ dynamic buffer.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from dataclasses import dataclass
@@ -136,6 +137,18 @@ def projection_from_K(K: np.ndarray, width: int = WIDTH, height: int = HEIGHT) -
     )
 
 
+def _current(method):
+    """Run a Renderer method with its own GL context current: another context created in
+    the process (a second Renderer, pyrender, ...) otherwise receives the calls."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        with self.ctx:
+            return method(self, *args, **kwargs)
+
+    return wrapper
+
+
 @dataclass
 class Light:
     direction: np.ndarray  # (3,) unit, towards the light, camera frame
@@ -201,6 +214,7 @@ class Renderer:
         self.hand_count = 0
         log.debug("moderngl context: %s", self.ctx.info.get("GL_RENDERER"))
 
+    @_current
     def add_mesh(self, key: object, positions: np.ndarray, normals: np.ndarray, uv: np.ndarray | None,
                  texture: np.ndarray | None, faces: np.ndarray | None = None) -> None:
         """Upload a mesh: positions/normals (V, 3), uv (V, 2) or None, and its RGB texture.
@@ -219,6 +233,7 @@ class Renderer:
         if texture is not None:
             self.add_texture(key, texture)
 
+    @_current
     def add_texture(self, key: object, image: np.ndarray) -> None:
         """Register an (H, W, 3) uint8 RGB image (row 0 = top) under `key`."""
         tex = self.ctx.texture((image.shape[1], image.shape[0]), 3, np.ascontiguousarray(image[::-1]).tobytes())
@@ -229,6 +244,7 @@ class Renderer:
         tex.filter = (moderngl.LINEAR_MIPMAP_NEAREST, moderngl.LINEAR)  # bilinear: llvmpipe is fragment-bound
         self.textures[key] = tex
 
+    @_current
     def set_hand(self, positions: np.ndarray, normals: np.ndarray) -> None:
         """Replace the hand triangle soup (V, 3) metres in the frame its DrawItem's model_view maps from."""
         if len(positions) > MAX_HAND_VERTICES:
@@ -237,6 +253,7 @@ class Renderer:
         self.hand_vbo.write(data.tobytes())
         self.hand_count = len(positions)
 
+    @_current
     def render(self, K: np.ndarray, items: list[DrawItem], light: Light, background: Background) -> tuple[np.ndarray, np.ndarray]:
         """Draw `items` seen through K; returns RGB (H, W, 3) uint8 and seg (H, W) uint8."""
         import moderngl
@@ -270,6 +287,7 @@ class Renderer:
         seg = np.frombuffer(self.fbo.read(components=1, attachment=1), np.uint8).reshape(self.height, self.width)
         return rgb[::-1].copy(), seg[::-1].copy()
 
+    @_current
     def depth(self) -> np.ndarray:
         """(H, W) float64 camera z (metres) of the last `render`, inf where nothing was drawn."""
         raw = np.frombuffer(self.fbo.read(components=1, attachment=-1, dtype="f4"), np.float32).reshape(self.height, self.width)
@@ -297,6 +315,7 @@ class Renderer:
         p["u_tex_rect"].value = tuple(bg.texture_rect)
         self.bg_vao.render(vertices=3)
 
+    @_current
     def clear_meshes(self) -> None:
         """Drop every uploaded mesh and texture (e.g. when the model set changes)."""
         for vao, _ in self.meshes.values():
