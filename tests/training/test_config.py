@@ -73,8 +73,8 @@ def test_unknown_keys_are_rejected_with_their_name(override):
 
 
 def test_wrong_types_are_rejected():
-    with pytest.raises(ConfigCompositionException, match="training.batch_size"):
-        compose("tiny", ["training.batch_size=many"])
+    with pytest.raises(ConfigCompositionException, match="training.grad_accum_steps"):
+        compose("tiny", ["training.grad_accum_steps=many"])
 
 
 @pytest.mark.parametrize("name", ["config", "tiny"])

@@ -45,6 +45,9 @@ class DataConfig:
     cache_workers: int = 2  # processes used to build a missing cache
     augment: bool = True
     augment_params: dict[str, Any] = field(default_factory=dict)  # fields of amt.data.augment's config
+    # >= 2: train on clips of K consecutive frames of one sequence and camera (temporal loss on;
+    # amt.training.sequence)
+    sequence_length: int = 1
 
 
 @dataclass
@@ -74,7 +77,11 @@ class TrainingConfig:
     overwrite: bool = False  # allow writing into an existing non-empty output_dir (never deletes it)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     seed: int = 0
-    batch_size: int = 64  # global batch per optimizer step (all ranks, all accumulation steps)
+    # global batch per optimizer step (all ranks, all accumulation steps), or "auto": the largest
+    # that fits in GPU memory, searched up to auto_batch_max (amt.training.batch_size)
+    batch_size: Any = 64
+    auto_batch_max: int = 1024
+    auto_batch_fallback: int = 16  # used by batch_size=auto when there is no GPU to measure
     grad_accum_steps: int = 1
     epochs: int = 30
     max_steps: int | None = None  # if set, the run length in optimizer steps (overrides epochs)
@@ -92,6 +99,12 @@ class TrainingConfig:
     log_every_steps: int = 10
     collapse_threshold: float = 0.2  # warn when prediction spread / GT spread falls below
     monitor_grad_norm: bool = True
+    # training aids (amt.diagnostics.callbacks): per-module grad norms to TensorBoard every N
+    # steps (0: off), and skipping steps whose loss exceeds factor x the running median (0: off)
+    grad_monitor_every: int = 0
+    grad_monitor_depth: int = 2
+    loss_spike_factor: float = 0.0
+    loss_spike_window: int = 50
 
 
 @dataclass

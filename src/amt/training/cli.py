@@ -1,0 +1,71 @@
+"""`amt train [--config-name NAME] [overrides...]` (also under `torchrun --nproc_per_node=N -m amt train`)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from omegaconf import OmegaConf
+
+log = logging.getLogger(__name__)
+
+EPILOG = """\
+configs (src/amt/config): `config` (default: the paper setup, ViT-L/14 on DexYCB) and `tiny`
+(CPU-sized), selected with --config-name. Groups: data/, model/, training/, experiment/.
+Overrides use Hydra syntax and are passed verbatim, e.g.
+
+  amt train data.root=/data/dexycb training.batch_size=64 training.learning_rate=5e-4
+  amt train experiment=paper data.root=$DEX_YCB_DIR
+  amt train --config-name tiny data.root=runs/synth training.max_steps=200
+  amt train model.hidden_dim=768 checkpoint.resume_from=runs/default/checkpoints/last
+  torchrun --nproc_per_node=4 -m amt train data.root=... training.batch_size=256
+
+training.batch_size is the global batch of one optimizer step (split over processes and
+gradient-accumulation steps). An existing non-empty training.output_dir is never reused unless
+training.overwrite=true or checkpoint.resume_from is given.
+"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="amt train",
+        description="Train an AMT model (Hydra config composition).",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        fromfile_prefix_chars="@",  # `amt train @FILE`: arguments one per line (e.g. amt sweep's best_overrides.txt)
+    )
+    p.add_argument("--config-name", default="config", help="top-level config: config (paper, default) or tiny")
+    p.add_argument("--cfg", action="store_true", help="print the resolved config and exit")
+    p.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. training.batch_size=64")
+    return p
+
+
+def train_main(argv: list[str]) -> int:
+    args = _parser().parse_args(argv)
+    from amt.training.config import RunConfig, compose
+    from amt.training.distributed import cleanup, init_distributed
+
+    cfg = RunConfig.from_omegaconf(compose(args.config_name, args.overrides))
+    if args.cfg:
+        print(cfg.to_yaml(), end="")
+        return 0
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    ctx = init_distributed(cfg.training.device)
+    try:
+        if ctx.is_main:
+            print(f"# amt train --config-name {args.config_name} {' '.join(args.overrides)}")
+            print(OmegaConf.to_yaml(OmegaConf.create(cfg.resolved)), end="", flush=True)
+        from amt.training.trainer import train
+
+        trainer = train(cfg, ctx)
+        if ctx.is_main:
+            print(f"finished {trainer.step} steps ({trainer.skipped_steps} skipped); run folder {trainer.run_dir}")
+    finally:
+        cleanup(ctx)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(train_main(sys.argv[1:]))

@@ -1,0 +1,178 @@
+"""The trainer learns (overfits 16 samples), and its parts behave: schedule, stages, EMA, param
+groups, gradient accumulation, bf16 autocast on CPU, non-finite skipping, callbacks, `amt train`."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from amt.models import build_model
+from amt.training.config import StageConfig
+from amt.training.ema import ModelEMA
+from amt.training.schedule import StageSchedule, warmup_cosine
+from amt.training.trainer import Callback, StepInfo, Trainer, epoch_order, param_groups
+
+# Terms that are not means of per-sample losses (batch std, batch-mean class marginal, counts of
+# in-contact objects): switched off where a full batch is compared with its split.
+PER_SAMPLE_LOSS = ["loss.diversity=0", "loss.kl=0", "loss.contact=0", "data.augment=false", "training.ema.enabled=false"]
+
+
+# --- schedule and stages -----------------------------------------------------------------------
+def test_warmup_then_cosine_to_the_floor():
+    f = [warmup_cosine(s, 100, 10, 0.1) for s in range(100)]
+    assert f[0] == pytest.approx(0.1) and f[9] == pytest.approx(1.0)
+    assert all(a < b for a, b in zip(f[:10], f[1:10]))
+    assert all(a >= b for a, b in zip(f[10:], f[11:]))
+    assert f[-1] == pytest.approx(0.1, abs=1e-3)
+    assert warmup_cosine(55, 100, 10, 0.0) == pytest.approx(0.5)  # half-way through the cosine
+
+
+def test_stages_switch_and_ramp_their_multipliers():
+    stages = [
+        StageConfig("coarse", 0.0, 1.0, 0.0, {"diversity": 3.0, "physics": 0.0}),
+        StageConfig("refine", 0.5, 1.0, 0.2, {"physics": 1.0}),
+        StageConfig("finetune", 0.8, 0.1, 0.0, {}),
+    ]
+    s = StageSchedule(stages, 100)
+    assert [s.index(i) for i in (0, 49, 50, 79, 80, 99)] == [0, 0, 1, 1, 2, 2]
+    assert s.loss_multipliers(10) == {"diversity": 3.0, "physics": 0.0}
+    mid = s.loss_multipliers(59)  # half-way through the 20-step ramp
+    assert mid["physics"] == pytest.approx(0.5) and mid["diversity"] == pytest.approx(2.0)
+    assert s.loss_multipliers(70) == {"diversity": 1.0, "physics": 1.0}
+    assert s.lr_multiplier(79) == 1.0 and s.lr_multiplier(80) == 0.1
+    with pytest.raises(ValueError, match="training.stages"):
+        StageSchedule([StageConfig("late", 0.3)], 100)
+
+
+def test_data_order_is_a_function_of_seed_and_epoch():
+    assert torch.equal(epoch_order(50, 1, 3), epoch_order(50, 1, 3))
+    assert not torch.equal(epoch_order(50, 1, 3), epoch_order(50, 1, 4))
+    assert not torch.equal(epoch_order(50, 1, 3), epoch_order(50, 2, 3))
+    assert sorted(epoch_order(50, 1, 3).tolist()) == list(range(50))
+
+
+# --- EMA and optimizer groups -------------------------------------------------------------------
+def test_ema_follows_the_exponential_average():
+    model = nn.Sequential(nn.Linear(3, 2), nn.BatchNorm1d(2))
+    ema = ModelEMA(model, decay=0.9, warmup=False)
+    w0 = model[0].weight.detach().clone()
+    with torch.no_grad():
+        model[0].weight.add_(1.0)
+        model[1].running_mean.fill_(7.0)
+    ema.update(model)  # the first update copies
+    torch.testing.assert_close(ema.module[0].weight, w0 + 1.0)
+    with torch.no_grad():
+        model[0].weight.add_(1.0)
+    ema.update(model)
+    torch.testing.assert_close(ema.module[0].weight, w0 + 1.0 + 0.1 * 1.0)
+    assert torch.equal(ema.module[1].running_mean, model[1].running_mean)  # buffers copied
+    assert ema.num_updates == 2
+    assert not any(p.requires_grad for p in ema.module.parameters())
+
+
+def test_param_groups_give_the_backbone_a_lower_lr_and_skip_decay_on_1d():
+    model = build_model("tiny")
+    groups = {g["name"]: g for g in param_groups(model, 1e-3, 0.1, 0.05)}
+    assert groups["heads"]["lr"] == 1e-3 and groups["backbone"]["lr"] == pytest.approx(1e-4)
+    assert all(p.ndim > 1 for p in groups["heads"]["params"])
+    assert all(p.ndim <= 1 for p in groups["heads_no_decay"]["params"]) and groups["heads_no_decay"]["weight_decay"] == 0
+    grouped = {id(p) for g in groups.values() for p in g["params"]}
+    assert grouped == {id(p) for p in model.parameters() if p.requires_grad}
+    assert {id(p) for p in groups["backbone"]["params"]} <= {id(p) for p in model.trainable_backbone_parameters()}
+
+
+# --- training step behaviour -------------------------------------------------------------------
+def test_gradient_accumulation_equals_the_full_batch(tmp_path, tiny_run_config):
+    # sigma-reparam off: its power iteration advances once per forward, i.e. once per micro-batch
+    common = ["training.batch_size=8", "training.max_steps=1", "model.sigma_reparam=false", *PER_SAMPLE_LOSS]
+    full = Trainer(tiny_run_config(tmp_path / "full", *common), evaluator=None)
+    accum = Trainer(tiny_run_config(tmp_path / "accum", *common, "training.grad_accum_steps=2"), evaluator=None)
+    full.fit()
+    accum.fit()
+    # the (clipped) gradients of the step are still in .grad after the last optimizer step
+    scale = max(float(p.grad.abs().max()) for p in full.model.parameters() if p.grad is not None)
+    compared = 0
+    for (name, a), b in zip(full.model.named_parameters(), accum.model.parameters()):
+        if a.grad is None:
+            assert b.grad is None, name
+            continue
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-6 * scale, msg=lambda m, n=name: f"{n}: {m}")
+        compared += 1
+    assert compared > 10
+
+
+def test_bf16_autocast_step_on_cpu(tmp_path, tiny_run_config):
+    trainer = Trainer(
+        tiny_run_config(tmp_path / "bf16", "training.precision=bf16", "training.batch_size=4", "training.max_steps=1"),
+        evaluator=None,
+    )
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    infos: list[StepInfo] = []
+
+    class Record(Callback):
+        def on_step_end(self, trainer, info):
+            infos.append(info)
+
+    trainer.callbacks.append(Record())
+    trainer.fit()
+    assert trainer.autocast_dtype == torch.bfloat16
+    assert math.isfinite(infos[0].loss) and not infos[0].skipped
+    assert all(v.dtype == torch.float32 for v in infos[0].outputs.values() if isinstance(v, torch.Tensor))
+    assert any(not torch.equal(before[k], v) for k, v in trainer.model.state_dict().items())
+
+
+def test_non_finite_loss_skips_the_update_and_counts_it(tmp_path, tiny_run_config):
+    trainer = Trainer(
+        tiny_run_config(tmp_path / "nan", "training.batch_size=4", "training.max_steps=2", "data.augment=false"),
+        evaluator=None,
+    )
+    loss_forward = trainer.loss_fn.forward
+    calls = []
+
+    def poisoned(outputs, batch):
+        total, terms = loss_forward(outputs, batch)
+        calls.append(1)
+        return (total * float("nan"), terms) if len(calls) == 1 else (total, terms)
+
+    trainer.loss_fn.forward = poisoned
+    infos: list[StepInfo] = []
+
+    class Record(Callback):
+        def on_step_end(self, trainer, info):
+            infos.append({"skipped": info.skipped, "grad_norm": info.grad_norm, "state": {
+                k: v.clone() for k, v in trainer.model.named_parameters()}})  # fmt: skip
+
+    before = {k: v.clone() for k, v in trainer.model.named_parameters()}
+    trainer.callbacks.append(Record())
+    trainer.fit()
+    assert [i["skipped"] for i in infos] == [True, False]
+    assert trainer.skipped_steps == 1 and trainer.step == 2
+    assert all(torch.equal(before[k], v) for k, v in infos[0]["state"].items())
+    assert any(not torch.equal(before[k], v) for k, v in infos[1]["state"].items())
+    assert infos[1]["grad_norm"] is not None and math.isfinite(infos[1]["grad_norm"])
+
+
+def test_amt_train_cli_end_to_end(tmp_path, tiny_train_root, capsys):
+    from amt.training.cli import train_main
+
+    out = tmp_path / "cli_run"
+    argv = [
+        "--config-name", "tiny",
+        f"data.root={tiny_train_root}", "data.split=s1_val", "data.val_split=s1_val",
+        "data.image_size=112", "model.image_size=112", "training.device=cpu",
+        "training.batch_size=8", "training.max_steps=2", "training.log_every_steps=1",
+        f"training.output_dir={out}", "logging.progress=false",
+    ]  # fmt: skip
+    assert train_main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "batch_size: 8" in printed and "finished 2 steps" in printed
+    assert list((out / "tensorboard").glob("events.out.tfevents.*"))
+    # the default evaluator (amt.evaluation.evaluator) ran and chose a best checkpoint
+    assert (out / "checkpoints" / "best" / "trainer.pt").exists()
+    assert (out / "checkpoints" / "last" / "model.safetensors").exists()
+    # a second run into the same folder is refused without overwrite/resume
+    with pytest.raises(FileExistsError):
+        train_main(argv)
