@@ -78,3 +78,20 @@ def test_traces_in_eval_mode() -> None:
     x = torch.randn(2, 8)
     traced = torch.jit.trace(layer, (x,))
     torch.testing.assert_close(traced(x), layer(x))
+
+
+def test_folding_for_inference_keeps_the_eval_function(tiny_model: AMT) -> None:
+    import copy
+
+    from amt.models.sigma_reparam import fold_sigma_reparam
+
+    folded = copy.deepcopy(tiny_model).eval()
+    assert fold_sigma_reparam(folded) > 0
+    assert not any(isinstance(m, SigmaReparamLinear) for m in folded.modules())
+    g = torch.Generator().manual_seed(0)
+    K = torch.tensor([[[700.0, 0, 112], [0, 700.0, 112], [0, 0, 1]]])
+    batch = {"image": torch.randn(1, 3, 224, 224, generator=g), "K": K}
+    with torch.no_grad():
+        a, b = tiny_model(batch), folded(batch)
+    for key in ("joints_3d", "obj_t", "obj_logits", "contact_prob"):
+        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5)

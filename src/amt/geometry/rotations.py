@@ -20,19 +20,21 @@ def matrix_to_quat_wxyz(R: torch.Tensor) -> torch.Tensor:
     """(..., 3, 3) rotation matrix -> (..., 4) unit quaternion (w, x, y, z) with w >= 0.
 
     Markley's method, as roma.rotmat_to_unitquat, written out because roma's Tensor.diagonal
-    exports to ONNX as a mistyped If node (the model's outputs must export): the four vectors
-    4 q_i q are formed and the one with the largest q_i^2 is normalised.
+    exports to ONNX as a mistyped If node (the model's outputs must export), and vectorised to
+    keep kernel launches few: X = 4 q q^T = [[1 + tr, s^T], [s, R + R^T + (1 - tr) I]] with
+    s = (r21 - r12, r02 - r20, r10 - r01); the row with the largest diagonal entry is normalised.
     """
-    (r00, r01, r02), (r10, r11, r12), (r20, r21, r22) = (row.unbind(-1) for row in R.unbind(-2))
-    candidates = torch.stack([
-        torch.stack([1 + r00 + r11 + r22, r21 - r12, r02 - r20, r10 - r01], dim=-1),
-        torch.stack([r21 - r12, 1 + r00 - r11 - r22, r01 + r10, r02 + r20], dim=-1),
-        torch.stack([r02 - r20, r01 + r10, 1 - r00 + r11 - r22, r12 + r21], dim=-1),
-        torch.stack([r10 - r01, r02 + r20, r12 + r21, 1 - r00 - r11 + r22], dim=-1),
-    ], dim=-2)  # fmt: skip
-    scores = torch.stack([1 + r00 + r11 + r22, 1 + r00 - r11 - r22, 1 - r00 + r11 - r22, 1 - r00 - r11 + r22], -1)
+    Rt = R.transpose(-1, -2)
+    skew = (R - Rt).flatten(-2)
+    s = torch.stack([skew[..., 7], skew[..., 2], skew[..., 3]], dim=-1)  # (..., 3)
+    diag = R.flatten(-2)[..., 0::4]  # r00, r11, r22
+    tr = diag.sum(dim=-1, keepdim=True)
+    block = R + Rt + (1 - tr).unsqueeze(-1) * torch.eye(3, dtype=R.dtype, device=R.device)
+    top = torch.cat([1 + tr, s], dim=-1).unsqueeze(-2)  # (..., 1, 4)
+    X = torch.cat([top, torch.cat([s.unsqueeze(-1), block], dim=-1)], dim=-2)  # (..., 4, 4)
+    scores = torch.cat([1 + tr, 1 + 2 * diag - tr], dim=-1)  # the diagonal of X
     best = scores.argmax(dim=-1, keepdim=True).unsqueeze(-1).expand(*scores.shape[:-1], 1, 4)
-    q = torch.gather(candidates, -2, best).squeeze(-2)
+    q = torch.gather(X, -2, best).squeeze(-2)
     q = q / q.norm(dim=-1, keepdim=True)
     return torch.where(q[..., :1] < 0, -q, q)
 

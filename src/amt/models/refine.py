@@ -30,19 +30,24 @@ def pixel_to_grid(uv: torch.Tensor, stride: float, size: tuple[int, int]) -> tor
     of a feature map with `stride` image pixels per cell and `size` = (h, w) cells."""
     h, w = size
     cell = uv / stride - 0.5  # grid coordinates, cell centres at integers
-    scale = torch.tensor([2.0 / w, 2.0 / h], dtype=uv.dtype, device=uv.device)
-    return (cell + 0.5) * scale - 1.0
+    if h == w:  # a Python scalar: no host-to-device copy per call (CUDA-graph friendly)
+        return (cell + 0.5) * (2.0 / w) - 1.0
+    return (cell + 0.5) * uv.new_tensor([2.0 / w, 2.0 / h]) - 1.0
 
 
 def sample_levels(levels: list[torch.Tensor], strides: list[float], uv: torch.Tensor) -> torch.Tensor:
     """Bilinearly sample every level at image pixels uv (B, P, 2).
 
-    levels: list of (B, C_l, h_l, w_l). Returns (B, P, sum C_l); zeros outside a map.
+    levels: list of (B, C_l, h_l, w_l). Returns (B, P, sum C_l); zeros outside a map. Levels
+    covering the same image extent share one grid (the usual case: every level spans the crop).
     """
-    out = []
+    out, grids = [], {}
     for fmap, stride in zip(levels, strides, strict=True):
-        grid = pixel_to_grid(uv, stride, (fmap.shape[-2], fmap.shape[-1])).unsqueeze(2)  # (B, P, 1, 2)
-        out.append(F.grid_sample(fmap, grid, mode="bilinear", padding_mode="zeros", align_corners=False)[..., 0])
+        size = (fmap.shape[-2], fmap.shape[-1])
+        extent = (size[0] * stride, size[1] * stride)
+        if extent not in grids:
+            grids[extent] = pixel_to_grid(uv, stride, size).unsqueeze(2)  # (B, P, 1, 2)
+        out.append(F.grid_sample(fmap, grids[extent], mode="bilinear", padding_mode="zeros", align_corners=False)[..., 0])
     return torch.cat(out, dim=1).transpose(1, 2)
 
 

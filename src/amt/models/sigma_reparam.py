@@ -145,3 +145,24 @@ def apply_sigma_reparam(module: nn.Module, skip: tuple[str, ...] = ()) -> int:
         else:
             count += apply_sigma_reparam(child)
     return count
+
+
+@torch.no_grad()
+def fold_sigma_reparam(module: nn.Module) -> int:
+    """For inference: replace every `SigmaReparamLinear` by a plain `nn.Linear` holding the
+    current W_hat (same function in eval mode, three fewer kernels per layer and per forward).
+    The folded model no longer trains the reparameterisation. Returns the number folded."""
+    count = 0
+    for name, child in list(module.named_children()):
+        if isinstance(child, SigmaReparamLinear):
+            w = child.weight
+            linear = nn.Linear(child.in_features, child.out_features, bias=child.bias is not None, device=w.device, dtype=w.dtype)
+            linear.weight.copy_(child.effective_weight())
+            if child.bias is not None:
+                linear.bias.copy_(child.bias)
+            linear.train(child.training)
+            setattr(module, name, linear)
+            count += 1
+        else:
+            count += fold_sigma_reparam(child)
+    return count
