@@ -181,3 +181,11 @@ def test_bad_box_file_names_file_and_key(tiny_checkpoint: Path, tmp_path: Path, 
     assert predict_main([str(tiny_checkpoint), str(img), "--out", str(tmp_path / "o"), "--boxes", str(boxes)]) == 2
     err = capsys.readouterr().err
     assert str(boxes) in err and "'x.png'" in err
+
+
+@pytest.mark.skipif(importlib.util.find_spec("mediapipe") is not None, reason="mediapipe is installed")
+def test_detector_without_mediapipe_says_how_to_install(tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture, random_image) -> None:
+    img = tmp_path / "x.png"
+    Image.fromarray(random_image(64, 64)).save(img)
+    assert predict_main([str(tiny_checkpoint), str(img), "--out", str(tmp_path / "o"), "--detector"]) == 2
+    assert "amt[detector]" in capsys.readouterr().err

@@ -284,8 +284,8 @@ def run(cfg: BenchConfig) -> dict:
         raise BenchError("--device cuda: CUDA is not available on this machine")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    iters = cfg.iters or (50 if device.type == "cuda" else 5)
-    warmup = cfg.warmup or (10 if device.type == "cuda" else 2)
+    iters = cfg.iters if cfg.iters is not None else (50 if device.type == "cuda" else 5)
+    warmup = cfg.warmup if cfg.warmup is not None else (10 if device.type == "cuda" else 2)
     dtype = autocast_dtype(cfg.autocast, device)
     compute_dtype = dtype or torch.float32
     model = build_model(cfg.preset).to(device).eval()
@@ -333,7 +333,9 @@ def run(cfg: BenchConfig) -> dict:
     }
     if cfg.train:
         tb = cfg.train_batch or max(cfg.batches)
-        result["train"] = bench_train(model, cfg, device, tb, max(1, iters // 2), max(1, warmup // 2), ceiling["flops_per_s"])
+        result["train"] = bench_train(model, cfg, device, tb, max(1, iters // 2), warmup // 2, ceiling["flops_per_s"])
+    # A second ceiling measurement shows how steady the machine was during the run.
+    result["ceiling_at_end"] = matmul_ceiling(device, compute_dtype, ceiling["n"])
     return result
 
 
@@ -357,7 +359,8 @@ def format_table(result: dict) -> str:
         f"preset {result['preset']} ({result['parameters'] / 1e6:.1f}M params, {result['weights']}), "
         f"{result['machine']['device']} {result['machine'].get('gpu', '')}, {result['compute_dtype']}, "
         f"{result['machine']['torch_threads']} threads",
-        f"matmul ceiling ({c['n']}^3 {c['dtype']}): {c['flops_per_s'] / 1e9:.1f} GFLOP/s; "
+        f"matmul ceiling ({c['n']}^3 {c['dtype']}): {c['flops_per_s'] / 1e9:.1f} GFLOP/s "
+        f"(again at the end: {result['ceiling_at_end']['flops_per_s'] / 1e9:.1f}); "
         f"model {result['inference'][0]['flops_per_image'] / 1e9:.2f} GFLOP/image, "
         f"backbone {result['flops_per_image_backbone'] / 1e9:.2f} GFLOP/image",
         "",

@@ -88,6 +88,7 @@ def _predict_parser() -> argparse.ArgumentParser:
     p.add_argument("--fps", type=float, default=None, help="frame rate for smoothing/--video-out (default: the video's, else 30)")
     p.add_argument("--video-out", type=Path, help="also write the overlays as a video (.gif, or .mp4 with imageio-ffmpeg)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--autocast", default="auto", choices=("auto", "bf16", "fp16", "none"), help="auto: bf16 on CUDA, fp32 on CPU")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (slow start)")
     return p
 
@@ -173,7 +174,7 @@ def predict_main(argv: list[str]) -> int:
             require_video_backend(args.video_out)
         predictor = Predictor.from_checkpoint(
             args.checkpoint, device=device, score_threshold=args.score_threshold, crop=crop,
-            fastpath=FastPathConfig(compile=args.compile),
+            fastpath=FastPathConfig(autocast=args.autocast, compile=args.compile),
         )  # fmt: skip
     except (CheckpointError, BoxFileError, IntrinsicsError, FrameSourceError, DetectorUnavailable) as exc:
         print(f"amt predict: {exc}", file=sys.stderr)

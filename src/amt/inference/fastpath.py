@@ -3,7 +3,8 @@
 `FastPath(model, device)` is a callable `(image (B,3,H,W), K (B,3,3)) -> dict` of the output
 contract's tensors (float32, no `aux`). What it does depends on the device:
 - always: eval mode, `torch.inference_mode`, the flat-output wrapper of `amt.inference.export`;
-- autocast (default bf16 on CUDA, off on CPU where bf16 matmuls are rarely faster; can be forced);
+- autocast (default bf16 on CUDA; off on CPU, where it changes results at the 1e-2 level and
+  only pays on CPUs with bf16 matrix units (AMX): ask for it with autocast='bf16');
 - torch.compile when asked (off by default: compiling takes minutes for the large presets);
 - on CUDA, a CUDA graph per input shape: the first call with a new shape warms up on a side
   stream and captures the forward into static input/output buffers; later calls copy the
