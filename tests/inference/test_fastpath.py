@@ -14,13 +14,26 @@ def _reference(model: torch.nn.Module, image: torch.Tensor, K: torch.Tensor) -> 
         return model({"image": image, "K": K})
 
 
-def test_fp32_fast_path_equals_the_model(tiny_model: torch.nn.Module) -> None:
+def test_fp32_fast_path_matches_the_model_and_leaves_it_unfolded(tiny_model: torch.nn.Module) -> None:
+    from amt.models.sigma_reparam import SigmaReparamLinear
+
+    def count(m: torch.nn.Module) -> int:
+        return sum(isinstance(x, SigmaReparamLinear) for x in m.modules())
+
+    n_before = count(tiny_model)
+    assert n_before > 0
     image, K = example_inputs(2)
-    out = FastPath(tiny_model, "cpu")(image, K)
+    fast = FastPath(tiny_model, "cpu")
+    out = fast(image, K)
     ref = _reference(tiny_model, image, K)
     assert list(out) == list(OUTPUT_NAMES)
     for name in OUTPUT_NAMES:
-        assert torch.equal(out[name], ref[name]), name
+        torch.testing.assert_close(out[name], ref[name], rtol=1e-5, atol=1e-6)
+    assert count(fast.model) == 0 and count(tiny_model) == n_before
+    unfolded = FastPath(tiny_model, "cpu", FastPathConfig(fold_sigma_reparam=False))
+    assert unfolded.model is tiny_model
+    for name, t in unfolded(image, K).items():
+        assert torch.equal(t, ref[name]), name
 
 
 def test_bf16_autocast_on_cpu_is_close_and_returns_float32(tiny_model: torch.nn.Module) -> None:

@@ -293,11 +293,11 @@ def run(cfg: BenchConfig) -> dict:
     ceiling = matmul_ceiling(device, compute_dtype, cfg.matmul_n or (8192 if device.type == "cuda" else 2048))
     fp_cfg = FastPathConfig(autocast=cfg.autocast, compile=cfg.compile, cuda_graph=cfg.cuda_graph)
     whole = FastPath(model, device, fp_cfg)
-    bare = FastPath(model, device, fp_cfg, flat=BackboneOnly(model))
+    bare = FastPath(whole.model, device, fp_cfg, flat=BackboneOnly(whole.model))
     image1, K1 = (t.to(device) for t in example_inputs(1))
     with torch.inference_mode():
-        flops_model = count_flops(lambda: model({"image": image1, "K": K1}))
-        flops_backbone = count_flops(lambda: model.backbone(image1))
+        flops_model = count_flops(lambda: whole.model({"image": image1, "K": K1}))
+        flops_backbone = count_flops(lambda: whole.model.backbone(image1))
     rows = []
     for b in cfg.batches:
         _reset_peak(device)

@@ -3,6 +3,9 @@
 `FastPath(model, device)` is a callable `(image (B,3,H,W), K (B,3,3)) -> dict` of the output
 contract's tensors (float32, no `aux`). What it does depends on the device:
 - always: eval mode, `torch.inference_mode`, the flat-output wrapper of `amt.inference.export`;
+- sigma-reparameterised linears folded into plain ones (`amt.models.sigma_reparam.
+  fold_sigma_reparam`, on a copy: the caller's model keeps training normally), which removes
+  the per-layer normalisation kernels;
 - autocast (default bf16 on CUDA; off on CPU, where it changes results at the 1e-2 level and
   only pays on CPUs with bf16 matrix units (AMX): ask for it with autocast='bf16');
 - torch.compile when asked (off by default: compiling takes minutes for the large presets);
@@ -15,6 +18,7 @@ contract's tensors (float32, no `aux`). What it does depends on the device:
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 from dataclasses import dataclass
 
@@ -30,9 +34,11 @@ log = logging.getLogger(__name__)
 class FastPathConfig:
     """autocast: 'auto' (bf16 on CUDA, none on CPU), 'bf16', 'fp16' or 'none';
     compile: wrap in torch.compile (mode `compile_mode`, backend `compile_backend`);
-    cuda_graph: capture CUDA graphs (CUDA only; ignored on CPU)."""
+    cuda_graph: capture CUDA graphs (CUDA only; ignored on CPU);
+    fold_sigma_reparam: run a folded copy of the model (see the module docstring)."""
 
     autocast: str = "auto"
+    fold_sigma_reparam: bool = True
     compile: bool = False
     compile_mode: str | None = None
     compile_backend: str = "inductor"
@@ -49,6 +55,18 @@ def autocast_dtype(setting: str, device: torch.device) -> torch.dtype | None:
     if setting not in _DTYPES:
         raise ValueError(f"autocast {setting!r}: expected one of auto, {', '.join(_DTYPES)}")
     return _DTYPES[setting]
+
+
+def _folded(model: nn.Module) -> nn.Module:
+    """A copy of `model` with its sigma-reparameterised linears folded; `model` itself if it has none."""
+    from amt.models.sigma_reparam import SigmaReparamLinear, fold_sigma_reparam
+
+    if not any(isinstance(m, SigmaReparamLinear) for m in model.modules()):
+        return model
+    folded = copy.deepcopy(model)
+    n = fold_sigma_reparam(folded)
+    log.info("folded %d sigma-reparameterised linear layers for inference", n)
+    return folded
 
 
 class _GraphedForward:
@@ -87,7 +105,8 @@ class FastPath:
         (image, K) to a tuple of tensors, e.g. the bare backbone for benchmarks)."""
         self.config = config or FastPathConfig()
         self.device = torch.device(device)
-        self.model = model.to(self.device).eval()
+        self.model = _folded(model) if self.config.fold_sigma_reparam else model
+        self.model = self.model.to(self.device).eval()
         self.dtype = autocast_dtype(self.config.autocast, self.device)
         flat = (flat or FlatOutputs(self.model)).to(self.device).eval()
         if self.config.compile:
