@@ -12,7 +12,6 @@ of each pyramid level in the decoder memory, in token order).
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -157,7 +156,7 @@ class AMT(nn.Module):
 
     @classmethod
     def from_pretrained(cls, folder: str | Path, map_location: str | torch.device = "cpu") -> AMT:
-        """Restore a model saved by `save_pretrained` (or a training checkpoint folder). Strict:
+        """Restore a model saved by `save_pretrained` (a training checkpoint folder too). Strict:
         a missing or unexpected weight, or a shape mismatch, is an error naming the key."""
         folder = Path(folder)
         config_path, weights_path = folder / CONFIG_FILE, folder / WEIGHTS_FILE
@@ -166,8 +165,6 @@ class AMT(nn.Module):
                 raise FileNotFoundError(f"checkpoint incomplete: {path} does not exist (expected {CONFIG_FILE} + {WEIGHTS_FILE})")
         with config_path.open() as f:
             values = yaml.safe_load(f) or {}
-        if isinstance(values.get("model"), dict):  # a full run config: take its model section
-            values = values["model"]
         with no_sigma_init():  # u, v and gamma come from the checkpoint
             model = cls(ModelConfig.from_dict(values, source=str(config_path)), load_backbone_weights=False)
         state = load_file(str(weights_path), device=str(map_location))
@@ -182,11 +179,8 @@ class AMT(nn.Module):
             if value.shape != own[key].shape:
                 raise ValueError(f"{weights_path}: {key} has shape {tuple(value.shape)}, the model expects {tuple(own[key].shape)}")
         model.load_state_dict(state, strict=True)
+        log.info("loaded %s (%s preset)", folder, model.config.preset)
         return model.to(map_location)
-
-    def named_head_modules(self) -> Iterator[tuple[str, nn.Module]]:
-        """The head's top-level modules (everything except the backbone)."""
-        return ((n, m) for n, m in self.named_children() if n != "backbone")
 
 
 def build_model(preset: str = "tiny", load_backbone_weights: bool = True, **overrides: Any) -> AMT:
