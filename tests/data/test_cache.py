@@ -293,3 +293,9 @@ def test_contacts_use_mano_vertices_when_a_mano_folder_is_given(tree: Path, tmp_
         _, labels, _ = make_record(reader[i], models, CropConfig(size=SIZE), ContactConfig(), layers)
         np.testing.assert_array_equal(cached.labels["contact_valid"][i], labels["contact_valid"])
         np.testing.assert_array_equal(cached.labels["contact_points"][i], labels["contact_points"])
+
+
+def test_an_empty_split_is_an_error_naming_the_split(tmp_path: Path) -> None:
+    root = write_fake_dexycb(tmp_path / "data", subjects=2, serials=8, frames=[1, 1, 1, 1, 0] * 2, seed=0)
+    with pytest.raises(ValueError, match=SPLIT):
+        build_cache(root, SPLIT, tmp_path / "cache", size=SIZE, workers=1, progress=False)

@@ -337,6 +337,8 @@ def build_cache(
         chunk_size=chunk_size,
     ).to_json()
     n = len(DexYCB(root, split, load_image=False))
+    if n == 0:
+        raise ValueError(f"{root}: split {split!r} has no samples, nothing to cache")
     params["num_samples"] = n
     build_file = out / BUILD_FILE
     if build_file.exists() and resume:
