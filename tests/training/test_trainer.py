@@ -9,6 +9,8 @@ import pytest
 import torch
 from torch import nn
 
+from amt.data.loaders import collate
+from amt.evaluation.metrics import hpe_metrics
 from amt.models import build_model
 from amt.training.config import StageConfig
 from amt.training.ema import ModelEMA
@@ -18,6 +20,44 @@ from amt.training.trainer import Callback, StepInfo, Trainer, epoch_order, param
 # Terms that are not means of per-sample losses (batch std, batch-mean class marginal, counts of
 # in-contact objects): switched off where a full batch is compared with its split.
 PER_SAMPLE_LOSS = ["loss.diversity=0", "loss.kl=0", "loss.contact=0", "data.augment=false", "training.ema.enabled=false"]
+
+
+def _hand_evaluator(model: nn.Module, dataset) -> dict:
+    """Root-relative MPJPE (mm) of `model` on the whole dataset, via the official metric code."""
+    batch = collate([dataset[i] for i in range(len(dataset))])
+    with torch.no_grad():
+        pred = model(batch)["joints_3d"]
+    valid = batch["hand_valid"]
+    return {"hand": hpe_metrics(pred[valid].numpy(), batch["joints_3d"][valid].numpy(), units="m")}
+
+
+def test_tiny_model_learns_the_16_training_samples(tmp_path, tiny_run_config):
+    # NOTE: the issue's bar (root-relative MPJPE < 5 mm on 16 samples within 60 s of CPU) is not
+    # reached by the current tiny model on this 2-core machine: see the trainer report. This test
+    # checks the weaker property that fits the time budget: validation (EMA weights, evaluator
+    # hook, best checkpoint) sees the training error fall.
+    cfg = tiny_run_config(
+        tmp_path / "learn",
+        "data.val_split=s1_val",  # validate on the 16 training samples themselves
+        "data.augment=false",
+        "training.batch_size=16",
+        "training.max_steps=20",
+        "training.learning_rate=3e-3",
+        "training.val_every_epochs=1000",
+    )
+    trainer = Trainer(cfg, evaluator=_hand_evaluator)
+    before = trainer.validate()["hand.root-relative.mpjpe"]
+    losses: list[float] = []
+
+    class Record(Callback):
+        def on_step_end(self, trainer, info):
+            losses.append(info.terms["hand_coarse"])
+
+    trainer.callbacks.append(Record())
+    after = trainer.fit()["hand.root-relative.mpjpe"]
+    assert after < 0.95 * before, (before, after)
+    assert sum(losses[-3:]) / 3 < 0.8 * losses[0], losses
+    assert (tmp_path / "learn" / "checkpoints" / "best" / "model.safetensors").exists()
 
 
 # --- schedule and stages -----------------------------------------------------------------------
@@ -142,7 +182,7 @@ def test_non_finite_loss_skips_the_update_and_counts_it(tmp_path, tiny_run_confi
 
     class Record(Callback):
         def on_step_end(self, trainer, info):
-            infos.append({"skipped": info.skipped, "grad_norm": info.grad_norm, "state": {
+            infos.append({"skipped": info.skipped, "grad_norm": info.grad_norm, "lr": info.lr, "state": {
                 k: v.clone() for k, v in trainer.model.named_parameters()}})  # fmt: skip
 
     before = {k: v.clone() for k, v in trainer.model.named_parameters()}
@@ -153,6 +193,9 @@ def test_non_finite_loss_skips_the_update_and_counts_it(tmp_path, tiny_run_confi
     assert all(torch.equal(before[k], v) for k, v in infos[0]["state"].items())
     assert any(not torch.equal(before[k], v) for k, v in infos[1]["state"].items())
     assert infos[1]["grad_norm"] is not None and math.isfinite(infos[1]["grad_norm"])
+    # the LR each step used: no warm-up at 2 steps, so step 0 runs at the peak (the tiny config's)
+    assert infos[0]["lr"] == pytest.approx(trainer.cfg.training.learning_rate)
+    assert infos[1]["lr"] < infos[0]["lr"]
 
 
 def test_amt_train_cli_end_to_end(tmp_path, tiny_train_root, capsys):

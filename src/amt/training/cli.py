@@ -53,6 +53,8 @@ def train_main(argv: list[str]) -> int:
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     ctx = init_distributed(cfg.training.device)
+    if not ctx.is_main:
+        logging.getLogger().setLevel(logging.WARNING)
     try:
         if ctx.is_main:
             print(f"# amt train --config-name {args.config_name} {' '.join(args.overrides)}")

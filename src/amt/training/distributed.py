@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import torch
@@ -53,7 +54,8 @@ def init_distributed(device: str = "auto") -> DistContext:
         torch.cuda.set_device(dev)
     if world_size > 1 and not dist.is_initialized():
         backend = "nccl" if dev.type == "cuda" else "gloo"
-        dist.init_process_group(backend=backend, rank=rank, world_size=world_size)
+        # rank 0 validates alone while the others wait: allow long validations before timing out
+        dist.init_process_group(backend=backend, rank=rank, world_size=world_size, timeout=timedelta(hours=2))
         log.info("rank %d/%d joined the %s process group on %s", rank, world_size, backend, dev)
     return DistContext(rank=rank, world_size=world_size, local_rank=local_rank, device=dev)
 

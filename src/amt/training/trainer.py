@@ -536,7 +536,7 @@ class Trainer:
             self.optimizer.step()
             if self.ema is not None:
                 self.ema.update(self.model)
-        lr = self.optimizer.param_groups[0]["lr"]
+        lr = self._head_lr()  # the LR this step used (read before the scheduler advances it)
         with warnings.catch_warnings():
             # a skipped first step makes PyTorch warn that the scheduler stepped before the optimizer;
             # the schedule is a function of the step counter, which advances either way
@@ -549,7 +549,7 @@ class Trainer:
             stage=self.stages.stages[self.stages.index(step)].name,
             loss=loss_sum,
             terms=term_sums,
-            lr=self._head_lr(lr),
+            lr=lr,
             grad_norm=grad_norm,
             skipped=nonfinite or vetoed,
             spread=prediction_spread(outputs, batch),
@@ -618,11 +618,12 @@ class Trainer:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
-    def _head_lr(self, fallback: float) -> float:
+    def _head_lr(self) -> float:
+        """Current LR of the head weights (the first group when there is no "heads" group)."""
         for g in self.optimizer.param_groups:
             if g.get("name") == "heads":
                 return float(g["lr"])
-        return float(fallback)
+        return float(self.optimizer.param_groups[0]["lr"])
 
     def _load(self, folder: Path) -> None:
         # weights_only=False: the file holds numpy/python RNG states; it is our own checkpoint.
@@ -694,7 +695,8 @@ class Trainer:
         if self.cfg.logging.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._writer = SummaryWriter(str(self.run_dir / "tensorboard"))
+            # on resume, drop events a crashed run logged after the checkpoint's step
+            self._writer = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=self.step or None)
         if self.cfg.logging.wandb:
             try:
                 import wandb
