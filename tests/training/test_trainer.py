@@ -12,10 +12,12 @@ from torch import nn
 from amt.data.loaders import collate
 from amt.evaluation.metrics import hpe_metrics
 from amt.models import build_model
-from amt.training.config import StageConfig
+from amt.data.testing import write_fake_dexycb
+from amt.training.config import DataConfig, StageConfig
+from amt.training.distributed import DistContext
 from amt.training.ema import ModelEMA
 from amt.training.schedule import StageSchedule, warmup_cosine
-from amt.training.trainer import Callback, StepInfo, Trainer, epoch_order, param_groups
+from amt.training.trainer import Callback, StepInfo, Trainer, epoch_order, param_groups, resolve_cache
 
 # Terms that are not means of per-sample losses (batch std, batch-mean class marginal, counts of
 # in-contact objects): switched off where a full batch is compared with its split.
@@ -92,6 +94,14 @@ def test_data_order_is_a_function_of_seed_and_epoch():
     assert not torch.equal(epoch_order(50, 1, 3), epoch_order(50, 1, 4))
     assert not torch.equal(epoch_order(50, 1, 3), epoch_order(50, 2, 3))
     assert sorted(epoch_order(50, 1, 3).tolist()) == list(range(50))
+
+
+def test_a_missing_cache_is_built_from_data_root(tmp_path):
+    root = write_fake_dexycb(tmp_path / "root", subjects=[6], sequences_per_subject=1, serials=8, frames=1)
+    folder = resolve_cache(DataConfig(root=str(root), image_size=56), "s1_val", None, DistContext())
+    assert folder == root / "cache" / "s1_val_56" and (folder / "meta.json").exists()
+    with pytest.raises(ValueError, match="data.root"):
+        resolve_cache(DataConfig(), "s1_val", None, DistContext())
 
 
 # --- EMA and optimizer groups -------------------------------------------------------------------
