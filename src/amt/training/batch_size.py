@@ -1,0 +1,152 @@
+"""`training.batch_size=auto`: the largest global batch whose training step fits in GPU memory.
+
+Bounded search over the per-device micro-batch: double from 1 until a step runs out of memory
+or the bound `training.auto_batch_max` (global) is reached, then bisect between the last size
+that fitted and the first that did not. Each probe is one real training step (forward,
+backward, AdamW step, EMA copy when enabled) on samples of the training cache, with the run's
+precision. The global batch is micro x world_size x grad_accum_steps; in a distributed run the
+smallest result over the ranks is used.
+
+Without CUDA there is no allocator limit to measure: the configured fallback
+`training.auto_batch_fallback` is used and the log says so.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+log = logging.getLogger(__name__)
+
+TryStep = Callable[[int], None]  # runs one step at a micro-batch size; raises on out-of-memory
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """CUDA (or any allocator) out-of-memory error."""
+    return isinstance(exc, torch.cuda.OutOfMemoryError) or (isinstance(exc, RuntimeError) and "out of memory" in str(exc))
+
+
+def search_batch_size(try_step: TryStep, high: int, low: int = 1) -> tuple[int, list[tuple[int, bool]]]:
+    """Largest b in [low, high] for which `try_step(b)` does not run out of memory, assuming
+    memory grows with b. Returns (b, probes as (size, fitted) in call order). At most about
+    2 log2(high / low) probes. Errors other than out-of-memory propagate."""
+    probes: list[tuple[int, bool]] = []
+
+    def fits(b: int) -> bool:
+        try:
+            try_step(b)
+            ok = True
+        except Exception as exc:
+            if not is_out_of_memory(exc):
+                raise
+            ok = False
+        finally:
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        probes.append((b, ok))
+        return ok
+
+    if high < low:
+        raise ValueError(f"batch-size search: bound {high} is below the minimum {low}")
+    if not fits(low):
+        raise RuntimeError(f"batch-size search: even a micro-batch of {low} runs out of memory")
+    good, bad = low, None
+    while bad is None and good < high:
+        b = min(2 * good, high)
+        if fits(b):
+            good = b
+        else:
+            bad = b
+    while bad is not None and bad - good > 1:
+        mid = (good + bad) // 2
+        if fits(mid):
+            good = mid
+        else:
+            bad = mid
+    return good, probes
+
+
+class TrainingStepProbe:
+    """A `TryStep` running one real training step of the run's model at micro-batch b.
+
+    cfg: the `RunConfig`; samples(b) -> a batch-contract dict of b samples (on any device).
+    The model, an EMA copy (when enabled: its memory counts too), the loss and an AdamW
+    optimizer are built once and kept for every probe.
+    """
+
+    def __init__(self, cfg: Any, device: torch.device, samples: Callable[[int], dict[str, Any]]) -> None:
+        from amt.models import build_model
+        from amt.training.config import build_loss_config
+        from amt.training.losses import AMTLoss
+
+        t = cfg.training
+        self.device, self.samples = device, samples
+        self.model = build_model(cfg.model.get("preset", "tiny"), **{k: v for k, v in cfg.model.items() if k != "preset"})
+        self.model.to(device)
+        self.ema = copy.deepcopy(self.model) if t.ema.enabled else None
+        self.loss_fn = AMTLoss(build_loss_config(cfg.loss)).to(device)
+        self.optimizer = torch.optim.AdamW([p for p in self.model.parameters() if p.requires_grad], lr=0.0)
+        self.bf16 = t.precision == "bf16" or (t.precision == "auto" and device.type == "cuda")
+
+    def __call__(self, b: int) -> None:
+        from amt.data.loaders import batch_to_device
+        from amt.data.transforms import normalize_images
+
+        batch = batch_to_device(self.samples(b), self.device)
+        if batch["image"].dtype == torch.uint8:
+            batch["image"] = normalize_images(batch["image"])
+        autocast = torch.autocast(self.device.type, dtype=torch.bfloat16) if self.bf16 else contextlib.nullcontext()
+        try:
+            with autocast:
+                outputs = self.model(batch)
+            total, _ = self.loss_fn(outputs, batch)
+            total.backward()
+            self.optimizer.step()
+        finally:
+            self.optimizer.zero_grad(set_to_none=True)
+
+
+def resolve_batch_size(cfg: Any, ctx: Any, try_step: TryStep | None = None) -> int:
+    """The global batch size for `training.batch_size=auto` (see the module docstring).
+
+    cfg: the `RunConfig`; ctx: the `DistContext`. try_step: injected probe (tests); default a
+    real training step on the training cache, on CUDA only.
+    """
+    from amt.training.distributed import gather_object
+
+    t = cfg.training
+    per_step = ctx.world_size * t.grad_accum_steps
+    if try_step is None and ctx.device.type != "cuda":
+        log.warning(
+            "training.batch_size=auto measures GPU memory; the device is %s, so the configured fallback "
+            "training.auto_batch_fallback=%d is used",
+            ctx.device, t.auto_batch_fallback,
+        )  # fmt: skip
+        return int(t.auto_batch_fallback)
+    if try_step is None:
+        try_step = TrainingStepProbe(cfg, ctx.device, _cache_samples(cfg, ctx))
+    high = max(1, t.auto_batch_max // per_step)
+    micro, probes = search_batch_size(try_step, high)
+    micro = min(gather_object(micro, ctx))  # every rank gets the smallest
+    size = micro * per_step
+    log.info(
+        "training.batch_size=auto: micro-batch %d per device fits (probes %s; bound %d), global batch %d",
+        micro, ", ".join(f"{b}{'' if ok else ' OOM'}" for b, ok in probes), t.auto_batch_max, size,
+    )  # fmt: skip
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return size
+
+
+def _cache_samples(cfg: Any, ctx: Any) -> Callable[[int], dict[str, Any]]:
+    """samples(b): the first b samples of the training cache (repeated when it is smaller)."""
+    from amt.data.loaders import CachedDataset, collate
+    from amt.training.trainer import resolve_cache
+
+    dataset = CachedDataset(resolve_cache(cfg.data, cfg.data.split, cfg.data.cache_dir, ctx), cfg.data.cache_mode)
+    return lambda b: collate([dataset[i % len(dataset)] for i in range(b)])
