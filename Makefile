@@ -29,3 +29,10 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) runs
+
+# The HTML report's browser check: installs chromium (Debian: /usr/bin/chromium) and runs the test
+# that screenshots report.html headless (skipped when chromium is absent).
+.PHONY: report-check
+report-check: $(STAMP)
+	command -v chromium >/dev/null || (apt-get update && apt-get install -y --no-install-recommends chromium)
+	$(BIN)/python -m pytest -q tests/evaluation/test_html_report.py -rs

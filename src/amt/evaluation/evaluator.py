@@ -258,6 +258,12 @@ def _object_instances(pred: Predictions, object_models: ObjectModels, num_points
     }  # fmt: skip
 
 
+def object_instances(pred: Predictions, object_models: ObjectModels, num_points: int = 1024) -> dict[str, np.ndarray]:
+    """Per-GT-object rows behind the object metrics (see `_object_instances`): for curves and
+    galleries (`amt.evaluation.html_report`)."""
+    return _object_instances(pred, object_models, num_points)
+
+
 def _object_group(inst: dict[str, np.ndarray], mask: np.ndarray) -> dict[str, Any]:
     sym = np.isin(inst["class"], list(SYMMETRIC_IDS))
     add_minus_s = np.where(sym, inst["add_s"], inst["add"])
