@@ -67,9 +67,10 @@ def test_folder_of_arbitrary_images_writes_json_and_overlays_and_skips_corrupt(
     assert not (out / "notes.json").exists()
 
 
-def _synthetic_frames(tmp_path: Path) -> tuple[list[Path], Path, dict[str, list[float]]]:
+def _synthetic_frames(tmp_path: Path) -> tuple[list[Path], Path, dict[str, list[float]], Path]:
     """A few frames with known hands: amt.data.synthetic when present, else random images with
-    fake-DexYCB labels. Returns image paths, the calibration file, boxes from the GT 2D joints."""
+    fake-DexYCB labels. Returns image paths, the calibration file, boxes from the GT 2D joints
+    and the dataset's models/ folder."""
     from amt.data.dexycb import DexYCB
 
     if importlib.util.find_spec("amt.data.synthetic") is not None:
@@ -95,18 +96,18 @@ def _synthetic_frames(tmp_path: Path) -> tuple[list[Path], Path, dict[str, list[
         if s["hand_valid"]:
             j = s["joint_2d"]
             boxes[path.name] = [float(j[:, 0].min()), float(j[:, 1].min()), float(j[:, 0].max()), float(j[:, 1].max())]
-    return frames, calib, boxes
+    return frames, calib, boxes, Path(root) / "models"
 
 
 def test_synthetic_frames_with_calibration_and_box_file(tiny_checkpoint: Path, tmp_path: Path) -> None:
     from amt.data.dexycb import load_intrinsics
 
-    frames, calib, boxes = _synthetic_frames(tmp_path)
+    frames, calib, boxes, models = _synthetic_frames(tmp_path)
     box_file = tmp_path / "boxes.json"
     box_file.write_text(json.dumps(boxes))
     out = tmp_path / "out"
     argv = [str(tiny_checkpoint), str(frames[0].parent), "--out", str(out), "--calib", str(calib), "--boxes", str(box_file)]
-    assert predict_main(argv + ["--side-by-side"]) == 0
+    assert predict_main(argv + ["--side-by-side", "--models", str(models), "--score-threshold", "0"]) == 0
     K = load_intrinsics(calib)
     for frame in frames:
         record = json.loads((out / f"{frame.stem}.json").read_text())
@@ -119,8 +120,10 @@ def test_synthetic_frames_with_calibration_and_box_file(tiny_checkpoint: Path, t
             x0, y0, x1, y1 = boxes[frame.name]
             crop = CropConfig()
             assert abs(record["crop"]["side"] - max(crop.min_size, crop.margin * max(x1 - x0, y1 - y0))) <= 1
+        assert len(record["objects"]) == 10  # all drawn, with mesh boxes where the class has a mesh
         with Image.open(out / f"{frame.stem}_overlay.png") as ov:
             assert ov.height == 480 and ov.width > 640  # the 3D view sits beside the overlay
+    assert predict_main(argv + ["--models", str(tmp_path / "no_models")]) == 2
 
 
 def test_bbox_flag_and_explicit_K_are_used(tiny_checkpoint: Path, tmp_path: Path, random_image) -> None:

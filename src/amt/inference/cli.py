@@ -176,7 +176,7 @@ def predict_main(argv: list[str]) -> int:
             args.checkpoint, device=device, score_threshold=args.score_threshold, crop=crop,
             fastpath=FastPathConfig(autocast=args.autocast, compile=args.compile),
         )  # fmt: skip
-    except (CheckpointError, BoxFileError, IntrinsicsError, FrameSourceError, DetectorUnavailable) as exc:
+    except (CheckpointError, BoxFileError, IntrinsicsError, FrameSourceError, DetectorUnavailable, FileNotFoundError) as exc:
         print(f"amt predict: {exc}", file=sys.stderr)
         return 2
     args.out.mkdir(parents=True, exist_ok=True)
