@@ -29,23 +29,28 @@ SKIPPED_TYPES: tuple[type[nn.Module], ...] = (nn.Dropout, nn.Identity)
 
 
 class UnitStats:
-    """Running count, min, max, sum, sum of squares per unit; `update(rows (n, C))`."""
+    """Running count, min, max, sum, sum of squares per unit; `update(rows (n, C))`.
 
-    def __init__(self, units: int) -> None:
+    The statistics live on the device of the first rows (no host sync per batch); min/max in
+    the rows' precision (exact), sums accumulated in float64.
+    """
+
+    def __init__(self, units: int, device: torch.device | str = "cpu") -> None:
         self.units = units
         self.count = 0
-        self.min = torch.full((units,), float("inf"), dtype=torch.float64)
-        self.max = torch.full((units,), float("-inf"), dtype=torch.float64)
-        self.sum = torch.zeros(units, dtype=torch.float64)
-        self.sumsq = torch.zeros(units, dtype=torch.float64)
+        self.min = torch.full((units,), float("inf"), dtype=torch.float64, device=device)
+        self.max = torch.full((units,), float("-inf"), dtype=torch.float64, device=device)
+        self.sum = torch.zeros(units, dtype=torch.float64, device=device)
+        self.sumsq = torch.zeros(units, dtype=torch.float64, device=device)
 
     def update(self, rows: torch.Tensor) -> None:
-        rows = rows.detach().to(torch.float64).cpu()
+        rows = rows.detach().to(self.sum.device)
         self.count += rows.shape[0]
-        torch.minimum(self.min, rows.amin(0), out=self.min)
-        torch.maximum(self.max, rows.amax(0), out=self.max)
-        self.sum += rows.sum(0)
-        self.sumsq += (rows * rows).sum(0)
+        lo, hi = torch.aminmax(rows, dim=0)
+        torch.minimum(self.min, lo.double(), out=self.min)
+        torch.maximum(self.max, hi.double(), out=self.max)
+        self.sum += rows.sum(0, dtype=torch.float64)
+        self.sumsq += rows.square().sum(0, dtype=torch.float64)
 
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in (self.min, self.max, self.sum, self.sumsq))
@@ -102,7 +107,7 @@ class DeadUnitScanner:
                 return
             stats = self.stats.get(name)
             if stats is None:
-                stats = self.stats[name] = UnitStats(rows.shape[1])
+                stats = self.stats[name] = UnitStats(rows.shape[1], rows.device)
                 self.types[name] = type(module).__name__
             elif stats.units != rows.shape[1]:
                 log.debug("%s: unit count changed (%d -> %d), batch ignored", name, stats.units, rows.shape[1])
@@ -134,7 +139,7 @@ class DeadUnitScanner:
             s = self.stats.get(name)
             if s is None or s.count == 0:
                 continue
-            dead = (s.max - s.min) <= dead_range
+            dead = ((s.max - s.min) <= dead_range).cpu()
             n_dead = int(dead.sum())
             fraction = n_dead / s.units
             out.append(
@@ -146,7 +151,7 @@ class DeadUnitScanner:
                     dead_fraction=fraction,
                     flagged=fraction >= layer_fraction,
                     rows=s.count,
-                    mean_activation=float(s.sum.sum() / (s.count * s.units)),
+                    mean_activation=float(s.sum.sum()) / (s.count * s.units),
                     dead_indices=torch.nonzero(dead).flatten().tolist()[:64],
                 )
             )
