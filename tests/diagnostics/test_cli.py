@@ -6,7 +6,7 @@ import json
 
 from amt.cli import main as amt_main
 
-from .conftest import SIZE, SPLIT
+SPLIT, SIZE = "s1_val", 56  # as in conftest.py's debug_data
 
 
 def test_amt_debug_writes_markdown_json_and_pngs(tiny56, debug_data, tmp_path, capsys):
