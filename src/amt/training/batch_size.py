@@ -96,6 +96,7 @@ class TrainingStepProbe:
     def __call__(self, b: int) -> None:
         from amt.data.loaders import batch_to_device
         from amt.data.transforms import normalize_images
+        from amt.training.trainer import _float32
 
         batch = batch_to_device(self.samples(b), self.device)
         if batch["image"].dtype == torch.uint8:
@@ -104,7 +105,7 @@ class TrainingStepProbe:
         try:
             with autocast:
                 outputs = self.model(batch)
-            total, _ = self.loss_fn(outputs, batch)
+            total, _ = self.loss_fn(_float32(outputs), batch)  # losses in fp32, as in the trainer
             total.backward()
             self.optimizer.step()
         finally:
