@@ -20,6 +20,7 @@ Overrides use Hydra syntax and are passed verbatim, e.g.
   amt train --config-name tiny data.root=runs/synth training.max_steps=200
   amt train model.hidden_dim=768 checkpoint.resume_from=runs/default/checkpoints/last
   torchrun --nproc_per_node=4 -m amt train data.root=... training.batch_size=256
+  amt train @runs/sweeps/NAME/best_overrides.txt training.output_dir=runs/best   # arguments from a file
 
 training.batch_size is the global batch of one optimizer step (split over processes and
 gradient-accumulation steps). An existing non-empty training.output_dir is never reused unless
