@@ -108,7 +108,7 @@ class FastPath:
         self.model = _folded(model) if self.config.fold_sigma_reparam else model
         self.model = self.model.to(self.device).eval()
         self.dtype = autocast_dtype(self.config.autocast, self.device)
-        flat = (flat or FlatOutputs(self.model)).to(self.device).eval()
+        flat = (flat if flat is not None else FlatOutputs(self.model)).to(self.device).eval()
         if self.config.compile:
             flat = torch.compile(flat, mode=self.config.compile_mode, backend=self.config.compile_backend)
         self._flat = flat
