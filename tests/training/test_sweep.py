@@ -101,6 +101,7 @@ def _finished(study) -> list:
     return [t for t in study.get_trials(deepcopy=False) if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
 
 
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
 def test_tiny_sweep_resumes_after_a_kill_and_its_best_trial_trains(sweep_root, tmp_path):
     out = tmp_path / "sweep"
     storage = f"sqlite:///{out / 'study.db'}"

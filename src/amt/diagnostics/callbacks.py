@@ -42,7 +42,10 @@ class GradientMonitor(Callback):
         if trainer.ctx.is_main and trainer.cfg.logging.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._writer = SummaryWriter(str(trainer.run_dir / "tensorboard"), filename_suffix=GRAD_EVENTS_SUFFIX)
+            # purge_step: on resume, drop events logged after the checkpoint (as the trainer's writer)
+            self._writer = SummaryWriter(
+                str(trainer.run_dir / "tensorboard"), purge_step=trainer.step or None, filename_suffix=GRAD_EVENTS_SUFFIX
+            )
 
     def on_step_end(self, trainer: Trainer, info: StepInfo) -> None:
         if info.skipped or info.step % self.every or not trainer.ctx.is_main:
