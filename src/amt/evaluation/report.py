@@ -187,11 +187,12 @@ def plot_pck_curves(hand: dict[str, Any], hand_details: dict[str, Any], path: st
 
 
 def plot_training_curves(history: dict[str, Sequence[tuple[int, float]]], path: str | Path) -> Path:
-    """Loss curves: `history` maps a name to (step, value) pairs; log-scale y when all positive."""
+    """Loss curves: `history` maps a name to (step, value) pairs; log-scale y when all positive.
+    Curves that stay at 0 (terms inactive in the run, e.g. temporal without sequences) are left out."""
     fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
     positive = True
     for name, points in history.items():
-        if not points:
+        if not points or all(v == 0 for _, v in points):
             continue
         steps, values = zip(*points)
         ax.plot(steps, values, label=name)
