@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from amt.models import AMT
-from amt.models.sigma_reparam import SigmaReparamLinear, apply_sigma_reparam
+from amt.models.sigma_reparam import GAIN_SCALE, SigmaReparamLinear, apply_sigma_reparam
 
 
 def test_sigma_estimate_matches_spectral_norm_and_reparam_norm_equals_gamma() -> None:
@@ -20,7 +20,7 @@ def test_sigma_estimate_matches_spectral_norm_and_reparam_norm_equals_gamma() ->
     with torch.no_grad():
         layer.weight.copy_(U @ torch.diag(spectrum) @ V.T)
         layer.u.copy_(torch.nn.functional.normalize(torch.randn(48), dim=0))
-        layer.gamma.fill_(2.5)
+        layer.gamma.fill_(2.5 / GAIN_SCALE)
     x = torch.randn(5, 64)
     for _ in range(8):
         layer(x)
@@ -28,6 +28,7 @@ def test_sigma_estimate_matches_spectral_norm_and_reparam_norm_equals_gamma() ->
     assert abs(layer.sigma().item() - exact.item()) / exact.item() < 0.01
     reparam_norm = torch.linalg.matrix_norm(layer.effective_weight().detach(), 2)
     assert abs(reparam_norm.item() - 2.5) / 2.5 < 0.01
+    assert layer.gain().item() == 2.5
 
 
 def test_wrapping_keeps_the_initial_function() -> None:

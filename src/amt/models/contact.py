@@ -22,6 +22,8 @@ class ContactHead(nn.Module):
         D = cfg.hidden_dim
         self.mlp = MLP(2 * D + 63, D, 7)
         init_head_weights(self)
+        with torch.no_grad():  # start at the object centre, p = 0.5, no force
+            self.mlp[-1].weight.mul_(0.1)
 
     def forward(
         self, obj_tokens: torch.Tensor, hand: torch.Tensor, joints: torch.Tensor, obj_t: torch.Tensor

@@ -102,6 +102,7 @@ class HandEncoder(nn.Module):
         self.out = MLP(2 * D, D, 63 + 21 + NUM_SHAPE)
         init_head_weights(self)
         with torch.no_grad():
+            self.coarse[-1].weight.mul_(0.1)
             self.coarse[-1].bias[3:63].copy_(mean_hand_offsets()[1:].flatten() / HAND_SCALE)
             self.out[-1].weight.mul_(0.1)
 

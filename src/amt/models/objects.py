@@ -78,7 +78,8 @@ class ObjectHead(nn.Module):
         # one wide output: logits (C+1), centre uv (2), log depth (1), rotation 6D (6)
         self.out = MLP(cfg.hidden_dim, cfg.hidden_dim, self.num_logits + 9)
         init_head_weights(self)
-        with torch.no_grad():
+        with torch.no_grad():  # start near the image centre, the working depth and the identity
+            self.out[-1].weight.mul_(0.1)
             self.out[-1].bias[self.num_logits + 3 :].copy_(torch.tensor(IDENTITY_6D))
 
     def forward(self, tokens: torch.Tensor, K: torch.Tensor) -> dict[str, torch.Tensor]:

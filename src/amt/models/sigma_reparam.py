@@ -3,7 +3,14 @@ Preventing Attention Entropy Collapse").
 
 W_hat = (gamma / sigma(W)) W, where sigma(W) is the spectral norm estimated by power iteration
 (one step per training forward, persistent u / v buffers) and gamma is a learnable scalar
-initialised to sigma(W) so that the initial function is unchanged. The forward has no
+initialised to sigma(W) so that the initial function is unchanged.
+
+The gain is stored in units of 1 / GAIN_SCALE: the `gamma` parameter holds gamma / GAIN_SCALE
+(`gain()` returns gamma). Adam moves a parameter by about its learning rate per step whatever the
+gradient's size, so an O(1) gain stored as is would need ~1/lr steps to double, while the weight
+entries (O(1/sqrt(fan_in))) turn in a few dozen: the layer could point its weights anywhere but
+hardly scale them, and a head learned to tell images apart only after hundreds of steps. Stored
+GAIN_SCALE times smaller, the gain changes at about the relative rate of the weights. The forward has no
 data-dependent Python, so it traces and exports (in eval mode the buffers are constants).
 """
 
@@ -16,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+GAIN_SCALE = 32.0  # gamma = GAIN_SCALE * the `gamma` parameter; see the module docstring
 INIT_POWER_ITERATIONS = 200  # at most; stops earlier once the estimate has settled
 EXACT_INIT_MAX_DIM = 512
 _INIT = {"enabled": True}
@@ -35,8 +43,8 @@ def no_sigma_init() -> Iterator[None]:
 class SigmaReparamLinear(nn.Module):
     """Drop-in replacement for `nn.Linear` with sigma reparameterisation.
 
-    Parameters keep nn.Linear's names (`weight` (out, in), `bias` (out,)) plus `gamma` (scalar);
-    buffers `u` (out,) and `v` (in,) hold the power-iteration state.
+    Parameters keep nn.Linear's names (`weight` (out, in), `bias` (out,)) plus `gamma` (scalar,
+    the gain / GAIN_SCALE); buffers `u` (out,) and `v` (in,) hold the power-iteration state.
     """
 
     def __init__(
@@ -96,7 +104,7 @@ class SigmaReparamLinear(nn.Module):
                     if abs(current - previous) <= 1e-5 * abs(current):
                         break
                     previous = current
-        self.gamma.copy_(self.sigma())
+        self.gamma.copy_(self.sigma() / GAIN_SCALE)
 
     @torch.no_grad()
     def power_iteration(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -117,9 +125,13 @@ class SigmaReparamLinear(nn.Module):
         with torch.autocast(self.weight.device.type, enabled=False):
             return torch.einsum("o,oi,i->", u.to(self.weight.dtype), self.weight, v.to(self.weight.dtype))
 
+    def gain(self) -> torch.Tensor:
+        """gamma, the spectral norm of W_hat (scalar)."""
+        return self.gamma * GAIN_SCALE
+
     def effective_weight(self, u: torch.Tensor | None = None, v: torch.Tensor | None = None) -> torch.Tensor:
         """W_hat = gamma / sigma * W, (out, in)."""
-        return self.weight * (self.gamma / self.sigma(u, v))
+        return self.weight * (self.gain() / self.sigma(u, v))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         u, v = self.power_iteration() if self.training else (self.u, self.v)
