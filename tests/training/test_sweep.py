@@ -17,6 +17,7 @@ import pytest
 import yaml
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
+from sqlalchemy.exc import OperationalError
 
 from amt.cli import main as amt_main
 from amt.training.sweep import PruningCallback, from_wandb, load_space, main as sweep_main, suggest
@@ -102,7 +103,7 @@ def _finished(study) -> list:
 
 
 @pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
-def test_tiny_sweep_resumes_after_a_kill_and_its_best_trial_trains(sweep_root, tmp_path):
+def test_tiny_sweep_with_two_workers_resumes_after_a_kill_and_its_best_trial_trains(sweep_root, tmp_path):
     out = tmp_path / "sweep"
     storage = f"sqlite:///{out / 'study.db'}"
     args = [
@@ -113,40 +114,49 @@ def test_tiny_sweep_resumes_after_a_kill_and_its_best_trial_trains(sweep_root, t
         "logging.tensorboard=false", "logging.progress=false", "training.ema.enabled=false",
     ]  # fmt: skip
     out.mkdir()
+    optuna.create_study(study_name="t", storage=storage)  # both workers load it (no creation race)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    with (tmp_path / "first.log").open("w") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "amt", "sweep", *args], stdout=log, stderr=subprocess.STDOUT, env=env)
-        try:
-            deadline = time.monotonic() + 300
-            study = None
-            while time.monotonic() < deadline and proc.poll() is None:
-                time.sleep(0.5)
-                if (out / "study.db").exists():
-                    try:
-                        study = optuna.load_study(study_name="t", storage=storage)
-                    except KeyError:  # the study row is not written yet
-                        continue
-                    trials = study.get_trials(deepcopy=False)
-                    running = [t for t in trials if t.state == TrialState.RUNNING and t.params]  # mid-trial
-                    if running and any(t.state == TrialState.COMPLETE for t in trials):
-                        break
-            assert proc.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
-        finally:
-            proc.send_signal(signal.SIGKILL)
-            proc.wait()
+    logs = [(tmp_path / f"worker{i}.log").open("w") for i in range(2)]
+    workers = [
+        subprocess.Popen([sys.executable, "-m", "amt", "sweep", *args], stdout=f, stderr=subprocess.STDOUT, env=env)
+        for f in logs
+    ]
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and all(w.poll() is None for w in workers):
+            time.sleep(0.5)
+            try:
+                trials = optuna.load_study(study_name="t", storage=storage).get_trials(deepcopy=False)
+            except OperationalError:  # the database is locked by a worker's write
+                continue
+            running = [t for t in trials if t.state == TrialState.RUNNING and t.params]  # mid-trial
+            pids = {t.user_attrs.get("worker") for t in trials}
+            if running and len(pids - {None}) == 2 and any(t.state == TrialState.COMPLETE for t in trials):
+                break
+        assert all(w.poll() is None for w in workers), (tmp_path / "worker0.log").read_text()[-3000:]
+    finally:
+        for w in workers:  # the whole sweep dies, mid-trial
+            w.send_signal(signal.SIGKILL)
+            w.wait()
+        for f in logs:
+            f.close()
+    study = optuna.load_study(study_name="t", storage=storage)
     before = {t.number: t.value for t in study.get_trials() if t.state == TrialState.COMPLETE}
-    killed = [t for t in study.get_trials() if t.state == TrialState.RUNNING]
-    assert before and len(killed) == 1
-    time.sleep(3)  # past the grace period: the killed trial's heartbeat is stale
+    killed = {t.number: t.params for t in study.get_trials() if t.state == TrialState.RUNNING}
+    assert len({t.user_attrs["worker"] for t in study.get_trials()}) == 2  # two workers shared the study
+    assert before and killed
+    time.sleep(3)  # past the grace period: the killed trials' heartbeats are stale
 
-    assert sweep_main(args) == 0
+    assert sweep_main(args) == 0  # the same command resumes the sweep
     study = optuna.load_study(study_name="t", storage=storage)
     trials = study.get_trials()
     assert {t.number: t.value for t in trials if t.number in before} == before  # finished trials kept
     assert len(_finished(study)) == 4
-    assert trials[killed[0].number].state == TrialState.FAIL
-    retried = [t for t in trials if RetryHeartbeatStaleTrialCallback.retried_trial_number(t) == killed[0].number]
-    assert retried and retried[0].params == killed[0].params  # the killed trial ran again, same parameters
+    for number, params in killed.items():
+        assert trials[number].state == TrialState.FAIL
+        retried = [t for t in trials if RetryHeartbeatStaleTrialCallback.retried_trial_number(t) == number]
+        assert retried  # the killed trial ran again, with the same parameters once it had drawn them
+        assert not params or retried[0].params == params
 
     rows = list(csv.DictReader((out / "results.csv").open()))
     assert len(rows) == len(trials) and {r["state"] for r in rows} >= {"COMPLETE", "FAIL"}

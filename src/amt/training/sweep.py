@@ -29,6 +29,8 @@ import argparse
 import csv
 import logging
 import math
+import os
+import socket
 import sys
 import warnings
 from dataclasses import dataclass, field
@@ -245,6 +247,7 @@ class Sweep:
     def objective(self, trial: Any) -> float:
         from amt.training.config import RunConfig, compose
 
+        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")  # which worker ran it
         defaults = RunConfig.from_omegaconf(compose(self.config_name, self.trial_overrides({}))).resolved
         overrides = self.trial_overrides(suggest(trial, self.space, defaults))
         trial.set_user_attr("overrides", overrides)
@@ -320,8 +323,8 @@ def write_results(study: Any, space: SearchSpace, out: Path, config_name: str) -
     rows = []
     for t in trials:
         duration = t.duration.total_seconds() if t.duration is not None else None
-        rows.append([t.number, t.state.name, t.value, duration, *[t.params.get(n) for n in names]])
-    header = ["trial", "state", space.metric, "duration_s", *names]
+        rows.append([t.number, t.state.name, t.value, duration, *[t.params.get(n) for n in names], t.user_attrs.get("worker")])
+    header = ["trial", "state", space.metric, "duration_s", *names, "worker"]
     paths = {"csv": out / RESULTS_CSV, "markdown": out / RESULTS_MD}
     with paths["csv"].open("w", newline="") as f:
         writer = csv.writer(f)
