@@ -47,3 +47,17 @@ def test_bench_tiny_smoke(tmp_path: Path, capsys) -> None:
     assert t["flops_per_step"] > t["batch"] * result["inference"][0]["flops_per_image"]  # forward + backward
     assert "random" in result["weights"]
     assert "% of ceiling" in capsys.readouterr().out
+
+
+def test_bench_trains_from_a_cache_folder(tmp_path: Path) -> None:
+    # `amt bench --cache DIR` reads training batches through GPUCachedDataset (on the CPU here).
+    from amt.data.cache import build_cache
+    from amt.data.testing import write_fake_dexycb
+
+    root = write_fake_dexycb(tmp_path / "root", subjects=2, sequences_per_subject=5, serials=8, frames=1)
+    build_cache(root, "s0_val", tmp_path / "cache", size=224, workers=1, progress=False)
+    out = tmp_path / "bench.json"
+    rc = bench_main(["--preset", "tiny", "--batch", "1", "--train", "--train-batch", "4", "--iters", "1",
+                     "--warmup", "1", "--matmul-n", "256", "--cache", str(tmp_path / "cache"), "--json", str(out)])
+    assert rc == 0
+    assert str(tmp_path / "cache") in out.read_text()

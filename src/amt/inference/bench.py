@@ -224,7 +224,7 @@ def _train_batches(cfg: BenchConfig, device: torch.device, batch: int):
         fixed = synthetic_batch(batch, device)
         while True:
             yield fixed
-    from amt.data.cache import GPUCachedDataset
+    from amt.data.loaders import GPUCachedDataset
 
     data = GPUCachedDataset(cfg.cache, device)
     g = torch.Generator(device="cpu").manual_seed(0)
