@@ -19,9 +19,11 @@ def test_demo_runs_end_to_end_and_refuses_to_overwrite(tmp_path: Path, capsys: p
     report = json.loads((out / "eval" / "report.json").read_text())
     assert report["synthetic_data"] is True
     assert [c["name"] for c in report["demo"]["checks"]] == [
-        "root-relative MPJPE (mm)", "object translation error (mm)", "contact accuracy", "collapse ratio",
+        "root-relative MPJPE (mm)", "grasped-object translation error (mm)", "contact accuracy", "collapse ratio",
     ]  # fmt: skip
     assert report["baselines"]["hand_root_relative_mpjpe"] > 0
+    assert report["baselines"]["object_translation_error"] > 0
+    assert report["baselines"]["object_translation_error_grasped"] > 0
     assert report["demo"]["test_samples"] > 0 and report["demo"]["train_samples"] > 0
     for name in ("training_curves.png", "pck_curves.png", "hpe_submission.txt", "bop_results.csv", "report.md"):
         assert (out / "eval" / name).stat().st_size > 0, name

@@ -138,6 +138,14 @@ def test_baselines_match_an_independent_computation(caches: dict[str, Path]) -> 
     test_t = np.asarray(test["obj_t"], np.float64)[np.asarray(test["obj_valid"])]
     expected_t = np.linalg.norm(test_t - mean_t, axis=-1).mean() * 1000
     assert base["object_translation_error"] == pytest.approx(expected_t, rel=1e-5)
+    # grasped objects alone: the training split's mean grasped-object translation
+    def grasped_t(labels: dict) -> np.ndarray:
+        g = np.asarray(labels["grasped"])
+        rows = np.nonzero(g >= 0)[0]
+        return np.asarray(labels["obj_t"], np.float64)[rows, g[rows]]
+
+    expected_g = np.linalg.norm(grasped_t(test) - grasped_t(train).mean(axis=0), axis=-1).mean() * 1000
+    assert base["object_translation_error_grasped"] == pytest.approx(expected_g, rel=1e-5)
 
 
 def test_collapse_ratio_of_scaled_predictions() -> None:

@@ -27,7 +27,7 @@ from amt.training.losses import (
     bone_lengths,
     rotation_error,
 )
-from amt.training.matching import NO_OBJECT
+from amt.training.matching import NO_OBJECT, gather_matched, match_objects
 
 SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 B, K_SEQ, Q, M, H = 6, 3, 4, 3, 64
@@ -128,6 +128,20 @@ def test_every_term_is_finite_nonzero_and_moves_the_gradient(example):
     for part in ("physics/penetration", "physics/joint_limits", "physics/bone_length", "physics/stability",
                  "hand_coarse/shape", "hand_refined/confidence"):
         assert terms[part] > 0, part
+
+
+def test_stability_trains_the_forces_only(example):
+    batch, outputs = example
+    outputs = {**outputs, **{k: outputs[k].detach().requires_grad_(True)
+                              for k in ("contact_force", "contact_prob", "contact_points", "obj_t")}}  # fmt: skip
+    loss = AMTLoss()
+    matched = gather_matched(match_objects(outputs, batch), outputs["obj_t"].device)
+    value = loss._stability(outputs, matched)
+    assert value > 0
+    value.backward()
+    assert outputs["contact_force"].grad.abs().sum() > 0
+    for key in ("contact_prob", "contact_points", "obj_t"):
+        assert outputs[key].grad is None, key
 
 
 def test_total_is_the_weighted_sum_and_stage_multipliers_apply(example):

@@ -83,13 +83,16 @@ class Predictions:
 
 @dataclass
 class TrainingStatistics:
-    """What the baselines predict: the training split's mean root-relative pose (21,3) m and
-    mean object translation (3,) m, over valid hands / valid object slots."""
+    """What the baselines predict: the training split's mean root-relative pose (21,3) m, mean
+    object translation (3,) m over valid object slots, and mean translation (3,) m of the
+    grasped objects alone (None when the split has no grasp)."""
 
     mean_root_relative_joints: np.ndarray
     mean_object_translation: np.ndarray
     num_hands: int
     num_objects: int
+    mean_grasped_translation: np.ndarray | None = None
+    num_grasped: int = 0
 
 
 def _numpy(x: torch.Tensor) -> np.ndarray:
@@ -165,7 +168,7 @@ def training_statistics(train: Dataset | str | Path) -> TrainingStatistics:
     train: a cache folder, a `CachedDataset` (its label arrays are read without decoding
     images), or any dataset of batch-contract samples (iterated).
     """
-    keys = ("joints_3d", "hand_valid", "obj_t", "obj_valid")
+    keys = ("joints_3d", "hand_valid", "obj_t", "obj_valid", "grasped")
     if isinstance(train, (str, Path)):
         labels = {k: open_cache(train).labels[k] for k in keys}
     elif hasattr(train, "folder") and hasattr(train, "indices"):
@@ -181,11 +184,16 @@ def training_statistics(train: Dataset | str | Path) -> TrainingStatistics:
     if not hand_valid.any() or not obj_valid.any():
         raise ValueError("evaluator: the training split has no valid hand or no valid object for the baselines")
     rr = joints[hand_valid] - joints[hand_valid][:, :1]
+    grasped = np.asarray(labels["grasped"], dtype=np.int64).reshape(-1)
+    rows = np.nonzero(grasped >= 0)[0]
+    rows = rows[obj_valid[rows, grasped[rows]]]
     return TrainingStatistics(
         mean_root_relative_joints=rr.mean(axis=0),
         mean_object_translation=obj_t[obj_valid].mean(axis=0),
         num_hands=int(hand_valid.sum()),
         num_objects=int(obj_valid.sum()),
+        mean_grasped_translation=obj_t[rows, grasped[rows]].mean(axis=0) if len(rows) else None,
+        num_grasped=len(rows),
     )
 
 
@@ -340,13 +348,21 @@ def _baselines(pred: Predictions, inst: dict[str, np.ndarray], stats: TrainingSt
     matched = inst["query"] >= 0
     gt_t = pred.gt["obj_t"][inst["sample"][matched], inst["slot"][matched]].astype(np.float64)
     obj = np.linalg.norm(gt_t - stats.mean_object_translation, axis=-1).mean() * 1000 if matched.any() else None
+    grasped = matched & inst["grasped"].astype(bool)
+    grasped_err = None
+    if grasped.any() and stats.mean_grasped_translation is not None:
+        gt_g = pred.gt["obj_t"][inst["sample"][grasped], inst["slot"][grasped]].astype(np.float64)
+        grasped_err = float(np.linalg.norm(gt_g - stats.mean_grasped_translation, axis=-1).mean() * 1000)
     return {
         "hand_root_relative_mpjpe": float(hand),
         "object_translation_error": None if obj is None else float(obj),
+        "object_translation_error_grasped": grasped_err,
         "description": (
             "hand: the training split's mean root-relative pose predicted for every sample "
             f"({stats.num_hands} training hands); objects: the training split's mean object "
-            f"translation predicted for every matched GT object ({stats.num_objects} training objects), mm"
+            f"translation predicted for every matched GT object ({stats.num_objects} training objects); "
+            "grasped: the mean translation of the training split's grasped objects "
+            f"({stats.num_grasped}) predicted for every matched grasped GT object; mm"
         ),
     }
 
@@ -375,6 +391,7 @@ def compute_metrics(
     result["model_vs_baselines"] = {
         "hand_root_relative_mpjpe": hand["root-relative"]["mpjpe"],
         "object_translation_error": result["objects"]["all"]["translation_error_mm"],
+        "object_translation_error_grasped": result["objects"]["grasped"]["translation_error_mm"],
     }
     return result
 

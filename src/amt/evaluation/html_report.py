@@ -185,6 +185,8 @@ def _baselines_section(result: dict[str, Any]) -> str:
     rows = [
         ["root-relative MPJPE (mm)", mvb["hand_root_relative_mpjpe"], base["hand_root_relative_mpjpe"]],
         ["object translation error (mm)", mvb["object_translation_error"], base["object_translation_error"]],
+        ["grasped-object translation error (mm)", mvb.get("object_translation_error_grasped"),
+         base.get("object_translation_error_grasped")],
     ]
     return "<h2>Baselines</h2>" + _table(rows, ["metric", "model", "baseline"]) + f"<p>{html.escape(base['description'])}</p>"
 

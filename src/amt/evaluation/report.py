@@ -136,6 +136,11 @@ def baseline_rows(result: dict[str, Any]) -> list[tuple[str, float | None, float
             result["objects"]["all"]["translation_error_mm"],
             base.get("object_translation_error"),
         ),
+        (
+            "grasped-object translation error (mm)",
+            result["objects"]["grasped"]["translation_error_mm"],
+            base.get("object_translation_error_grasped"),
+        ),
     ]
 
 

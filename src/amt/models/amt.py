@@ -61,7 +61,9 @@ class AMT(nn.Module):
 
         D = cfg.hidden_dim
         self.pyramid = FeaturePyramid(cfg)
-        self.cls_proj = nn.Linear(cfg.backbone_hidden, D)
+        # global image token: CLS concatenated with the mean patch token (DINOv2's linear-probe
+        # feature), which also gives the heads a short path to pooled features in from-scratch runs
+        self.cls_proj = nn.Linear(2 * cfg.backbone_hidden, D)
         init_head_weights(self.cls_proj)
         self.level_embed = nn.Parameter(torch.randn(len(cfg.decoder_levels), D) * 0.02)
         self.memory_shapes = [self._level_shape(cfg.grid_size, cfg.pyramid_scales[i]) for i in cfg.decoder_levels]
@@ -98,7 +100,7 @@ class AMT(nn.Module):
             [levels[i].flatten(2).transpose(1, 2) + self.level_embed[j] for j, i in enumerate(self.config.decoder_levels)],
             dim=1,
         )
-        cls = self.cls_proj(feats["cls"])
+        cls = self.cls_proj(torch.cat([feats["cls"], feats["patches"].mean(dim=1)], dim=-1))
         hand_token, obj_tokens, cross = self.decoder(memory, self.memory_pos, cls, return_attention)
         # The geometric heads run in float32 even under autocast: bf16's 8-bit mantissa would put
         # a ~0.4 % floor on depths (3 mm at 0.7 m) and on projections. They are cheap.

@@ -19,6 +19,7 @@ from transformers import Dinov2Config, Dinov2Model
 
 from amt.models.config import ModelConfig
 from amt.models.sigma_reparam import apply_sigma_reparam
+from amt.models.stem import ConvStem
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +113,9 @@ class DinoBackbone(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.model = Dinov2Model(dinov2_config(cfg))
+        if cfg.backbone_stem == "conv":
+            patches = self.model.embeddings.patch_embeddings
+            patches.projection = ConvStem(patches.num_channels, cfg.backbone_hidden, cfg.patch_size, cfg.backbone_stem_width)
         self.taps = cfg.taps
         if not all(1 <= t <= cfg.backbone_layers for t in self.taps):
             raise ValueError(f"model config: tap_blocks {self.taps} must lie in 1..{cfg.backbone_layers}")
@@ -122,6 +126,9 @@ class DinoBackbone(nn.Module):
 
     def load_pretrained(self, source: str) -> None:
         """Load backbone weights strictly (every key must match, shapes included)."""
+        if self.cfg.backbone_stem != "patch":
+            raise ValueError(f"{source}: DINOv2 weights need backbone_stem='patch' (the model has a "
+                             f"'{self.cfg.backbone_stem}' stem, which has no pretrained weights)")
         state = load_backbone_state_dict(source)
         own = self.model.state_dict()
         missing = sorted(set(own) - set(state))
@@ -135,10 +142,17 @@ class DinoBackbone(nn.Module):
         log.info("loaded backbone weights from %s", source)
 
     def freeze(self) -> None:
-        """Freeze the embeddings (the mask token is unused when fine-tuning) and the first blocks."""
-        self.model.embeddings.requires_grad_(False)
+        """Freeze the first `freeze_blocks` blocks and the embeddings (the mask token is unused
+        when fine-tuning). A convolutional stem has no pretrained weights: with it, the
+        embeddings (stem, CLS and position embeddings) train unless `freeze_blocks` > 0."""
+        trainable_embeddings = self.cfg.backbone_stem == "conv" and self.freeze_blocks == 0
+        self.model.embeddings.requires_grad_(trainable_embeddings)
+        self.model.embeddings.mask_token.requires_grad_(False)
         for block in self.model.encoder.layer[: self.freeze_blocks]:
             block.requires_grad_(False)
+
+    def _embeddings_train(self) -> bool:
+        return self.model.embeddings.cls_token.requires_grad
 
     def apply_sigma_reparam(self) -> int:
         """sigma-reparameterise the linear layers of the trainable blocks."""
@@ -161,7 +175,7 @@ class DinoBackbone(nn.Module):
         grad = torch.is_grad_enabled()
         # Frozen parts run without autograd unless someone asks for gradients w.r.t. the image.
         frozen_grad = grad and image.requires_grad
-        with torch.set_grad_enabled(frozen_grad or (grad and self.model.embeddings.cls_token.requires_grad)):
+        with torch.set_grad_enabled(frozen_grad or (grad and self._embeddings_train())):
             hidden = self.model.embeddings(image)
         normed, attentions = [], []
         norm = self.model.layernorm

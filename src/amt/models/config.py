@@ -30,6 +30,10 @@ class ModelConfig:
     backbone_image_size: int = 224
     patch_size: int = 14
     image_size: int = 224
+    # "patch": DINOv2's linear patch embedding (pretrained presets); "conv": a convolutional stem
+    # (amt.models.stem, power-of-two patch_size) for backbones trained from scratch, e.g. the demo
+    backbone_stem: str = "patch"
+    backbone_stem_width: int = 32
     # hub id ("facebook/dinov2-large"), local HF folder, or Meta checkpoint (dinov2_vit*14_pretrain.pth)
     backbone_weights: str | None = None
     freeze_blocks: int = 2
@@ -64,6 +68,8 @@ class ModelConfig:
         self.decoder_levels = [int(x) for x in self.decoder_levels]
         if self.tap_blocks is not None:
             self.tap_blocks = [int(x) for x in self.tap_blocks]
+        if self.backbone_stem not in ("patch", "conv"):
+            raise ValueError(f"model config: backbone_stem must be 'patch' or 'conv', got {self.backbone_stem!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

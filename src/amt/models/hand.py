@@ -128,7 +128,10 @@ class HandEncoder(nn.Module):
         fused = torch.cat([hand_token, cls], dim=-1)  # (B, 2D)
         coarse, shape_coarse, mano_pose = self._coarse(fused, K)
         points = self.surface_points(coarse, shape_coarse, mano_pose)
-        R, origins = local_frames(coarse)
+        # the 22 frames are coordinates for the encoder, not a path for gradients: normalising
+        # near-parallel bones (Gram-Schmidt) is ill-conditioned, and it made the demo's gradients
+        # explode. The coarse joints still learn through the points and the residual below.
+        R, origins = local_frames(coarse.detach())
         feats = multi_coordinate_features(points, R, origins, self.point_index)  # (B, P, 67)
         image = self.image_in(fused)
         x = F.gelu(self.point_in(feats) + image.unsqueeze(1))

@@ -420,6 +420,11 @@ class Trainer:
         self.ddp_model: nn.Module = self.model
         if self.ctx.enabled:
             device_ids = [self.device.index] if self.device.type == "cuda" else None
+            if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.model.modules()):
+                if self.device.type == "cuda":  # the conv stem: one set of batch statistics over all ranks
+                    self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+                else:
+                    log.warning("BatchNorm (the conv stem) uses per-rank batch statistics: SyncBatchNorm needs CUDA")
             # stages switch loss terms (and so the heads feeding them) on and off: unused parameters happen
             self.ddp_model = DistributedDataParallel(self.model, device_ids=device_ids, find_unused_parameters=True)
         precision = t.precision if t.precision != "auto" else ("bf16" if self.device.type == "cuda" else "fp32")
