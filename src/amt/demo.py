@@ -190,6 +190,10 @@ def _train(cfg: DemoConfig, data: Path, train_cache: Path, run_dir: Path) -> tup
         f"training.batch_size={cfg.batch_size}",
         f"training.learning_rate={cfg.learning_rate}",
         "training.backbone_lr_mult=1.0",  # nothing pretrained: the backbone learns at the heads' rate
+        # Kendall et al.'s learned task weighting: the seed's fixed weights let the object class and
+        # rotation terms dominate the shared backbone (held-out hand 74.7 mm fixed vs 60.3 learned)
+        "loss.dynamic_weighting=true",
+        "training.stages.2.start=0.9",  # a shorter 0.1x-LR tail than the seed's last 20 %
         f"training.seed={cfg.seed}",
         f"training.grad_clip={cfg.grad_clip}",
         f"data.augment={str(cfg.augment).lower()}",
