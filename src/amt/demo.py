@@ -52,10 +52,11 @@ class DemoConfig:
     image_size: crop side in pixels, a multiple of 16 (the conv-stem patch).
     grad_clip: global gradient-norm clip; typical norms on this run are 8-20 (dominated by the
     sigma-reparam gains), so 20 only catches spikes where 1.0 rescaled every step and slowed
-    learning (held-out hand error 90 vs 82 mm after 400 steps).
+    learning (plain-loop runs, hand loss only: held-out hand error 90 mm with clip 1.0 vs 82 mm
+    unclipped after 400 steps).
     augment: batch augmentation during training. Off by default: within the demo's step budget
-    it slowed learning more than it helped (held-out hand error after 400 steps 89 mm with the
-    default augmentation vs 82 mm without; the test frames are not augmented either).
+    it slowed learning more than it helped (plain-loop runs, held-out hand error after 400 steps:
+    89 mm with the default augmentation vs 82-83 mm without; the test frames are not augmented).
     """
 
     frames: int = 2400
@@ -85,7 +86,7 @@ def learning_checks(result: dict[str, Any]) -> list[Check]:
     The object check is on the grasped object, against the mean translation of the training
     split's grasped objects: the crops are hand-centred, and on the demo's held-out frames only
     ~15 % of the other objects have their centre inside the crop, so their translation is mostly
-    not observable from the input (the all-object error is still reported, see `info_rows`).
+    not observable from the input (the all-object error is still reported, see `checks_table`).
     """
     base = result["baselines"]
     hand = result["hand"]["root-relative"]["mpjpe"]

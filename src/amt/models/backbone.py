@@ -151,9 +151,6 @@ class DinoBackbone(nn.Module):
         for block in self.model.encoder.layer[: self.freeze_blocks]:
             block.requires_grad_(False)
 
-    def _embeddings_train(self) -> bool:
-        return self.model.embeddings.cls_token.requires_grad
-
     def apply_sigma_reparam(self) -> int:
         """sigma-reparameterise the linear layers of the trainable blocks."""
         return sum(apply_sigma_reparam(block) for block in self.model.encoder.layer[self.freeze_blocks :])
@@ -175,7 +172,7 @@ class DinoBackbone(nn.Module):
         grad = torch.is_grad_enabled()
         # Frozen parts run without autograd unless someone asks for gradients w.r.t. the image.
         frozen_grad = grad and image.requires_grad
-        with torch.set_grad_enabled(frozen_grad or (grad and self._embeddings_train())):
+        with torch.set_grad_enabled(frozen_grad or (grad and self.model.embeddings.cls_token.requires_grad)):
             hidden = self.model.embeddings(image)
         normed, attentions = [], []
         norm = self.model.layernorm

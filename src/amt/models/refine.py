@@ -100,8 +100,8 @@ class RefineStep(nn.Module):
         # geometry relative to each point's own anchor (hand root / object centre), 10 cm units
         rel = torch.cat([joints - joints[:, :1], (opts - obj_t.unsqueeze(-2)).flatten(1, 2)], dim=1) / 0.1
         # sampling locations carry no gradient (as Deformable DETR's reference points): d uv / d z
-        # grows as 1 / z^2 and through bilinear sampling it made the demo's gradients explode;
-        # the points still learn through the residual updates below
+        # grows as 1 / z^2 and goes through bilinear sampling; cut with two other paths when the
+        # demo's gradients exploded (docs/architecture.md). The points learn through the residuals.
         sampled = sample_levels(levels, strides, uv.detach())
         embed = torch.cat([self.point_embed[:21], self.point_embed[21:].repeat(Q, 1)])  # (21 + 7Q, D)
         x = self.sampled_in(torch.cat([sampled, rel], dim=-1)) + embed + self.hand_in(hand).unsqueeze(1)

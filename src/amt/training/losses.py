@@ -438,8 +438,9 @@ class AMTLoss(nn.Module):
         The term trains the forces only: contact probabilities and the contact geometry (the
         cone's normal, from the contact point to the object centre) are detached. Otherwise the
         cheapest way to balance forces is to predict no contact, and the normal's gradient,
-        which scales with 1 / |centre - contact point|, blows up when the two are close
-        (measured: global gradient norms of 200-900 and a collapsing hand in the demo).
+        which scales with 1 / |centre - contact point|, blows up when the two are close (cut
+        with two other ill-conditioned paths when the demo's gradients exploded; the
+        explosions also happened while this term was switched off, so it was not the only cause).
         """
         force, prob = outputs["contact_force"], outputs["contact_prob"].detach()
         net = (prob.unsqueeze(-1) * force).sum(dim=1).norm(dim=-1).mean()
