@@ -110,7 +110,7 @@ def test_tiny_sweep_with_two_workers_resumes_after_a_kill_and_its_best_trial_tra
         "--config-name", "tiny", "--space", "tiny", "--study", "t", "--out", str(out), "--trials", "4", "--seed", "0",
         "--heartbeat", "1", "--grace", "2",
         f"data.root={sweep_root}", "data.split=s1_val", "data.val_split=s1_val", "data.image_size=56",
-        "model.image_size=56", "training.device=cpu", "training.max_steps=1", "checkpoint.every_epochs=0",
+        "model.image_size=56", "training.device=cpu", "training.max_steps=8", "checkpoint.every_epochs=0",
         "logging.tensorboard=false", "logging.progress=false", "training.ema.enabled=false",
     ]  # fmt: skip
     out.mkdir()
