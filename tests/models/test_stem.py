@@ -73,3 +73,13 @@ def test_tiny_conv_config_group_selects_the_conv_stem() -> None:
 
     run = RunConfig.from_omegaconf(compose("tiny", ["model=tiny_conv", "model.image_size=112", "data.root=/nowhere"]))
     assert run.model["backbone_stem"] == "conv" and run.model["patch_size"] == 16 and run.model["freeze_blocks"] == 0
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_conv_stem_model_exports_with_parity(tmp_path, fmt: str) -> None:
+    """The demo's checkpoints use the conv stem (channels-last inside): both runtimes must match."""
+    from amt.inference.export import export
+
+    model = _conv_model(freeze_blocks=0).eval()
+    result = export(model, tmp_path / f"m.{fmt}", fmt, dynamic_batch=True, size=64)
+    assert result.worst < 1e-4

@@ -29,6 +29,14 @@ EXACT_INIT_MAX_DIM = 512
 _INIT = {"enabled": True}
 
 
+def _float32_only(device_type: str) -> contextlib.AbstractContextManager:
+    """Autocast off where it is on; otherwise no context at all (these layers run a few small
+    ops per forward, and entering an autocast context costs as much as one of them)."""
+    if torch.is_autocast_enabled(device_type):
+        return torch.autocast(device_type, enabled=False)
+    return contextlib.nullcontext()
+
+
 @contextlib.contextmanager
 def no_sigma_init() -> Iterator[None]:
     """Skip the power-iteration warm-up of new layers (their u, v, gamma are about to be loaded)."""
@@ -111,9 +119,9 @@ class SigmaReparamLinear(nn.Module):
         """One step of power iteration on W: updates the u, v buffers in place and returns fresh
         copies (autograd saves those, so a later step cannot invalidate a pending backward)."""
         w = self.weight.detach().to(self.u.dtype)
-        with torch.autocast(w.device.type, enabled=False):  # the estimate stays in float32
-            v = F.normalize(w.t() @ self.u, dim=0, eps=1e-12)
-            u = F.normalize(w @ v, dim=0, eps=1e-12)
+        with _float32_only(w.device.type):  # the estimate stays in float32
+            v = F.normalize(torch.mv(w.t(), self.u), dim=0, eps=1e-12)
+            u = F.normalize(torch.mv(w, v), dim=0, eps=1e-12)
         self.v.copy_(v)
         self.u.copy_(u)
         return u, v
@@ -122,8 +130,9 @@ class SigmaReparamLinear(nn.Module):
         """Spectral-norm estimate u^T W v (scalar, differentiable in W); defaults to the buffers."""
         u = self.u if u is None else u
         v = self.v if v is None else v
-        with torch.autocast(self.weight.device.type, enabled=False):
-            return torch.einsum("o,oi,i->", u.to(self.weight.dtype), self.weight, v.to(self.weight.dtype))
+        w = self.weight
+        with _float32_only(w.device.type):
+            return torch.dot(u.to(w.dtype), torch.mv(w, v.to(w.dtype)))
 
     def gain(self) -> torch.Tensor:
         """gamma, the spectral norm of W_hat (scalar)."""

