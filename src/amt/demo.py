@@ -45,9 +45,8 @@ DEMO_MODEL = "tiny_conv"
 
 @dataclass
 class DemoConfig:
-    """Demo settings; the defaults pass the learning checks on 2 CPU cores and aim at the
-    15-minute budget, which they meet only when the machine runs at full speed (README,
-    "The demo": the last full run and its timings).
+    """Demo settings; the defaults passed the learning checks on 2 CPU cores in 13.9 minutes
+    (README, "The demo": the last full run, its timings and its margins, which are thin).
 
     frames: synthetic images (8 camera views per scene; s0_test takes ~16% of the scenes).
     Distinct scenes were the cheapest gain: with 2000 steps at 112 px, 4000 frames instead of
