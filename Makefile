@@ -4,15 +4,13 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test bench chromium clean
+.PHONY: install demo test lint bench chromium clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	# CPU torch first so nothing later pulls a CUDA build.
 	$(BIN)/pip install -q torch==2.13.0
-	# pyrender pins PyOpenGL/networkx versions that break torch; install it without deps.
-	$(BIN)/pip install -q --no-deps pyrender==0.1.45
 	$(BIN)/pip install -q -e ".[test]"
 	touch $(STAMP)
 
@@ -21,8 +19,13 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/amt demo --out runs/demo
 
-test: $(STAMP)
+test: lint
 	$(BIN)/python -m pytest -q -n 2 tests
+
+# ruff's lint rules and format live in pyproject.toml ([tool.ruff]).
+lint: $(STAMP)
+	$(BIN)/ruff check src tests
+	$(BIN)/ruff format --check src tests
 
 bench: $(STAMP)
 	$(BIN)/amt bench --device cpu --preset tiny

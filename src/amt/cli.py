@@ -2,13 +2,18 @@
 
 Each verb lives in the module that owns it; this file only dispatches, so that
 `amt --help` stays fast and a verb's heavy imports are paid only when it runs.
-A verb's entry point is ``fn(argv: list[str]) -> int``.
+A verb's entry point is ``fn(argv: list[str]) -> int``; it parses its arguments and calls
+library code. Logging is configured here, once, for every verb.
 """
 
 from __future__ import annotations
 
 import importlib
+import logging
 import sys
+
+from amt import __version__
+from amt.extras import MissingExtraError
 
 # verb -> ("module:function", one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -26,6 +31,15 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def configure_logging(level: int = logging.INFO) -> None:
+    """INFO to stderr with time stamps, unless the host program already set up logging."""
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=level, format=LOG_FORMAT)
+
+
 def _usage() -> str:
     width = max(len(v) for v in COMMANDS)
     lines = ["usage: amt <command> [args]", "", "commands:"]
@@ -39,14 +53,13 @@ def main(argv: list[str] | None = None) -> int:
         print(_usage())
         return 0
     if argv[0] in {"-V", "--version"}:
-        from amt import __version__
-
         print(__version__)
         return 0
     verb, rest = argv[0], argv[1:]
     if verb not in COMMANDS:
         print(f"amt: unknown command {verb!r}\n\n{_usage()}", file=sys.stderr)
         return 2
+    configure_logging()
     target, _ = COMMANDS[verb]
     module_name, func_name = target.split(":")
     try:
@@ -56,7 +69,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"amt {verb}: not available in this build ({exc.name} missing)", file=sys.stderr)
             return 2
         raise
-    result = getattr(module, func_name)(rest)
+    try:
+        result = getattr(module, func_name)(rest)
+    except MissingExtraError as exc:  # an optional feature without its extra: the one line, no traceback
+        print(exc, file=sys.stderr)
+        return 2
     return int(result or 0)
 
 

@@ -26,8 +26,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tabulate import tabulate
 
-from amt.training.trainer import Callback
+from amt.checkpoint import load_checkpoint
+from amt.data.cache import build_cache, cache_folder
+from amt.data.loaders import CachedDataset
+from amt.data.synthetic import generate
+from amt.evaluation.evaluator import evaluate
+from amt.evaluation.report import format_tables, overlay_pair, plot_training_curves, provenance, write_report
+from amt.evaluation.submission import bop_ids
+from amt.training.callbacks import Callback
+from amt.training.config import load_run_config
+from amt.training.trainer import Trainer
 
 log = logging.getLogger(__name__)
 
@@ -36,33 +46,27 @@ OUTPUTS = ("data", "train", "eval")  # what the demo writes under DIR (besides M
 TRAIN_SPLIT, TEST_SPLIT = "s0_train", "s0_test"
 
 
-# The tiny preset trained from scratch (config/model/tiny_conv.yaml): a convolutional stem
+# The tiny preset trained from scratch (amt.models.config.VARIANTS): a convolutional stem
 # instead of the linear patch embedding, every block trainable, LayerScale 1e-5 so the random
-# blocks start near the identity (measured on the demo's crops: docs/architecture.md,
-# "Training from scratch").
+# blocks start near the identity: a linear patch embedding does not learn from scratch on a
+# few thousand crops (docs/experiments.md "Training from scratch").
 DEMO_MODEL = "tiny_conv"
 
 
 @dataclass
 class DemoConfig:
-    """Demo settings; the defaults passed the learning checks on 2 CPU cores in 13.9 minutes
-    (README, "The demo": the last full run, its timings and its margins, which are thin).
+    """Demo settings. The defaults pass the learning checks on 2 CPU cores in about 14 minutes
+    (README "The demo": the last full run, its timings and its thin margins); what each default
+    was measured against is in docs/experiments.md "The demo's data, crop size and steps".
 
-    frames: synthetic images (8 camera views per scene; s0_test takes ~16% of the scenes).
-    Distinct scenes were the cheapest gain: with 2000 steps at 112 px, 4000 frames instead of
-    2400 took held-out hand error from 59.9 to 57.5 mm for ~35 s of synthesis, where 2600 steps
-    instead of 2000 gave 58.9 mm for ~200 s of training.
-    image_size: crop side in pixels, a multiple of 16 (the conv-stem patch). 96 px was the best
-    of three (4000 frames, 2000 steps, held-out hand error: 80 px 59.1, 96 px 56.0, 112 px
-    57.5 mm) and its steps cost ~20 % less than 112 px.
-    grad_clip: global gradient-norm clip; typical norms on this run are 8-20 (dominated by the
-    sigma-reparam gains), so 20 only catches spikes where 1.0 rescaled every step and slowed
-    learning (plain-loop runs, hand loss only: held-out hand error 90 mm with clip 1.0 vs 82 mm
-    unclipped after 400 steps).
+    frames: synthetic images (8 camera views per scene; s0_test takes ~16% of the scenes). More
+    distinct scenes were the cheapest gain, cheaper than more steps.
+    image_size: crop side in pixels, a multiple of 16 (the conv-stem patch); 96 px learned best
+    of the sizes tried and costs less per step than 112 px.
+    grad_clip: global gradient-norm clip. Typical norms are 8-20 (dominated by the sigma-reparam
+    gains), so 20 only catches spikes; 1.0 rescaled every step and slowed learning.
     augment: batch augmentation during training. Off by default: within the demo's step budget
-    it hurts (4000 frames, 112 px, 2000 steps, held-out hand error 70.4 mm with rotation 20 deg,
-    scale 0.1, shift 0.05 and the default colour jitter vs 57.5 mm without; the test frames are
-    not augmented).
+    it made the held-out error worse (the test frames are not augmented).
     """
 
     frames: int = 4800
@@ -113,8 +117,6 @@ def learning_checks(result: dict[str, Any]) -> list[Check]:
 
 
 def checks_table(checks: list[Check], result: dict[str, Any]) -> str:
-    from tabulate import tabulate
-
     base = result["baselines"]
     baseline = {
         "root-relative MPJPE (mm)": base["hand_root_relative_mpjpe"],
@@ -183,9 +185,6 @@ def _smoothed(curves: dict[str, list[tuple[int, float]]], window: int) -> dict[s
 
 
 def _train(cfg: DemoConfig, data: Path, train_cache: Path, run_dir: Path) -> tuple[Path, LossHistory]:
-    from amt.training.config import RunConfig, compose
-    from amt.training.trainer import Trainer
-
     overrides = [
         f"model={DEMO_MODEL}",
         f"data.root={data}",
@@ -199,7 +198,7 @@ def _train(cfg: DemoConfig, data: Path, train_cache: Path, run_dir: Path) -> tup
         f"training.learning_rate={cfg.learning_rate}",
         "training.backbone_lr_mult=1.0",  # nothing pretrained: the backbone learns at the heads' rate
         # Kendall et al.'s learned task weighting: the seed's fixed weights let the object class and
-        # rotation terms dominate the shared backbone (held-out hand 74.7 mm fixed vs 60.3 learned)
+        # rotation terms dominate the shared backbone (docs/experiments.md "Learned task weighting")
         "loss.dynamic_weighting=true",
         "training.stages.2.start=0.9",  # a shorter 0.1x-LR tail than the seed's last 20 %
         f"training.seed={cfg.seed}",
@@ -208,7 +207,7 @@ def _train(cfg: DemoConfig, data: Path, train_cache: Path, run_dir: Path) -> tup
         "training.log_every_steps=50",
         "checkpoint.every_epochs=0",
     ]
-    run = RunConfig.from_omegaconf(compose("tiny", overrides))
+    run = load_run_config("tiny", overrides)
     history = LossHistory()
     trainer = Trainer(run, evaluator=None, callbacks=[history])
     trainer.fit()
@@ -217,13 +216,6 @@ def _train(cfg: DemoConfig, data: Path, train_cache: Path, run_dir: Path) -> tup
 
 def run_demo(out: Path, cfg: DemoConfig, force: bool = False) -> dict[str, Any]:
     """Run the five steps; returns the evaluation result with `checks` and `timings` added."""
-    from amt.data.cache import build_cache
-    from amt.data.loaders import CachedDataset
-    from amt.data.synthetic import generate
-    from amt.evaluation.cli import load_checkpoint
-    from amt.evaluation.evaluator import evaluate
-    from amt.evaluation.report import format_tables, overlay_pair, plot_training_curves, provenance, write_report
-
     out = prepare_out(out, force)
     (out / MARKER).write_text(json.dumps({"command": "amt demo", "config": asdict(cfg)}, indent=2) + "\n")
     timings: dict[str, float] = {}
@@ -235,7 +227,7 @@ def run_demo(out: Path, cfg: DemoConfig, force: bool = False) -> dict[str, Any]:
 
     t = time.perf_counter()
     caches = {
-        split: build_cache(data, split, data / "cache" / f"{split}_{cfg.image_size}", size=cfg.image_size,
+        split: build_cache(data, split, cache_folder(data, split, cfg.image_size), size=cfg.image_size,
                            workers=cfg.workers, progress=False)
         for split in (TRAIN_SPLIT, TEST_SPLIT)
     }  # fmt: skip
@@ -262,10 +254,9 @@ def run_demo(out: Path, cfg: DemoConfig, force: bool = False) -> dict[str, Any]:
     }
     eval_dir = out / "eval"
     info = provenance(checkpoint, model_config, data, TEST_SPLIT, synthetic_data=True)
-    write_report(result, eval_dir, info, bop_ids=_bop_ids(data, result["predictions"].index))
+    write_report(result, eval_dir, info, bop_ids=bop_ids(data, TEST_SPLIT, result["predictions"].index))
     plot_training_curves(_smoothed(history.curves, 20), eval_dir / "training_curves.png")
-    _draw_overlays(result["predictions"], CachedDataset(caches[TEST_SPLIT], normalize=False), eval_dir, cfg.overlays,
-                   overlay_pair)  # fmt: skip
+    _draw_overlays(result["predictions"], CachedDataset(caches[TEST_SPLIT], normalize=False), eval_dir, cfg.overlays)
 
     print(format_tables(result))
     print(f"## Learning checks on {len(test)} held-out synthetic frames ({TEST_SPLIT})\n")
@@ -275,14 +266,7 @@ def run_demo(out: Path, cfg: DemoConfig, force: bool = False) -> dict[str, Any]:
     return result
 
 
-def _bop_ids(root: Path, indices: np.ndarray) -> list[tuple[int, int]]:
-    from amt.data.dexycb import DexYCB
-
-    reader = DexYCB(root, TEST_SPLIT, load_image=False)
-    return [(int(reader.scene_id[i]), int(reader.im_id[i])) for i in indices]
-
-
-def _draw_overlays(pred: Any, images: Any, eval_dir: Path, count: int, overlay_pair: Any) -> None:
+def _draw_overlays(pred: Any, images: Any, eval_dir: Path, count: int) -> None:
     """GT (left) | prediction (right) for `count` evenly spread test samples."""
     folder = eval_dir / "overlays"
     folder.mkdir(parents=True, exist_ok=True)
@@ -293,7 +277,9 @@ def _draw_overlays(pred: Any, images: Any, eval_dir: Path, count: int, overlay_p
 
 def _parser() -> argparse.ArgumentParser:
     d = DemoConfig()
-    p = argparse.ArgumentParser(prog="amt demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="amt demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--out", type=Path, default=Path("runs/demo"), help="output folder (default runs/demo)")
     p.add_argument("--frames", type=int, default=d.frames, help=f"synthetic images (default {d.frames})")
     p.add_argument("--steps", type=int, default=d.steps, help=f"training steps (default {d.steps})")
@@ -310,8 +296,6 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     cfg = DemoConfig(frames=args.frames, steps=args.steps, batch_size=args.batch_size, learning_rate=args.lr,
                      image_size=args.image_size, augment=args.augment, seed=args.seed, workers=args.workers)  # fmt: skip
     try:

@@ -10,39 +10,32 @@ import torch
 from amt.data.augment import AugmentConfig, BatchAugment
 from amt.data.transforms import denormalize_images, normalize_images
 from amt.geometry.camera import project
-from amt.geometry.rotations import axis_angle_to_matrix, quat_wxyz_to_matrix
+from amt.geometry.rotations import axis_angle_to_matrix
+from amt.testing import random_batch
 
 SIZE = 64
-GEOMETRY_ONLY = AugmentConfig(rotation_deg=45.0, scale=0.25, translate=0.1, brightness=0, contrast=0, saturation=0, noise_std=0)
+GEOMETRY_ONLY = AugmentConfig(
+    rotation_deg=45.0, scale=0.25, translate=0.1, brightness=0, contrast=0, saturation=0, noise_std=0
+)
 
 
 def _batch(b: int = 8, seed: int = 0) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    K = torch.zeros(b, 3, 3)
-    K[:, 0, 0] = 60 + 10 * torch.rand(b, generator=g)
-    K[:, 1, 1] = 70 + 10 * torch.rand(b, generator=g)  # fx != fy on purpose
-    K[:, :2, 2] = SIZE / 2 + 6 * (torch.rand(b, 2, generator=g) - 0.5)
-    K[:, 2, 2] = 1
-    joints = torch.randn(b, 21, 3, generator=g) * 0.04 + torch.tensor([0.0, 0.0, 0.6])
-    obj_R = quat_wxyz_to_matrix(torch.randn(b, 10, 4, generator=g))
-    return {
-        "image": torch.randint(0, 256, (b, 3, SIZE, SIZE), generator=g, dtype=torch.uint8),
-        "K": K,
-        "joints_3d": joints,
-        "joints_2d": project(joints, K),
-        "hand_valid": torch.ones(b, dtype=torch.bool),
-        "obj_R": obj_R,
-        "obj_t": torch.randn(b, 10, 3, generator=g) * 0.1 + torch.tensor([0.0, 0.0, 0.7]),
-        "contact_points": torch.randn(b, 10, 3, generator=g) * 0.1,
-        "mano_pose": torch.randn(b, 48, generator=g),
-        "mano_valid": torch.ones(b, dtype=torch.bool),
-        "index": torch.arange(b),
-    }
+    """The fake batch (amt.testing) with uint8 images, as the cache stores them, and a camera
+    with fx != fy and an off-centre principal point on purpose (the general pixel map)."""
+    batch = random_batch(b, SIZE, seed=seed, normalized=False)
+    batch["K"][:, 1, 1] *= 1.15
+    batch["K"][:, :2, 2] += torch.tensor([2.5, -1.5])
+    batch["joints_2d"] = project(batch["joints_3d"], batch["K"])
+    batch["mano_valid"] = torch.ones(b, dtype=torch.bool)
+    batch["index"] = torch.arange(b)
+    return batch
 
 
 def test_augmented_3d_projects_onto_augmented_2d() -> None:
     batch = _batch()
-    out = BatchAugment(AugmentConfig(rotation_deg=180.0, scale=0.3, translate=0.2))(batch, torch.Generator().manual_seed(3))
+    out = BatchAugment(AugmentConfig(rotation_deg=180.0, scale=0.3, translate=0.2))(
+        batch, torch.Generator().manual_seed(3)
+    )
     err = (project(out["joints_3d"], out["K"]) - out["joints_2d"]).norm(dim=-1)
     assert err.max() < 0.5
     assert (out["joints_2d"] - batch["joints_2d"]).abs().max() > 1.0  # it really moved
@@ -119,7 +112,9 @@ def test_same_generator_seed_gives_the_same_batch() -> None:
 
 def test_colour_jitter_keeps_geometry_and_valid_range() -> None:
     batch = _batch()
-    colour_only = AugmentConfig(rotation_deg=0, scale=0, translate=0, brightness=0.5, contrast=0.5, saturation=0.5, noise_std=0.05)
+    colour_only = AugmentConfig(
+        rotation_deg=0, scale=0, translate=0, brightness=0.5, contrast=0.5, saturation=0.5, noise_std=0.05
+    )
     out = BatchAugment(colour_only)(batch, torch.Generator().manual_seed(0))
     raw = denormalize_images(out["image"])
     assert raw.min() >= -1e-5 and raw.max() <= 1 + 1e-5

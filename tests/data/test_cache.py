@@ -15,7 +15,7 @@ from amt.cli import main as amt_main
 from amt.data.cache import IMAGES_FILE, LABEL_SPECS, META_FILE, PROGRESS_FILE, build_cache, make_record, open_cache
 from amt.data.contacts import ContactConfig
 from amt.data.dexycb import DexYCB
-from amt.data.loaders import CachedDataset, GPUCachedDataset, collate, make_loader
+from amt.data.loaders import CachedDataset, GPUCachedDataset, make_loader
 from amt.data.object_models import ObjectModels
 from amt.data.testing import write_fake_dexycb
 from amt.data.transforms import CropConfig, crop_and_resize, crop_intrinsics_for_box, normalize_images, to_crop_pixels
@@ -70,7 +70,9 @@ def test_crop_and_resize_puts_a_pixel_where_the_crop_intrinsics_project_it(side:
     full = point @ K.T
     Kc = crop_intrinsics_for_box(K, box, SIZE)
     cropped = point @ Kc.T.astype(np.float64)
-    np.testing.assert_allclose(cropped[:, :2] / cropped[:, 2:], to_crop_pixels(full[:, :2] / full[:, 2:], box, SIZE), atol=1e-3)
+    np.testing.assert_allclose(
+        cropped[:, :2] / cropped[:, 2:], to_crop_pixels(full[:, :2] / full[:, 2:], box, SIZE), atol=1e-3
+    )
 
 
 def test_cached_labels_project_consistently_and_hand_crops_contain_the_hand(cache: Path) -> None:
@@ -109,7 +111,9 @@ def test_round_trip_equals_reader_plus_crop_code_all_three_ways(tree: Path, cach
 
 
 def test_collate_builds_the_batch_contract(cache: Path) -> None:
-    loader = make_loader(CachedDataset(cache, mode="memmap"), batch_size=5, shuffle=True, generator=torch.Generator().manual_seed(0))
+    loader = make_loader(
+        CachedDataset(cache, mode="memmap"), batch_size=5, shuffle=True, generator=torch.Generator().manual_seed(0)
+    )
     batch = next(iter(loader))
     assert batch["image"].shape == (5, 3, SIZE, SIZE) and batch["image"].dtype == torch.float32
     expected = {
@@ -145,7 +149,7 @@ def test_shards_are_disjoint_and_cover_the_split(cache: Path) -> None:
 
 def test_gpu_batches_shuffle_deterministically_and_drop_last(cache: Path) -> None:
     ds = GPUCachedDataset(cache, "cpu")
-    epoch = lambda seed, drop: [b["index"] for b in ds.batches(7, True, torch.Generator().manual_seed(seed), drop)]  # noqa: E731
+    epoch = lambda seed, drop: [b["index"] for b in ds.batches(7, True, torch.Generator().manual_seed(seed), drop)]
     a, b, c = epoch(0, False), epoch(0, False), epoch(1, False)
     assert sorted(torch.cat(a).tolist()) == list(range(len(ds)))
     assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
@@ -287,7 +291,9 @@ def test_contacts_use_mano_vertices_when_a_mano_folder_is_given(tree: Path, tmp_
     assert with_mano["contact_valid"][1] and not without["contact_valid"][1]
     assert np.linalg.norm(with_mano["contact_points"][1] - v) < 1e-5
 
-    out = build_cache(tree, SPLIT, tmp_path / "mano_cache", size=SIZE, workers=1, chunk_size=64, mano_dir=mano_dir, progress=False)
+    out = build_cache(
+        tree, SPLIT, tmp_path / "mano_cache", size=SIZE, workers=1, chunk_size=64, mano_dir=mano_dir, progress=False
+    )
     cached = open_cache(out)
     for i in (0, 1, 4):
         _, labels, _ = make_record(reader[i], models, CropConfig(size=SIZE), ContactConfig(), layers)

@@ -72,7 +72,9 @@ def test_intrinsics_python_tuple_tag_is_parsed_without_unsafe_load(shared_data):
     with pytest.raises(yaml.constructor.ConstructorError):
         yaml.safe_load(path.read_text())
     K = load_intrinsics(path)
-    np.testing.assert_allclose(K, [[616.640869140625, 0, 308.548095703125], [0, 616.2581787109375, 248.52310180664062], [0, 0, 1]])
+    np.testing.assert_allclose(
+        K, [[616.640869140625, 0, 308.548095703125], [0, 616.2581787109375, 248.52310180664062], [0, 0, 1]]
+    )
 
 
 # --------------------------------------------------------------------------- fake tree
@@ -158,10 +160,14 @@ def test_split_membership_and_index_order_match_brute_force_oracle(full_index_tr
             for c_pos, c in enumerate(serials):
                 for f in range(nf):
                     bop = split.endswith("test") and f % 4 == 0
-                    expected.append((SUBJECTS[s], name, SERIALS[c], f, seq_pos * len(serials) + c_pos, bop, bop and f + 4 >= nf))
+                    expected.append(
+                        (SUBJECTS[s], name, SERIALS[c], f, seq_pos * len(serials) + c_pos, bop, bop and f + 4 >= nf)
+                    )
             seq_pos += 1
     ds = DexYCB(root, split)
-    got = [(m.subject, m.sequence, m.serial, m.frame, m.scene_id, m.is_bop_target, m.is_grasp_target) for m in ds.records]
+    got = [
+        (m.subject, m.sequence, m.serial, m.frame, m.scene_id, m.is_bop_target, m.is_grasp_target) for m in ds.records
+    ]
     assert got == expected
     assert len({(m.scene_id) for m in ds.records}) == _VIEWS[split]
     assert all(m.index == i and m.im_id == m.frame for i, m in enumerate(ds.records[:50]))
@@ -268,7 +274,9 @@ def test_nan_in_labels_is_named(small_root):
 
 def test_wrong_shape_in_labels_is_named(small_root):
     _rewrite_labels(small_root, pose_y=np.zeros((2, 3, 4), np.float32))
-    with pytest.raises(DexYCBError, match=r"labels_000000\.npz: key 'pose_y' has shape \(2, 3, 4\), expected \(3, 3, 4\)"):
+    with pytest.raises(
+        DexYCBError, match=r"labels_000000\.npz: key 'pose_y' has shape \(2, 3, 4\), expected \(3, 3, 4\)"
+    ):
         DexYCB(small_root, "s1_val")[0]
 
 

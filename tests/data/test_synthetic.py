@@ -149,7 +149,9 @@ def alone(dataset):
         for i, c in enumerate(s["ycb_ids"]):
             if c not in renderer.meshes:
                 mesh = models.mesh(c)
-                renderer.add_mesh(c, mesh.vertices[mesh.faces].reshape(-1, 3), mesh.face_normals.repeat(3, 0), None, None)
+                renderer.add_mesh(
+                    c, mesh.vertices[mesh.faces].reshape(-1, 3), mesh.face_normals.repeat(3, 0), None, None
+                )
             mv = np.eye(4)
             mv[:3] = s["obj_pose"][i]
             _, seg = renderer.render(s["K"].astype(np.float64), [DrawItem(c, mv, 1, np.ones(3))], light, bg)
@@ -253,7 +255,9 @@ def test_grasps_touch_with_fingertips_and_barely_penetrate():
         assert np.sort(np.abs(_signed_distance_exact(model.mesh, tips)))[2] < 0.015
         if class_id in (3, 21):  # an approach: same placement rule, hand 3-10 cm off the surface
             away, _ = synthesize_grasp(model, rot[0], trans[0], shape, 1.0, "approach", [], rng)
-            gap = _signed_distance_exact(model.mesh, np.unique((away.mesh_world().positions - trans[0]) @ rot[0], axis=0))
+            gap = _signed_distance_exact(
+                model.mesh, np.unique((away.mesh_world().positions - trans[0]) @ rot[0], axis=0)
+            )
             assert gap.min() > 0.02, gap.min()
     assert min(tip_counts) >= 3, tip_counts
     assert np.median(np.abs(contact_gaps)) < 0.002, contact_gaps
@@ -320,5 +324,7 @@ def test_mano_hand_labels_reproduce_from_pose_m_and_betas(tmp_path):
     for s in samples:
         assert s["mano_betas_valid"] and np.abs(s["mano_betas"]).sum() > 0
         p = torch.as_tensor(s["pose_m"], dtype=torch.float32)[None]
-        _, joints = layer(p[:, :3], layer.pca_to_hand_pose(p[:, 3:48]), torch.as_tensor(s["mano_betas"])[None], p[:, 48:])
+        _, joints = layer(
+            p[:, :3], layer.pca_to_hand_pose(p[:, 3:48]), torch.as_tensor(s["mano_betas"])[None], p[:, 48:]
+        )
         np.testing.assert_allclose(joints[0].numpy(), s["joint_3d"], atol=2e-4)

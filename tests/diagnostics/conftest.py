@@ -8,7 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from amt.data.cache import build_cache, cache_folder
+from amt.data.testing import write_fake_dexycb
 from amt.models import AMT, build_model
+from amt.testing import random_batch as fake_batch
 
 SIZE = 56
 SPLIT = "s1_val"  # subject 6: 1 sequence x 8 serials x 1 frame = 8 samples
@@ -30,9 +33,7 @@ def random_batch() -> Callable[..., dict[str, torch.Tensor]]:
     """`random_batch(batch_size, seed)`: random normalised images and a crop K (fx = 175 px)."""
 
     def make(batch_size: int = 4, seed: int = 0) -> dict[str, torch.Tensor]:
-        g = torch.Generator().manual_seed(seed)
-        K = torch.tensor([[175.0, 0.0, SIZE / 2], [0.0, 175.0, SIZE / 2], [0.0, 0.0, 1.0]])
-        return {"image": torch.randn(batch_size, 3, SIZE, SIZE, generator=g), "K": K.expand(batch_size, 3, 3).clone()}
+        return fake_batch(batch_size, SIZE, seed=seed, labels=False)
 
     return make
 
@@ -40,9 +41,6 @@ def random_batch() -> Callable[..., dict[str, torch.Tensor]]:
 @pytest.fixture(scope="session")
 def debug_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Read-only DexYCB-layout root with the 56-px cache of `s1_val` (8 samples) built."""
-    from amt.data.cache import build_cache
-    from amt.data.testing import write_fake_dexycb
-
     root = write_fake_dexycb(tmp_path_factory.mktemp("debug_data"), subjects=[6], sequences_per_subject=1, serials=8)
-    build_cache(root, SPLIT, root / "cache" / f"{SPLIT}_{SIZE}", size=SIZE, workers=1, progress=False)
+    build_cache(root, SPLIT, cache_folder(root, SPLIT, SIZE), size=SIZE, workers=1, progress=False)
     return root

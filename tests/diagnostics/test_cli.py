@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from amt.cli import main as amt_main
+from amt.data.cache import cache_folder
 
 SPLIT, SIZE = "s1_val", 56  # as in conftest.py's debug_data
 
@@ -27,10 +28,23 @@ def test_amt_debug_writes_markdown_json_and_pngs(tiny56, debug_data, tmp_path, c
 
 
 def test_amt_debug_accepts_a_cache_folder_and_reports_a_missing_checkpoint(tiny56, debug_data, tmp_path, capsys):
-    cache = debug_data / "cache" / f"{SPLIT}_{SIZE}"
+    cache = cache_folder(debug_data, SPLIT, SIZE)
     ckpt = tiny56().save_pretrained(tmp_path / "ckpt")
     out = tmp_path / "debug"
-    argv = ["debug", str(ckpt), "--data", str(cache), "--out", str(out), "--batches", "1", "--batch-size", "2", "--attention-images", "0"]
+    argv = [
+        "debug",
+        str(ckpt),
+        "--data",
+        str(cache),
+        "--out",
+        str(out),
+        "--batches",
+        "1",
+        "--batch-size",
+        "2",
+        "--attention-images",
+        "0",
+    ]
     assert amt_main(argv) == 0
     assert json.loads((out / "debug.json").read_text())["num_samples"] == 2
     assert amt_main(["debug", str(tmp_path / "nope"), "--data", str(cache), "--out", str(out)]) == 1

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from amt.diagnostics.collapse import HEADS, RunningMoments, prediction_diversity
+from amt.testing import random_batch as fake_batch
 
 
 class EchoModel(nn.Module):
@@ -41,22 +42,13 @@ class EchoModel(nn.Module):
 
 
 def _batches(n: int, b: int = 8) -> list[dict]:
-    g = torch.Generator().manual_seed(1)
+    """n fake batches (amt.testing; tiny images, the echo model reads labels only) with MANO
+    labels marked valid and the batch's seed for the echo model's noise."""
     out = []
     for i in range(n):
-        valid = torch.rand(b, 10, generator=g) < 0.4
-        out.append({
-            "seed": torch.full((b,), i),
-            "joints_3d": 0.05 * torch.randn(b, 21, 3, generator=g),
-            "hand_valid": torch.ones(b, dtype=torch.bool),
-            "mano_shape": torch.randn(b, 10, generator=g),
-            "mano_valid": torch.ones(b, dtype=torch.bool),
-            "obj_t": 0.1 * torch.randn(b, 10, 3, generator=g),
-            "obj_R": torch.linalg.qr(torch.randn(b, 10, 3, 3, generator=g))[0],
-            "obj_valid": valid,
-            "contact_valid": valid & (torch.rand(b, 10, generator=g) < 0.5),
-            "contact_points": 0.1 * torch.randn(b, 10, 3, generator=g),
-        })  # fmt: skip
+        batch = fake_batch(b, 8, seed=i + 1)
+        batch.update(seed=torch.full((b,), i), mano_valid=torch.ones(b, dtype=torch.bool))
+        out.append(batch)
     return out
 
 
@@ -86,7 +78,10 @@ def test_streaming_moments_equal_numpy_on_all_masked_rows():
 
 def test_untrained_amt_reports_every_head(tiny56, random_batch):
     model = tiny56()
-    batches = [{**random_batch(4, s), "joints_3d": 0.05 * torch.randn(4, 21, 3), "hand_valid": torch.ones(4, dtype=torch.bool)} for s in range(2)]
+    batches = [
+        {**random_batch(4, s), "joints_3d": 0.05 * torch.randn(4, 21, 3), "hand_valid": torch.ones(4, dtype=torch.bool)}
+        for s in range(2)
+    ]
     result = prediction_diversity(model, batches)
     assert set(result) == set(HEADS)
     assert all(np.isfinite(h.pred_std) and h.samples == 8 for h in result.values())

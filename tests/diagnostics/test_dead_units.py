@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import gc
 import tracemalloc
@@ -39,10 +40,8 @@ def test_relu_units_that_never_fire_are_dead():
 def _live_rss() -> int:
     """RSS after returning freed heap pages to the OS (glibc), so that it tracks live memory."""
     gc.collect()
-    try:
+    with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
     return rss_bytes()
 
 

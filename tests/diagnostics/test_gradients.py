@@ -29,7 +29,10 @@ def test_planted_inf_in_a_sequential_is_named():
         model[2].weight[0, 0] = float("inf")
     report = trace_non_finite(model, torch.ones(5, 3), loss_fn=lambda out, _b: out.sum())
     assert report.forward_module == "2" and report.forward_kind in ("inf", "nan")
-    assert report.anomaly is not None and report.nonfinite_grads == ["0.weight", "0.bias"]  # inf flows back into layer 0
+    assert report.anomaly is not None and report.nonfinite_grads == [
+        "0.weight",
+        "0.bias",
+    ]  # inf flows back into layer 0
 
 
 def test_module_norms_combine_to_the_global_norm(tiny56, random_batch):

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from amt.diagnostics.memory import profile_step_memory
+from amt.training.step import TrainStep
 
 
 class MLP(nn.Module):
@@ -24,7 +25,7 @@ def test_phases_see_activations_and_optimizer_state():
     params = sum(p.numel() for p in model.parameters()) * 4  # 32 MiB
     activations = 2 * 1024 * 4096 * 4  # linear output + relu output saved for the backward: 32 MiB
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    phases = profile_step_memory(model, batch, lambda out, b: out.square().mean(), optimizer)
+    phases = profile_step_memory(TrainStep(model, lambda out, b: out.square().mean(), optimizer), batch)
     assert list(phases) == ["forward", "backward", "optimizer"]
     assert all(p.kind == "cpu_rss" and p.peak >= max(p.before, p.after) for p in phases.values())
     assert phases["forward"].delta > 0.5 * activations

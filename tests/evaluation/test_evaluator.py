@@ -16,7 +16,8 @@ from amt.data.loaders import CachedDataset
 from amt.data.testing import write_fake_dexycb
 from amt.data.ycb import BOP_OFFSETS_MM
 from amt.evaluation import submission
-from amt.evaluation.evaluator import collapse_ratio, evaluate
+from amt.evaluation.evaluator import evaluate
+from amt.evaluation.metrics import collapse_ratio
 from amt.evaluation.report import BOP_CSV, HPE_SUBMISSION, REPORT_JSON, provenance, write_report
 from amt.geometry.rotations import matrix_to_quat_wxyz
 
@@ -28,7 +29,9 @@ def caches(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """s0_train and s0_test caches of a tiny fake DexYCB tree (3 subjects, 2 serials)."""
     base = tmp_path_factory.mktemp("evaluator")
     frames = [1 if i % 5 in (0, 4) else 0 for i in range(50)]  # 80 train, 64 test samples
-    root = write_fake_dexycb(base / "data", subjects=10, sequences_per_subject=5, serials=8, frames=frames, seed=3, no_hand_every=7)
+    root = write_fake_dexycb(
+        base / "data", subjects=10, sequences_per_subject=5, serials=8, frames=frames, seed=3, no_hand_every=7
+    )
     out = {"root": root}
     for split in ("s0_train", "s0_test"):
         out[split] = build_cache(root, split, base / "cache" / split, size=112, workers=1, progress=False)
@@ -138,6 +141,7 @@ def test_baselines_match_an_independent_computation(caches: dict[str, Path]) -> 
     test_t = np.asarray(test["obj_t"], np.float64)[np.asarray(test["obj_valid"])]
     expected_t = np.linalg.norm(test_t - mean_t, axis=-1).mean() * 1000
     assert base["object_translation_error"] == pytest.approx(expected_t, rel=1e-5)
+
     # grasped objects alone: the training split's mean grasped-object translation
     def grasped_t(labels: dict) -> np.ndarray:
         g = np.asarray(labels["grasped"])

@@ -118,12 +118,14 @@ def test_procrustes_is_the_least_squares_similarity():
     gt, pred = rng.normal(size=(1, 21, 3)), rng.normal(size=(1, 21, 3))
     aligned = procrustes_align(pred, gt)
     best = np.sum((aligned - gt) ** 2)
-    for k in range(20):  # any perturbed similarity does worse
+    for _ in range(20):  # any perturbed similarity does worse
         Q = Rotation.from_rotvec(rng.normal(scale=0.05, size=3)).as_matrix()
         centroid = aligned.mean(1, keepdims=True)
         other = (1 + rng.normal(scale=0.02)) * (aligned - centroid) @ Q.T + centroid + rng.normal(scale=0.01, size=3)
         assert np.sum((other - gt) ** 2) >= best
-    assert procrustes_align(np.zeros((1, 21, 3)), gt) == pytest.approx(np.broadcast_to(gt.mean(1, keepdims=True), gt.shape))
+    assert procrustes_align(np.zeros((1, 21, 3)), gt) == pytest.approx(
+        np.broadcast_to(gt.mean(1, keepdims=True), gt.shape)
+    )
 
 
 # --------------------------------------------------------------------------- hand skeleton and surface
@@ -142,4 +144,6 @@ def test_skeleton_surface_points_lie_on_bones_in_fixed_order():
     assert pts.shape == (2, 3, num_skeleton_points(3), 3) == (2, 3, 81, 3)
     torch.testing.assert_close(pts[..., :21, :], joints)
     p, c = BONES[5]
-    torch.testing.assert_close(pts[..., 21 + 5 * 3 + 1, :], joints[..., p, :] + 0.5 * (joints[..., c, :] - joints[..., p, :]))
+    torch.testing.assert_close(
+        pts[..., 21 + 5 * 3 + 1, :], joints[..., p, :] + 0.5 * (joints[..., c, :] - joints[..., p, :])
+    )

@@ -32,7 +32,9 @@ def _check_record(record: dict, width: int, height: int) -> None:
     assert np.all((np.asarray(hand["joint_conf"]) >= 0) & (np.asarray(hand["joint_conf"]) <= 1))
     assert np.asarray(hand["mano_shape"]).shape == (10,)
     assert record["image_size"] == {"width": width, "height": height}
-    np.testing.assert_allclose(hand["joints_2d_px"], _project(hand["joints_3d_m"], record["intrinsics"]), rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(
+        hand["joints_2d_px"], _project(hand["joints_3d_m"], record["intrinsics"]), rtol=1e-4, atol=1e-3
+    )
     for obj in record["objects"]:
         assert YCB_CLASSES[obj["class_id"]] == obj["class_name"]
         assert obj["score"] >= 0.0 and abs(np.linalg.norm(obj["quat_wxyz"]) - 1) < 1e-4
@@ -106,7 +108,16 @@ def test_synthetic_frames_with_calibration_and_box_file(tiny_checkpoint: Path, t
     box_file = tmp_path / "boxes.json"
     box_file.write_text(json.dumps(boxes))
     out = tmp_path / "out"
-    argv = [str(tiny_checkpoint), str(frames[0].parent), "--out", str(out), "--calib", str(calib), "--boxes", str(box_file)]
+    argv = [
+        str(tiny_checkpoint),
+        str(frames[0].parent),
+        "--out",
+        str(out),
+        "--calib",
+        str(calib),
+        "--boxes",
+        str(box_file),
+    ]
     assert predict_main(argv + ["--side-by-side", "--models", str(models), "--score-threshold", "0"]) == 0
     K = load_intrinsics(calib)
     for frame in frames:
@@ -130,7 +141,19 @@ def test_bbox_flag_and_explicit_K_are_used(tiny_checkpoint: Path, tmp_path: Path
     img = tmp_path / "one.png"
     Image.fromarray(random_image(240, 320, 9)).save(img)
     out = tmp_path / "out"
-    rc = amt_main(["predict", str(tiny_checkpoint), str(img), "--out", str(out), "--bbox", "100,50,180,150", "--K", "300,310,160,120"])
+    rc = amt_main(
+        [
+            "predict",
+            str(tiny_checkpoint),
+            str(img),
+            "--out",
+            str(out),
+            "--bbox",
+            "100,50,180,150",
+            "--K",
+            "300,310,160,120",
+        ]
+    )
     assert rc == 0
     record = json.loads((out / "one.json").read_text())
     assert record["intrinsics"] == {"fx": 300.0, "fy": 310.0, "cx": 160.0, "cy": 120.0, "source": "--K"}
@@ -140,9 +163,22 @@ def test_bbox_flag_and_explicit_K_are_used(tiny_checkpoint: Path, tmp_path: Path
 def test_video_gif_with_smoothing_and_video_output(tiny_checkpoint: Path, tmp_path: Path, random_image) -> None:
     frames = [random_image(120, 160, s) for s in range(4)]
     gif = tmp_path / "clip.gif"
-    Image.fromarray(frames[0]).save(gif, save_all=True, append_images=[Image.fromarray(f) for f in frames[1:]], duration=100)
+    Image.fromarray(frames[0]).save(
+        gif, save_all=True, append_images=[Image.fromarray(f) for f in frames[1:]], duration=100
+    )
     out = tmp_path / "out"
-    rc = predict_main([str(tiny_checkpoint), str(gif), "--out", str(out), "--smooth", "one-euro", "--video-out", str(out / "clip_pred.gif")])
+    rc = predict_main(
+        [
+            str(tiny_checkpoint),
+            str(gif),
+            "--out",
+            str(out),
+            "--smooth",
+            "one-euro",
+            "--video-out",
+            str(out / "clip_pred.gif"),
+        ]
+    )
     assert rc == 0
     records = [json.loads((out / f"clip_{i:06d}.json").read_text()) for i in range(4)]
     for r in records:
@@ -154,14 +190,18 @@ def test_video_gif_with_smoothing_and_video_output(tiny_checkpoint: Path, tmp_pa
 
 
 @pytest.mark.skipif(importlib.util.find_spec("imageio_ffmpeg") is not None, reason="imageio-ffmpeg is installed")
-def test_mp4_without_ffmpeg_is_a_clear_error(tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_mp4_without_ffmpeg_is_a_clear_error(
+    tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     video = tmp_path / "clip.mp4"
     video.write_bytes(b"\x00" * 64)
     assert predict_main([str(tiny_checkpoint), str(video), "--out", str(tmp_path / "out")]) == 2
     assert "imageio-ffmpeg" in capsys.readouterr().err
 
 
-def test_unreadable_checkpoint_error_names_the_path(tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture, random_image) -> None:
+def test_unreadable_checkpoint_error_names_the_path(
+    tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture, random_image
+) -> None:
     img = tmp_path / "x.png"
     Image.fromarray(random_image(64, 64)).save(img)
     missing = tmp_path / "no_such_ckpt"
@@ -176,7 +216,9 @@ def test_unreadable_checkpoint_error_names_the_path(tiny_checkpoint: Path, tmp_p
     assert str(broken) in err and "cannot be loaded" in err
 
 
-def test_bad_box_file_names_file_and_key(tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture, random_image) -> None:
+def test_bad_box_file_names_file_and_key(
+    tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture, random_image
+) -> None:
     img = tmp_path / "x.png"
     Image.fromarray(random_image(64, 64)).save(img)
     boxes = tmp_path / "boxes.json"
@@ -187,7 +229,9 @@ def test_bad_box_file_names_file_and_key(tiny_checkpoint: Path, tmp_path: Path, 
 
 
 @pytest.mark.skipif(importlib.util.find_spec("mediapipe") is not None, reason="mediapipe is installed")
-def test_detector_without_mediapipe_says_how_to_install(tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture, random_image) -> None:
+def test_detector_without_mediapipe_says_how_to_install(
+    tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture, random_image
+) -> None:
     img = tmp_path / "x.png"
     Image.fromarray(random_image(64, 64)).save(img)
     assert predict_main([str(tiny_checkpoint), str(img), "--out", str(tmp_path / "o"), "--detector"]) == 2

@@ -22,7 +22,9 @@ def _independent_check(model: torch.nn.Module, path: Path, fmt: str, batch: int)
     if fmt == "onnx":
         import onnxruntime as ort
 
-        got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"image": image.numpy(), "K": K.numpy()})
+        got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(
+            None, {"image": image.numpy(), "K": K.numpy()}
+        )
     else:
         with torch.inference_mode():
             got = [t.numpy() for t in torch.jit.load(str(path))(image, K)]
@@ -64,7 +66,9 @@ def test_flat_outputs_follow_the_contract_order(tiny_model: torch.nn.Module) -> 
         assert torch.equal(t, ref[name])
 
 
-def test_export_cli_prints_the_parity_table(tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_export_cli_prints_the_parity_table(
+    tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     out = tmp_path / "m.onnx"
     assert export_main([str(tiny_checkpoint), "--format", "onnx", "--dynamic-batch", "--out", str(out)]) == 0
     text = capsys.readouterr().out

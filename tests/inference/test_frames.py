@@ -13,7 +13,16 @@ from amt.inference.frames import FrameSourceError, iter_frames, load_rgb
 
 def test_every_image_mode_loads_as_rgb_uint8(odd_images: Path) -> None:
     frames = list(iter_frames(odd_images))
-    assert [f.name for f in frames] == ["a_rgb", "b_gray", "c_rgba", "d_16bit", "e_tiny", "f_wide_palette", "g_corrupt", "h_truncated"]
+    assert [f.name for f in frames] == [
+        "a_rgb",
+        "b_gray",
+        "c_rgba",
+        "d_16bit",
+        "e_tiny",
+        "f_wide_palette",
+        "g_corrupt",
+        "h_truncated",
+    ]
     for f in frames[:6]:
         assert f.error is None and f.image.dtype == np.uint8 and f.image.ndim == 3 and f.image.shape[2] == 3
     assert frames[4].image.shape == (10, 10, 3)

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from amt.data.transforms import square_box
+from amt.checkpoint import CheckpointError, load_model
+from amt.data.transforms import CropConfig, square_box
 from amt.data.ycb import NUM_CLASSES, YCB_CLASSES
 from amt.inference.intrinsics import (
     Intrinsics,
@@ -17,11 +18,12 @@ from amt.inference.intrinsics import (
     load_calibration,
     parse_K,
 )
-from amt.inference.predictor import CheckpointError, Predictor, box_from_xyxy, centred_box, decode, load_model
-from amt.data.transforms import CropConfig
+from amt.inference.predictor import Predictor, box_from_xyxy, centred_box, decode
 
 
-def test_translating_image_principal_point_and_box_together_leaves_3d_unchanged(tiny_model: torch.nn.Module, random_image) -> None:
+def test_translating_image_principal_point_and_box_together_leaves_3d_unchanged(
+    tiny_model: torch.nn.Module, random_image
+) -> None:
     """The model sees the same crop and crop K, so camera-frame 3D must not move; 2D moves by the shift."""
     predictor = Predictor(tiny_model, score_threshold=0.0)
     img = random_image(200, 260, 3)
@@ -76,7 +78,9 @@ def test_decode_keeps_objects_above_threshold_sorted_with_ycb_names() -> None:
 
 def test_hand_box_becomes_the_caches_square_crop() -> None:
     crop = CropConfig()
-    assert box_from_xyxy((100, 50, 180, 150), crop) == square_box(np.array([[100, 50], [180, 150]]), crop.margin, crop.min_size)
+    assert box_from_xyxy((100, 50, 180, 150), crop) == square_box(
+        np.array([[100, 50], [180, 150]]), crop.margin, crop.min_size
+    )
     assert box_from_xyxy((100, 50, 180, 150), crop) == (65, 25, 150)
     assert centred_box(640, 480) == (80, 0, 480)
     with pytest.raises(ValueError, match="x0 < x1"):

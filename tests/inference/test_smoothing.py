@@ -50,7 +50,9 @@ def _pred(joints: np.ndarray, class_id: int, t: np.ndarray) -> FramePrediction:
     K = default_intrinsics(640, 480).K
     obj = ObjectPrediction(0, class_id, "x", 0.9, np.array([1.0, 0, 0, 0]), t, np.zeros(2))
     contact = ContactPrediction(0, "x", t.copy(), np.zeros(2), 0.8, np.zeros(3))
-    return FramePrediction(joints, np.zeros((21, 2)), np.ones(21), np.zeros(10), [obj], [contact], K, "t", (0, 0, 10), "t", (640, 480))
+    return FramePrediction(
+        joints, np.zeros((21, 2)), np.ones(21), np.zeros(10), [obj], [contact], K, "t", (0, 0, 10), "t", (640, 480)
+    )
 
 
 def test_prediction_smoother_reprojects_and_resets_on_class_change() -> None:

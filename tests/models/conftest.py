@@ -6,13 +6,12 @@ import pytest
 import torch
 
 from amt.models import AMT, build_model
+from amt.testing import random_batch
 
 
 def _make_batch(batch_size: int, seed: int = 0) -> dict[str, torch.Tensor]:
     """Random normalised images and a plausible crop K (fx = fy = 700 px, centre 112)."""
-    g = torch.Generator().manual_seed(seed)
-    K = torch.tensor([[700.0, 0.0, 112.0], [0.0, 700.0, 112.0], [0.0, 0.0, 1.0]])
-    return {"image": torch.randn(batch_size, 3, 224, 224, generator=g), "K": K.expand(batch_size, 3, 3).clone()}
+    return random_batch(batch_size, 224, seed=seed, labels=False)
 
 
 @pytest.fixture(scope="session")

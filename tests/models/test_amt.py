@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from amt.data.ycb import NUM_CLASSES
-from amt.models import OUTPUT_KEYS, AMT
+from amt.models import AMT, OUTPUT_KEYS
 
 EXPECTED_SHAPES = {
     "joints_3d": (21, 3), "joints_3d_coarse": (21, 3), "joint_conf": (21,), "mano_shape": (10,),
@@ -60,7 +60,9 @@ def test_optimizer_step_keeps_frozen_weights_and_reaches_every_other(tiny_model:
     assert not any(n.startswith("backbone.model.encoder.layer.3.") for n in frozen)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
     _all_outputs(model(make_batch(2))).backward()
-    no_grad = [n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or p.grad.abs().sum() == 0)]
+    no_grad = [
+        n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or p.grad.abs().sum() == 0)
+    ]
     assert no_grad == [], f"parameters without a gradient: {no_grad}"
     opt.step()
     for name, p in model.named_parameters():

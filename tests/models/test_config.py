@@ -25,3 +25,10 @@ def test_sequences_become_plain_lists_for_config_yaml() -> None:
     cfg = ModelConfig(pyramid_scales=(4, 2, 1, 0.5), decoder_levels=(1, 2), tap_blocks=(1, 2, 3, 4))
     assert cfg.pyramid_scales == [4.0, 2.0, 1.0, 0.5] and cfg.decoder_levels == [1, 2]
     assert ModelConfig.from_dict(cfg.to_dict()) == cfg
+
+
+def test_variants_are_a_preset_with_changed_fields() -> None:
+    cfg = make_config("tiny_conv", image_size=112)
+    changed = dict(backbone_stem="conv", patch_size=16, freeze_blocks=0, backbone_layerscale=1e-5)
+    assert cfg == make_config("tiny", image_size=112, **changed)
+    assert cfg.preset == "tiny"

@@ -12,7 +12,9 @@ from amt.models.objects import ObjectHead, QueryDecoder
 
 
 def test_quaternion_conversion_agrees_with_roma_including_half_turns() -> None:
-    half_turns = roma.rotvec_to_rotmat(torch.nn.functional.normalize(torch.randn(200, 3, dtype=torch.float64), dim=-1) * torch.pi)
+    half_turns = roma.rotvec_to_rotmat(
+        torch.nn.functional.normalize(torch.randn(200, 3, dtype=torch.float64), dim=-1) * torch.pi
+    )
     R = torch.cat([roma.random_rotmat(500, dtype=torch.float64), half_turns])
     q = matrix_to_quat_wxyz(R)
     ref = roma.rotmat_to_unitquat(R)[..., [3, 0, 1, 2]]

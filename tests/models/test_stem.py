@@ -30,7 +30,10 @@ def _conv_model(**overrides):
 
 def test_conv_stem_model_trains_its_stem_and_every_block() -> None:
     model = _conv_model(freeze_blocks=0)
-    batch = {"image": torch.randn(2, 3, 64, 64), "K": torch.tensor([[50.0, 0, 32], [0, 50.0, 32], [0, 0, 1]]).expand(2, 3, 3)}
+    batch = {
+        "image": torch.randn(2, 3, 64, 64),
+        "K": torch.tensor([[50.0, 0, 32], [0, 50.0, 32], [0, 0, 1]]).expand(2, 3, 3),
+    }
     out = model(batch)
     assert out["joints_3d"].shape == (2, 21, 3)
     out["joints_3d"].sum().backward()
@@ -69,10 +72,10 @@ def test_conv_stem_model_round_trips_through_save_pretrained(tmp_path) -> None:
 
 
 def test_tiny_conv_config_group_selects_the_conv_stem() -> None:
-    from amt.training.config import RunConfig, compose
+    from amt.training.config import load_run_config
 
-    run = RunConfig.from_omegaconf(compose("tiny", ["model=tiny_conv", "model.image_size=112", "data.root=/nowhere"]))
-    assert run.model["backbone_stem"] == "conv" and run.model["patch_size"] == 16 and run.model["freeze_blocks"] == 0
+    run = load_run_config("tiny", ["model=tiny_conv", "model.image_size=112", "data.root=/nowhere"])
+    assert run.model.backbone_stem == "conv" and run.model.patch_size == 16 and run.model.freeze_blocks == 0
 
 
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript"])

@@ -10,7 +10,7 @@ import pytest
 
 from amt.data.cache import build_cache
 from amt.data.testing import write_fake_dexycb
-from amt.training.config import RunConfig, compose
+from amt.training.config import RunConfig, load_run_config
 
 TRAIN_SPLIT = "s1_val"  # subject 6 only: 2 sequences x 8 serials x 1 frame = 16 samples
 IMAGE_SIZE = 112
@@ -22,7 +22,9 @@ def tiny_train_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = write_fake_dexycb(
         tmp_path_factory.mktemp("train_data"), subjects=[6], sequences_per_subject=2, serials=8, frames=1, seed=0
     )
-    build_cache(root, TRAIN_SPLIT, root / "cache" / f"{TRAIN_SPLIT}_{IMAGE_SIZE}", size=IMAGE_SIZE, workers=1, progress=False)
+    build_cache(
+        root, TRAIN_SPLIT, root / "cache" / f"{TRAIN_SPLIT}_{IMAGE_SIZE}", size=IMAGE_SIZE, workers=1, progress=False
+    )
     return root
 
 
@@ -44,6 +46,6 @@ def tiny_run_config(tiny_train_root: Path) -> Callable[..., RunConfig]:
             "logging.tensorboard=false",
             "logging.progress=false",
         ]
-        return RunConfig.from_omegaconf(compose("tiny", base + list(overrides)))
+        return load_run_config("tiny", base + list(overrides))
 
     return make

@@ -11,17 +11,19 @@ import pytest
 import torch
 
 from amt.data.augment import AugmentConfig, BatchAugment
-from amt.diagnostics.callbacks import GRAD_EVENTS_SUFFIX, GradientMonitor, LossSpikeGuard
 from amt.training.batch_size import TrainingStepProbe, resolve_batch_size, search_batch_size
-from amt.training.config import RunConfig, StageConfig, compose
+from amt.training.callbacks import GRAD_EVENTS_SUFFIX, Callback, GradientMonitor, LossSpikeGuard
+from amt.training.config import StageConfig, load_run_config
 from amt.training.distributed import DistContext
 from amt.training.losses import AMTLoss, LossConfig
 from amt.training.sequence import ClipAugment, SequenceSampler, clip_positions
-from amt.training.trainer import Callback, Trainer
+from amt.training.trainer import Trainer
 
 
 # --- loss spikes, non-finite losses, gradient monitor -------------------------------------------
-def test_planted_nan_and_spike_steps_are_skipped_counted_logged_and_the_run_continues(tmp_path, tiny_run_config, caplog):
+def test_planted_nan_and_spike_steps_are_skipped_counted_logged_and_the_run_continues(
+    tmp_path, tiny_run_config, caplog
+):
     cfg = tiny_run_config(
         tmp_path / "aids", "training.batch_size=4", "training.max_steps=8", "training.learning_rate=1e-4",
         "data.augment=false", "training.loss_spike_factor=3", "training.grad_monitor_every=4", "logging.tensorboard=true",
@@ -156,7 +158,7 @@ def test_temporal_loss_is_active_on_clips_and_its_gradient_reaches_the_hand_head
         f"training.output_dir={tmp_path / 'run'}", "checkpoint.every_epochs=0", "logging.tensorboard=false",
         "logging.progress=false",
     ]  # fmt: skip
-    trainer = Trainer(RunConfig.from_omegaconf(compose("tiny", overrides)), evaluator=None)
+    trainer = Trainer(load_run_config("tiny", overrides), evaluator=None)
     assert isinstance(trainer.augment, ClipAugment) and trainer.steps_per_epoch == 4  # 8 clips of 3, 2 per step
     batch = next(iter(trainer.data.epoch(0, 0, 1, 6, 1)))[0]
     assert batch["sequence_length"] == 3

@@ -5,26 +5,26 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
+import yaml
 from hydra.errors import ConfigCompositionException
 
-from amt.models.config import ModelConfig, make_config
-from amt.training.config import RunConfig, StageConfig, TrainingConfig, build_loss_config, compose
+from amt.data.augment import AugmentConfig
+from amt.models.config import PRESETS, VARIANTS, ModelConfig, make_config
+from amt.training.config import RunConfig, StageConfig, TrainingConfig, compose, load_run_config
 from amt.training.losses import TERM_NAMES, LossConfig
 
 
 def test_overrides_reach_the_dataclasses():
-    cfg = RunConfig.from_omegaconf(
-        compose(
-            "config",
-            [
-                "training.batch_size=64",
-                "training.learning_rate=5e-4",
-                "model.hidden_dim=768",
-                "checkpoint.resume_from=/runs/a/checkpoints/last",
-                "data.root=/data/dexycb",
-                "loss.diversity=0.5",
-            ],
-        )
+    cfg = load_run_config(
+        "config",
+        [
+            "training.batch_size=64",
+            "training.learning_rate=5e-4",
+            "model.hidden_dim=768",
+            "checkpoint.resume_from=/runs/a/checkpoints/last",
+            "data.root=/data/dexycb",
+            "loss.diversity=0.5",
+        ],
     )
     assert isinstance(cfg.training, TrainingConfig)
     assert cfg.training.batch_size == 64
@@ -32,33 +32,34 @@ def test_overrides_reach_the_dataclasses():
     assert cfg.checkpoint.resume_from == "/runs/a/checkpoints/last"
     assert cfg.data.root == "/data/dexycb"
     assert all(isinstance(s, StageConfig) for s in cfg.training.stages)
-    # model: the preset plus only what was set explicitly
-    assert cfg.model == {"preset": "vitl14", "hidden_dim": 768}
-    model_cfg = make_config(cfg.model["preset"], **{k: v for k, v in cfg.model.items() if k != "preset"})
+    # model: the preset plus only what was set explicitly (as saved), resolved into a ModelConfig
+    assert {k: v for k, v in cfg.resolved["model"].items() if v is not None} == {"preset": "vitl14", "hidden_dim": 768}
+    model_cfg = cfg.model
     assert model_cfg.hidden_dim == 768 and model_cfg.backbone_layers == 24
-    loss_cfg = build_loss_config(cfg.loss)
+    assert model_cfg == make_config("vitl14", hidden_dim=768)
+    loss_cfg = cfg.loss
     assert isinstance(loss_cfg, LossConfig) and loss_cfg.diversity == 0.5
     assert loss_cfg.hand_coarse == LossConfig().hand_coarse
 
 
 def test_default_is_the_paper_setup_and_tiny_is_selected_by_config_name():
-    default = RunConfig.from_omegaconf(compose("config"))
-    tiny = RunConfig.from_omegaconf(compose("tiny"))
-    assert default.model["preset"] == "vitl14"
+    default = load_run_config("config")
+    tiny = load_run_config("tiny")
+    assert default.model.preset == "vitl14"
     assert [s.name for s in default.training.stages] == ["coarse", "refine", "finetune"]
-    assert tiny.model["preset"] == "tiny"
+    assert tiny.model.preset == "tiny"
     assert tiny.training.precision == "fp32"
     assert tiny.training.output_dir == "runs/tiny"  # ${experiment_name} resolved
 
 
 def test_experiment_paper_composes():
-    cfg = RunConfig.from_omegaconf(compose("tiny", ["experiment=paper"]))
+    cfg = load_run_config("tiny", ["experiment=paper"])
     assert cfg.experiment_name == "paper"
-    assert cfg.model["preset"] == "vitl14" and cfg.model["hidden_dim"] == 1024
+    assert cfg.model.preset == "vitl14" and cfg.model.hidden_dim == 1024
     assert cfg.training.output_dir == "runs/paper"
     # a command-line override still wins over the experiment file
-    cfg = RunConfig.from_omegaconf(compose("config", ["experiment=paper", "model.hidden_dim=768"]))
-    assert cfg.model["hidden_dim"] == 768
+    cfg = load_run_config("config", ["experiment=paper", "model.hidden_dim=768"])
+    assert cfg.model.hidden_dim == 768
 
 
 def test_model_section_has_every_model_config_field():
@@ -77,9 +78,38 @@ def test_wrong_types_are_rejected():
         compose("tiny", ["training.grad_accum_steps=many"])
 
 
+@pytest.mark.parametrize(
+    "override",
+    ["model.hidden_dim=abc", "training.learning_rate=abc", "loss.diversity=abc", "data.augment_params.scale=abc"],
+)
+def test_wrong_types_fail_at_load_with_the_key(override):
+    with pytest.raises(ConfigCompositionException, match=override.split("=")[0]):
+        load_run_config("tiny", [override])
+
+
+@pytest.mark.parametrize("name", [*PRESETS, *VARIANTS])
+def test_model_group_options_are_the_presets_of_models_config(name):
+    assert load_run_config("tiny", [f"model={name}"]).model == make_config(name)
+
+
+def test_sections_are_the_owners_dataclasses():
+    cfg = load_run_config("tiny", ["data.augment_params.rotation_deg=10", "loss.match.rotation_weight=2"])
+    assert cfg.data.augment_params == AugmentConfig(rotation_deg=10.0)
+    assert isinstance(cfg.loss, LossConfig) and cfg.loss.match.rotation_weight == 2.0
+    assert isinstance(cfg.model, ModelConfig)
+
+
+def test_a_saved_resolved_config_loads_back():
+    cfg = load_run_config("tiny", ["model=tiny_conv", "loss.diversity=0.5", "training.batch_size=8"])
+    saved = yaml.safe_load(cfg.to_yaml())
+    assert RunConfig.from_resolved(saved) == cfg
+    saved["data"]["augment_params"] = {}  # configs saved while augment_params was a free dict
+    assert RunConfig.from_resolved(saved).data.augment_params == AugmentConfig()
+
+
 @pytest.mark.parametrize("name", ["config", "tiny"])
 def test_stage_multipliers_name_real_loss_terms(name):
-    cfg = RunConfig.from_omegaconf(compose(name))
+    cfg = load_run_config(name)
     for stage in cfg.training.stages:
         assert set(stage.loss_multipliers) <= set(TERM_NAMES), stage.name
 

@@ -6,8 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from amt.checkpoint import TRAINER_STATE
 from amt.models import AMT
-from amt.training.trainer import TRAINER_STATE, Trainer
+from amt.training.trainer import Trainer
 
 
 def _assert_same_tensors(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
@@ -37,7 +38,9 @@ def test_resume_is_bit_identical(tmp_path, tiny_run_config):
 
 
 def test_checkpoint_folder_loads_without_the_trainer(tmp_path, tiny_run_config):
-    trainer = Trainer(tiny_run_config(tmp_path / "run", "training.batch_size=16", "training.max_steps=1"), evaluator=None)
+    trainer = Trainer(
+        tiny_run_config(tmp_path / "run", "training.batch_size=16", "training.max_steps=1"), evaluator=None
+    )
     trainer.fit()
     last = tmp_path / "run" / "checkpoints" / "last"
     names = {p.name for p in last.iterdir()}

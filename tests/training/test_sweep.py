@@ -20,7 +20,8 @@ from optuna.trial import TrialState
 from sqlalchemy.exc import OperationalError
 
 from amt.cli import main as amt_main
-from amt.training.sweep import PruningCallback, from_wandb, load_space, main as sweep_main, suggest
+from amt.training.sweep import PruningCallback, from_wandb, load_space, suggest
+from amt.training.sweep import main as sweep_main
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -164,8 +165,17 @@ def test_tiny_sweep_with_two_workers_resumes_after_a_kill_and_its_best_trial_tra
 
     best = study.best_trial
     run = tmp_path / "best_run"
-    argv = ["train", f"@{out / 'best_overrides.txt'}", f"training.output_dir={run}", "training.max_steps=1", "data.val_split=null"]
+    argv = [
+        "train",
+        f"@{out / 'best_overrides.txt'}",
+        f"training.output_dir={run}",
+        "training.max_steps=1",
+        "data.val_split=null",
+    ]
     assert amt_main(argv) == 0
     config = yaml.safe_load((run / "config.yaml").read_text())
     assert config["training"]["learning_rate"] == pytest.approx(best.params["lr"])
-    assert config["model"]["hidden_dim"] == best.params["hidden"] and config["training"]["batch_size"] == best.params["batch"]
+    assert (
+        config["model"]["hidden_dim"] == best.params["hidden"]
+        and config["training"]["batch_size"] == best.params["batch"]
+    )

@@ -10,18 +10,28 @@ import torch
 from torch import nn
 
 from amt.data.loaders import collate
+from amt.data.testing import write_fake_dexycb
 from amt.evaluation.metrics import hpe_metrics
 from amt.models import build_model
-from amt.data.testing import write_fake_dexycb
+from amt.training.callbacks import Callback, StepInfo
 from amt.training.config import DataConfig, StageConfig
+from amt.training.data import resolve_cache
 from amt.training.distributed import DistContext
 from amt.training.ema import ModelEMA
+from amt.training.optim import param_groups
+from amt.training.rng import epoch_order
 from amt.training.schedule import StageSchedule, warmup_cosine
-from amt.training.trainer import Callback, StepInfo, Trainer, epoch_order, param_groups, resolve_cache
+from amt.training.trainer import Trainer
 
 # Terms that are not means of per-sample losses (batch std, batch-mean class marginal, counts of
 # in-contact objects): switched off where a full batch is compared with its split.
-PER_SAMPLE_LOSS = ["loss.diversity=0", "loss.kl=0", "loss.contact=0", "data.augment=false", "training.ema.enabled=false"]
+PER_SAMPLE_LOSS = [
+    "loss.diversity=0",
+    "loss.kl=0",
+    "loss.contact=0",
+    "data.augment=false",
+    "training.ema.enabled=false",
+]
 
 
 def _hand_evaluator(model: nn.Module, dataset) -> dict:
@@ -148,7 +158,9 @@ def test_param_groups_give_the_backbone_a_lower_lr_and_skip_decay_on_1d():
     groups = {g["name"]: g for g in param_groups(model, 1e-3, 0.1, 0.05)}
     assert groups["heads"]["lr"] == 1e-3 and groups["backbone"]["lr"] == pytest.approx(1e-4)
     assert all(p.ndim > 1 for p in groups["heads"]["params"])
-    assert all(p.ndim <= 1 for p in groups["heads_no_decay"]["params"]) and groups["heads_no_decay"]["weight_decay"] == 0
+    assert (
+        all(p.ndim <= 1 for p in groups["heads_no_decay"]["params"]) and groups["heads_no_decay"]["weight_decay"] == 0
+    )
     grouped = {id(p) for g in groups.values() for p in g["params"]}
     assert grouped == {id(p) for p in model.parameters() if p.requires_grad}
     assert {id(p) for p in groups["backbone"]["params"]} <= {id(p) for p in model.trainable_backbone_parameters()}

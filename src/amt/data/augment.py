@@ -27,9 +27,10 @@ from amt.data.transforms import denormalize_images, normalize_images
 from amt.geometry.rotations import axis_angle_to_matrix, matrix_to_axis_angle, rotation_about_z
 
 
-@dataclass(frozen=True)
+@dataclass
 class AugmentConfig:
-    """Ranges of the random parameters; a zero disables that part.
+    """Ranges of the random parameters; a zero disables that part (`data.augment_params` of a
+    run config; not frozen, since Hydra overrides write into it).
 
     rotation_deg: angle ~ U(-r, r) degrees about the optical axis.
     scale: s ~ U(1 - scale, 1 + scale).
@@ -163,7 +164,9 @@ class BatchAugment:
         if "mano_pose" in batch:
             pose = batch["mano_pose"].float().clone()
             turned = matrix_to_axis_angle(rz @ axis_angle_to_matrix(pose[:, :3]))
-            valid = batch["mano_valid"].view(b, 1).bool() if "mano_valid" in batch else torch.ones_like(pose[:, :1]).bool()
+            valid = (
+                batch["mano_valid"].view(b, 1).bool() if "mano_valid" in batch else torch.ones_like(pose[:, :1]).bool()
+            )
             pose[:, :3] = torch.where(valid, turned, pose[:, :3])
             out["mano_pose"] = pose
         return out

@@ -24,10 +24,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from tqdm import tqdm
 
 from amt.data.contacts import ContactConfig, contact_labels, hand_surface, pose_points
+from amt.data.dexycb import DexYCB
+from amt.data.object_models import ObjectModels
 from amt.data.transforms import CropConfig, crop_and_resize, crop_intrinsics_for_box, square_box, to_crop_pixels
+from amt.geometry.mano import ManoLayer
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +42,7 @@ META_FILE = "meta.json"
 BUILD_FILE = "build.json"
 PROGRESS_FILE = "progress.jsonl"
 LABELS_DIR = "labels"
+CACHE_SUBDIR = "cache"  # caches of a dataset root live in <root>/cache/<split>_<size>
 
 # key -> (per-sample shape, dtype); every key is stored as labels/<key>.npy with shape (N, *shape).
 LABEL_SPECS: dict[str, tuple[tuple[int, ...], str]] = {
@@ -110,8 +115,6 @@ MANO_FILES = {"right": "MANO_RIGHT.pkl", "left": "MANO_LEFT.pkl"}
 
 def load_mano_layers(mano_dir: str | Path) -> dict[str, Any]:
     """{side: ManoLayer} for the MANO_RIGHT.pkl / MANO_LEFT.pkl files present in `mano_dir`."""
-    from amt.geometry.mano import ManoLayer
-
     folder = Path(mano_dir)
     layers = {side: ManoLayer.from_pickle(folder / name, side=side) for side, name in MANO_FILES.items()
               if (folder / name).is_file()}  # fmt: skip
@@ -123,8 +126,6 @@ def load_mano_layers(mano_dir: str | Path) -> dict[str, Any]:
 def mano_vertices(sample: dict[str, Any], layers: dict[str, Any]) -> np.ndarray | None:
     """(778, 3) float32 MANO vertices in the camera frame (metres) from `pose_m` and the subject's
     betas, or None when the frame has no MANO annotation or no layer for its side."""
-    import torch
-
     pose_m = np.asarray(sample["pose_m"], dtype=np.float32).reshape(-1)
     layer = layers.get(sample["side"])
     if layer is None or not sample["hand_valid"] or not np.any(pose_m != 0) or not sample["mano_betas_valid"]:
@@ -220,11 +221,6 @@ _WORKER: dict[str, Any] = {}
 
 def _init_worker(params: dict[str, Any], folder: str, n: int) -> None:
     """Open the reader, the object models and the memmaps once per worker process."""
-    import torch
-
-    from amt.data.dexycb import DexYCB
-    from amt.data.object_models import ObjectModels
-
     torch.set_num_threads(1)
     dataset = DexYCB(params["root"], params["split"])
     models_dir = params["models_dir"] or str(dataset.models_dir)
@@ -320,12 +316,12 @@ def build_cache(
     With `resume`, an interrupted build with the same parameters continues where it stopped;
     otherwise (or when parameters differ and `force` is set) it starts afresh.
     """
-    from amt.data.dexycb import DexYCB
-
     out = Path(out_dir)
     if (out / META_FILE).exists():
         if not force:
-            raise FileExistsError(f"{out}: a complete cache already exists ({META_FILE}); pass force=True / --force to rebuild")
+            raise FileExistsError(
+                f"{out}: a complete cache already exists ({META_FILE}); pass force=True / --force to rebuild"
+            )
         _clear(out)
     params = CacheParams(
         root=str(Path(root)),
@@ -358,9 +354,7 @@ def build_cache(
         build_file.write_text(json.dumps(params, indent=1))
     done = _read_progress(out / PROGRESS_FILE)
     _write_progress(out / PROGRESS_FILE, done)
-    tasks = [
-        (c, s, min(s + chunk_size, n)) for c, s in enumerate(range(0, n, chunk_size)) if c not in done
-    ]
+    tasks = [(c, s, min(s + chunk_size, n)) for c, s in enumerate(range(0, n, chunk_size)) if c not in done]
     if done:
         log.info("%s: resuming, %d of %d chunks already done", out, len(done), len(done) + len(tasks))
     bar = tqdm(total=n, initial=n - sum(t[2] - t[1] for t in tasks), desc=f"cache {split}", disable=not progress)
@@ -391,6 +385,31 @@ def build_cache(
     (out / META_FILE).write_text(json.dumps(meta))
     log.info("%s: cache complete, %d samples at %d px", out, n, size)
     return out
+
+
+def cache_folder(root: str | Path, split: str, image_size: int) -> Path:
+    """The default cache folder of `split` at `image_size` px: <root>/cache/<split>_<image_size>.
+
+    Where `amt cache`, `amt train`, `amt eval`, `amt debug` and the demo put (and look for) it.
+    """
+    return Path(root) / CACHE_SUBDIR / f"{split}_{image_size}"
+
+
+def ensure_cache(
+    root: str | Path,
+    split: str,
+    image_size: int,
+    folder: str | Path | None = None,
+    workers: int = 2,
+    progress: bool = True,
+) -> Path:
+    """The cache folder of `split` (default `cache_folder(root, split, image_size)`), built from
+    the dataset `root` when it is not complete (no meta.json); returns the folder."""
+    folder = Path(folder) if folder is not None else cache_folder(root, split, image_size)
+    if not (folder / META_FILE).exists():
+        log.info("building the %s cache of %s in %s", split, root, folder)
+        build_cache(root, split, folder, size=image_size, workers=workers, progress=progress)
+    return folder
 
 
 def open_cache(folder: str | Path, mmap: bool = True) -> CacheArrays:

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from pathlib import Path
 
-from amt.data.cache import build_cache
+from amt.data.cache import build_cache, cache_folder
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -20,8 +19,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--min-size", type=int, default=96, help="smallest crop side in image pixels (default 96)")
     p.add_argument("--threshold-mm", type=float, default=10.0, help="contact distance in mm (default 10)")
     p.add_argument("--models-dir", type=Path, default=None, help="object meshes (default ROOT/models)")
-    p.add_argument("--mano-dir", type=Path, default=None,
-                   help="folder with MANO_RIGHT.pkl / MANO_LEFT.pkl: contacts from MANO vertices (default: skeleton)")
+    p.add_argument(
+        "--mano-dir",
+        type=Path,
+        default=None,
+        help="folder with MANO_RIGHT.pkl / MANO_LEFT.pkl: contacts from MANO vertices (default: skeleton)",
+    )
     p.add_argument("--workers", type=int, default=2, help="parallel worker processes (default 2)")
     p.add_argument("--chunk-size", type=int, default=64, help="samples per resumable chunk (default 64)")
     p.add_argument("--force", action="store_true", help="rebuild even if a complete cache exists")
@@ -31,8 +34,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    out = args.out or args.root / "cache" / f"{args.split}_{args.size}"
+    out = args.out or cache_folder(args.root, args.split, args.size)
     try:
         folder = build_cache(
             args.root,

@@ -1,4 +1,4 @@
-"""Hand-object contact labels derived from poses (docs/metrics.md, "Contact labels").
+"""Hand-object contact labels derived from poses (docs/data.md "Contact labels").
 
 DexYCB ships no contacts. An object is in contact when the hand surface comes within a
 threshold of the posed object surface; the contact point is the object-surface point closest

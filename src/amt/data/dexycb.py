@@ -1,4 +1,4 @@
-"""Reader for the DexYCB dataset layout (docs/dexycb_spec.md sections 1 and 4).
+"""Reader for the DexYCB dataset layout (docs/data.md "Layout" and "Splits and the sample index").
 
 `DexYCB(root, "s0_train")` indexes one official split without reading any label file (only
 folder listings and `meta.yml`), in the toolkit's order subject -> sequence -> serial -> frame,
@@ -77,10 +77,15 @@ SPLITS: dict[str, SplitSpec] = {
 
 
 def split_spec(split: str) -> SplitSpec:
-    """The official selection for a split name such as "s0_train" (dexycb_spec.md section 4)."""
+    """The official selection for a split name such as "s0_train" (docs/data.md "Splits and the sample index")."""
     if split not in SPLITS:
         raise DexYCBError(f"unknown DexYCB split {split!r}; expected one of {sorted(SPLITS)}")
     return SPLITS[split]
+
+
+def train_split_of(split: str) -> str:
+    """s0_test -> s0_train: the training split of the same setup (baselines come from it)."""
+    return split.split("_")[0] + "_train"
 
 
 class _CalibrationLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
@@ -95,7 +100,7 @@ _CalibrationLoader.add_constructor(
 def _load_yaml(path: Path) -> Any:
     try:
         with open(path) as f:
-            return yaml.load(f, Loader=_CalibrationLoader)  # noqa: S506 - safe loader subclass
+            return yaml.load(f, Loader=_CalibrationLoader)
     except FileNotFoundError:
         raise DexYCBError(f"{path}: file not found") from None
     except (OSError, yaml.YAMLError) as exc:
@@ -203,7 +208,7 @@ _LABEL_SHAPES = {
 
 
 def read_labels(path: str | Path, num_objects: int) -> dict[str, np.ndarray]:
-    """Read and validate one `labels_XXXXXX.npz`; keys as stored (see dexycb_spec.md 1.1).
+    """Read and validate one `labels_XXXXXX.npz`; keys as stored (see docs/data.md "Label files").
 
     Raises DexYCBError naming the file (and key) when it is missing, truncated, lacks a key,
     has a wrong shape (`pose_y` must be (num_objects, 3, 4)) or holds NaN/inf.

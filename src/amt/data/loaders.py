@@ -15,8 +15,9 @@ Batch keys and shapes follow docs/architecture.md ("Batch contract") plus `index
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch

@@ -24,7 +24,7 @@ SAMPLING_SEED = 0
 class ObjectModels:
     """Lazy access to the object meshes of a `models/` folder.
 
-    models_dir: folder with one sub-folder per class name (docs/dexycb_spec.md section 1.5).
+    models_dir: folder with one sub-folder per class name (docs/data.md "Objects").
     """
 
     def __init__(self, models_dir: str | Path) -> None:

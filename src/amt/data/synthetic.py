@@ -10,7 +10,7 @@ grasped or approached by a hand, ~3 % without a hand) seen by the sequence's 8 c
 (0.4-0.9 m away), each view with its own lighting and procedural background. The colour
 image and the segmentation come from the same rasterisation (`amt.data.synth.render`).
 
-Labels follow dexycb_spec.md 1.1. With `mano=` the hand is a MANO fit and `pose_m` is MANO
+Labels follow docs/data.md "Label files". With `mano=` the hand is a MANO fit and `pose_m` is MANO
 as DexYCB stores it. With the default procedural hand (no MANO model) `pose_m` is NOT MANO: `[0:3]` is the axis-angle of the hand frame in the
 camera frame (`amt.geometry.hand_model` defines the frame; for left hands the frame of the
 x-mirrored geometry), `[3:48]` are zeros and `[48:51]` the wrist position (metres), and the
@@ -37,6 +37,7 @@ from scipy.spatial.transform import Rotation
 
 from amt.data.dexycb import SERIALS, SUBJECTS
 from amt.data.synth import layout
+from amt.data.synth.mano_hand import ManoFitter, mano_path_for, pose_m_in_camera, vertex_normals
 from amt.data.synth.objects import ObjectLibrary, find_models_dir, write_models
 from amt.data.synth.render import Background, DrawItem, Light, Renderer
 from amt.data.synth.scene import Scene, sample_rig, sample_scene
@@ -132,8 +133,6 @@ class _Worker:
 
     @classmethod
     def get_fitter(cls, mano: str, side: str):
-        from amt.data.synth.mano_hand import ManoFitter, mano_path_for
-
         key = (mano, side)
         if key not in cls.fitters:
             cls.fitters[key] = ManoFitter(mano_path_for(side, Path(mano)), side)
@@ -215,14 +214,18 @@ def view_labels(scene: Scene, extrinsic: np.ndarray, K: np.ndarray, fit=None) ->
             pose_m[0, :3] = hm.wrist_axis_angle(r_cw @ scene.hand.rotation)
             pose_m[0, 48:] = r_cw @ scene.hand.translation + t_cw
         else:
-            from amt.data.synth.mano_hand import pose_m_in_camera
-
             pose_m[0] = pose_m_in_camera(fit, r_cw, t_cw)
     return {"pose_y": pose_y, "pose_m": pose_m, "joint_3d": joint_3d, "joint_2d": joint_2d}
 
 
-def render_view(scene: Scene, extrinsic: np.ndarray, K: np.ndarray, rng: np.random.Generator,
-                skin: tuple[float, float, float], background_textures: list[int]) -> tuple[np.ndarray, np.ndarray]:
+def render_view(
+    scene: Scene,
+    extrinsic: np.ndarray,
+    K: np.ndarray,
+    rng: np.random.Generator,
+    skin: tuple[float, float, float],
+    background_textures: list[int],
+) -> tuple[np.ndarray, np.ndarray]:
     """RGB (480, 640, 3) uint8 and seg (480, 640) uint8 of a scene from one camera."""
     _Worker.ensure_uploaded(scene.class_ids)
     renderer = _Worker.get_renderer()
@@ -251,8 +254,6 @@ def run_instant(job: InstantJob) -> dict:
     scene = sample_scene(models, setup.ycb_ids, grasp_index, kind, job.shape, side_sign, rng, setup.rig[:, :, 3])
     fit = None
     if scene.hand is not None and job.mano is not None:
-        from amt.data.synth.mano_hand import vertex_normals
-
         fit = _Worker.get_fitter(job.mano, setup.side).fit(scene.hand.joints(), np.array(job.betas))
         normals = vertex_normals(fit.vertices, fit.faces)
         _Worker.get_renderer().set_hand(fit.vertices[fit.faces].reshape(-1, 3), normals[fit.faces].reshape(-1, 3))
@@ -317,9 +318,16 @@ class GenerateResult:
         return self.images / max(self.seconds, 1e-9)
 
 
-def generate(out: str | os.PathLike, frames: int, seed: int = 0, models: str | os.PathLike | None = None,
-             mano: str | os.PathLike | None = None, left_fraction: float = 0.0, workers: int = 1,
-             primitives: bool = False) -> GenerateResult:
+def generate(
+    out: str | os.PathLike,
+    frames: int,
+    seed: int = 0,
+    models: str | os.PathLike | None = None,
+    mano: str | os.PathLike | None = None,
+    left_fraction: float = 0.0,
+    workers: int = 1,
+    primitives: bool = False,
+) -> GenerateResult:
     """Write a synthetic DexYCB-format dataset of `frames` images (rounded up to a multiple of 8).
 
     out: dataset root (created). models: a DexYCB-style `models/` folder; default: found by
@@ -370,8 +378,13 @@ def generate(out: str | os.PathLike, frames: int, seed: int = 0, models: str | o
     write_models(models_dir, sorted({c for s in setups for c in s.ycb_ids}), root / "models")
     seconds = time.perf_counter() - start
     result = GenerateResult(root, len(jobs) * layout.VIEWS, len(jobs), seconds, results)
-    log.info("synth: wrote %d images (%d instants) in %.1f s (%.1f images/s)", result.images, result.instants,
-             seconds, result.frames_per_second)
+    log.info(
+        "synth: wrote %d images (%d instants) in %.1f s (%.1f images/s)",
+        result.images,
+        result.instants,
+        seconds,
+        result.frames_per_second,
+    )
     return result
 
 

@@ -3,32 +3,51 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
+
+from amt.data.synthetic import generate
 
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="amt synth", description=__doc__)
     parser.add_argument("out", help="dataset root to write")
-    parser.add_argument("--frames", type=int, required=True,
-                        help="total images over all sequences and the 8 cameras (rounded up to a multiple of 8)")
+    parser.add_argument(
+        "--frames",
+        type=int,
+        required=True,
+        help="total images over all sequences and the 8 cameras (rounded up to a multiple of 8)",
+    )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--models", default=None,
-                        help="DexYCB-style models/ folder (default: $AMT_YCB_MODELS or shared/data/ycb_models)")
+    parser.add_argument(
+        "--models",
+        default=None,
+        help="DexYCB-style models/ folder (default: $AMT_YCB_MODELS or shared/data/ycb_models)",
+    )
     parser.add_argument("--primitives", action="store_true", help="use textured primitives instead of YCB meshes")
-    parser.add_argument("--mano", default=None, help="MANO_RIGHT.pkl (MANO_LEFT.pkl beside it for left hands) or their folder; default: procedural hand")
+    parser.add_argument(
+        "--mano",
+        default=None,
+        help="MANO_RIGHT.pkl (MANO_LEFT.pkl beside it for left hands) or their folder; default: procedural hand",
+    )
     parser.add_argument("--left-fraction", type=float, default=0.0, help="share of sequences with a left hand")
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    from amt.data.synthetic import generate
-
     try:
-        result = generate(args.out, args.frames, seed=args.seed, models=args.models, mano=args.mano,
-                          left_fraction=args.left_fraction, workers=args.workers, primitives=args.primitives)
+        result = generate(
+            args.out,
+            args.frames,
+            seed=args.seed,
+            models=args.models,
+            mano=args.mano,
+            left_fraction=args.left_fraction,
+            workers=args.workers,
+            primitives=args.primitives,
+        )
     except (FileNotFoundError, NotImplementedError, ValueError) as exc:
         print(f"amt synth: {exc}", file=sys.stderr)
         return 2
-    print(f"wrote {result.images} images ({result.instants} instants x 8 cameras) to {result.root} "
-          f"in {result.seconds:.1f} s ({result.frames_per_second:.1f} images/s)")
+    print(
+        f"wrote {result.images} images ({result.instants} instants x 8 cameras) to {result.root} "
+        f"in {result.seconds:.1f} s ({result.frames_per_second:.1f} images/s)"
+    )
     return 0

@@ -1,4 +1,4 @@
-"""Write tiny, format-exact DexYCB trees for tests (docs/dexycb_spec.md section 1).
+"""Write tiny, format-exact DexYCB trees for tests (docs/data.md "Layout").
 
 `write_fake_dexycb` produces the real folder names (subjects, serials, YYYYMMDD_HHMMSS
 sequences), `meta.yml`, calibration files (intrinsics with the `!!python/tuple` tag,
@@ -25,7 +25,9 @@ from amt.data.ycb import DEXYCB_USED_IDS, YCB_CLASSES
 IMAGE_HEIGHT, IMAGE_WIDTH = 480, 640
 
 # A rough right hand in its own frame (metres): wrist at the origin, fingers along +y.
-_FINGER_BASES = np.array([[0.03, 0.02, 0.0], [0.02, 0.08, 0.0], [0.0, 0.085, 0.0], [-0.02, 0.08, 0.0], [-0.035, 0.07, 0.0]])
+_FINGER_BASES = np.array(
+    [[0.03, 0.02, 0.0], [0.02, 0.08, 0.0], [0.0, 0.085, 0.0], [-0.02, 0.08, 0.0], [-0.035, 0.07, 0.0]]
+)
 _FINGER_DIRS = np.array([[0.6, 0.8, 0.0], [0.0, 1.0, 0.0], [0.0, 1.0, 0.0], [0.0, 1.0, 0.0], [-0.1, 1.0, 0.0]])
 _PHALANX_LENGTHS = np.array([0.035, 0.025, 0.02])
 
@@ -189,7 +191,10 @@ def write_fake_dexycb(
         extr_name = f"{date}_{tag}"
         extr_dir = root / "calibration" / f"extrinsics_{extr_name}"
         extr_dir.mkdir(parents=True, exist_ok=True)
-        extr = {s: [1.0, 0.0, 0.0, float(i) * 0.1, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0] for i, s in enumerate(serial_names)}
+        extr = {
+            s: [1.0, 0.0, 0.0, float(i) * 0.1, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+            for i, s in enumerate(serial_names)
+        }
         (extr_dir / "extrinsics.yml").write_text(yaml.safe_dump({"extrinsics": extr, "master": serial_names[0]}))
         for side in ("right", "left"):
             mano_dir = root / "calibration" / f"mano_{date}_090000_{tag}_{side}"

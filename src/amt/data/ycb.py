@@ -1,4 +1,4 @@
-"""The YCB object classes used by DexYCB (ids 1..21; docs/dexycb_spec.md section 1.5, 6)."""
+"""The YCB object classes used by DexYCB (ids 1..21; docs/data.md "Objects", docs/metrics.md)."""
 
 from __future__ import annotations
 

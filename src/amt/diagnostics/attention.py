@@ -3,7 +3,7 @@
 - backbone: CLS-to-patch attention of the last block (mean over heads), and attention rollout
   (Abnar & Zuidema 2020: per block A' = r I + (1 - r) mean_heads(A), rows renormalised, product
   over blocks; the CLS row over the patches). Every block's attention is recomputed from its
-  input by forward pre-hooks (`DinoBackbone._attention_probs`), so rollout covers all blocks, not
+  input by forward pre-hooks (`DinoBackbone.attention_probs`), so rollout covers all blocks, not
   only the tap blocks the model returns.
 - object queries: the last decoder layer's cross-attention of each object query over the
   multi-scale memory (`forward(batch, return_attention=True)`: aux `object_cross_attention`
@@ -66,7 +66,9 @@ def query_maps(cross: torch.Tensor, memory_shapes: list[tuple[int, int]], size: 
         total += F.interpolate(level, size=(size, size), mode="bilinear", align_corners=False)
         start += h * w
     if start != a.shape[-1]:
-        raise ValueError(f"object_cross_attention has {a.shape[-1]} memory tokens, memory_shapes {memory_shapes} give {start}")
+        raise ValueError(
+            f"object_cross_attention has {a.shape[-1]} memory tokens, memory_shapes {memory_shapes} give {start}"
+        )
     return _unit_scale(total, (2, 3))
 
 
@@ -79,7 +81,8 @@ def compute_attention(model: nn.Module, batch: dict[str, Any]) -> dict[str, Any]
     blocks = list(backbone.model.encoder.layer) if backbone is not None and hasattr(backbone, "model") else []
     captured: list[torch.Tensor] = []
     handles = [
-        blk.register_forward_pre_hook(lambda m, args: captured.append(backbone._attention_probs(m, args[0]))) for blk in blocks
+        blk.register_forward_pre_hook(lambda m, args: captured.append(backbone.attention_probs(m, args[0])))
+        for blk in blocks
     ]
     try:
         out = model(batch, return_attention=True)
@@ -110,7 +113,9 @@ def compute_attention(model: nn.Module, batch: dict[str, Any]) -> dict[str, Any]
     return result
 
 
-def overlay_heatmap(image: np.ndarray, heat: np.ndarray | torch.Tensor, alpha: float = 0.5, cmap: str = "jet") -> Image.Image:
+def overlay_heatmap(
+    image: np.ndarray, heat: np.ndarray | torch.Tensor, alpha: float = 0.5, cmap: str = "jet"
+) -> Image.Image:
     """image (H, W, 3) uint8; heat (h, w) in [0, 1] (upsampled bilinearly) -> blended RGB image."""
     heat = np.asarray(heat.cpu() if isinstance(heat, torch.Tensor) else heat, dtype=np.float32)
     H, W = image.shape[:2]
@@ -131,7 +136,12 @@ def _tile_row(tiles: list[tuple[str, Image.Image]]) -> Image.Image:
 
 
 def save_attention_maps(
-    model: nn.Module, batch: dict[str, Any], out_dir: str | Path, max_images: int = 4, top_queries: int = 3, min_px: int = 160
+    model: nn.Module,
+    batch: dict[str, Any],
+    out_dir: str | Path,
+    max_images: int = 4,
+    top_queries: int = 3,
+    min_px: int = 160,
 ) -> list[Path]:
     """Write `attention_<i>.png` per image (up to `max_images`): the input, last-block CLS
     attention, rollout, and the `top_queries` object queries with the highest object score.

@@ -19,11 +19,21 @@ from pathlib import Path
 
 import torch
 
+from amt.checkpoint import CheckpointError, load_checkpoint
+from amt.data.cache import META_FILE, ensure_cache
+from amt.data.loaders import CachedDataset, batch_to_device, collate
+from amt.diagnostics.report import format_markdown, run_diagnostics, write_debug_report
+from amt.training.config import RunConfig
+from amt.training.losses import AMTLoss, LossConfig
+from amt.training.step import TrainStep
+
 log = logging.getLogger(__name__)
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="amt debug", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="amt debug", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("checkpoint", type=Path, help="checkpoint folder (config.yaml + model.safetensors)")
     p.add_argument("--data", type=Path, required=True, help="dataset root (DexYCB layout) or a cache folder")
     p.add_argument("--out", type=Path, required=True, help="report folder")
@@ -37,31 +47,19 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _cache_folder(data: Path, split: str, size: int, workers: int) -> Path:
-    from amt.data.cache import META_FILE
-    from amt.evaluation.cli import open_or_build_cache
-
-    if (data / META_FILE).exists():
-        return data
-    return open_or_build_cache(data.expanduser().resolve(), split, size, None, workers)
-
-
 def main(argv: list[str]) -> int:
-    from amt.data.loaders import CachedDataset, batch_to_device, collate
-    from amt.diagnostics.report import format_markdown, run_diagnostics, write_debug_report
-    from amt.evaluation.cli import CheckpointError, load_checkpoint
-    from amt.training.config import build_loss_config
-    from amt.training.losses import AMTLoss
-
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         model, config = load_checkpoint(args.checkpoint, use_ema=not args.no_ema)
     except CheckpointError as exc:
         print(f"amt debug: {exc}", file=sys.stderr)
         return 1
     try:
-        cache = _cache_folder(args.data, args.split, int(model.config.image_size), args.workers)
+        if (args.data / META_FILE).exists():  # --data is a cache folder
+            cache = args.data
+        else:
+            root, size = args.data.expanduser().resolve(), int(model.config.image_size)
+            cache = ensure_cache(root, args.split, size, workers=args.workers)
     except (FileNotFoundError, ValueError, KeyError) as exc:
         print(f"amt debug: {args.data}: cannot open the data ({exc})", file=sys.stderr)
         return 1
@@ -76,15 +74,20 @@ def main(argv: list[str]) -> int:
         print(f"amt debug: {cache}: the dataset is empty", file=sys.stderr)
         return 1
     model.to(args.device)
-    loss_values = (config.get("train") or {}).get("loss") or {}
-    loss_fn = AMTLoss(build_loss_config(loss_values)).to(args.device)
-    result = run_diagnostics(model, batches, args.out, loss_fn=loss_fn, attention_images=args.attention_images)
+    loss_cfg = RunConfig.from_resolved(config["train"]).loss if config.get("train") else LossConfig()
+    loss_fn = AMTLoss(loss_cfg).to(args.device)
+    # the memory profile's step: AdamW at lr 1e-6, so the weights barely move
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-6)
+    result = run_diagnostics(
+        model, batches, args.out, loss_fn=loss_fn, attention_images=args.attention_images,
+        memory_step=TrainStep(model, loss_fn, optimizer),
+    )  # fmt: skip
     result["provenance"] = {
         "checkpoint": str(args.checkpoint.resolve()),
         "weights": config["weights"],
         "data": str(cache.resolve()),
         "device": args.device,
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }
     paths = write_debug_report(result, args.out)
     print(format_markdown(result))

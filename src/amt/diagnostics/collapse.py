@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from amt.data.loaders import batch_to_device
 from amt.geometry.rotations import quat_wxyz_to_matrix
 
 log = logging.getLogger(__name__)
@@ -63,7 +64,9 @@ class RunningMoments:
             self.count, self.mean, self.m2 = n_b, mean_b, m2_b
             return
         if self.count.shape != n_b.shape:
-            raise ValueError(f"RunningMoments: element shape changed from {tuple(self.count.shape)} to {tuple(n_b.shape)}")
+            raise ValueError(
+                f"RunningMoments: element shape changed from {tuple(self.count.shape)} to {tuple(n_b.shape)}"
+            )
         total = self.count + n_b
         delta = mean_b - self.mean
         safe = total.clamp_min(1)
@@ -187,8 +190,6 @@ def prediction_diversity(
 ) -> dict[str, HeadDiversity]:
     """Run `model` (eval mode) over `batches` (batch-contract dicts) and return the spread of
     every head (see `HEADS`), with collapsed heads flagged. Collapsed heads are logged."""
-    from amt.data.loaders import batch_to_device
-
     model.eval()
     monitor = DiversityMonitor(ratio_threshold, constant_std)
     for i, batch in enumerate(batches):
@@ -199,5 +200,7 @@ def prediction_diversity(
     result = monitor.result()
     for head in result.values():
         if head.collapsed:
-            log.warning("head %s looks collapsed: pred_std %.3g, ratio %s (%s)", head.head, head.pred_std, head.ratio, head.rule)
+            log.warning(
+                "head %s looks collapsed: pred_std %.3g, ratio %s (%s)", head.head, head.pred_std, head.ratio, head.rule
+            )
     return result

@@ -21,6 +21,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from amt.data.loaders import batch_to_device
+
 log = logging.getLogger(__name__)
 
 DEAD_RANGE = 1e-6
@@ -170,8 +172,6 @@ def find_dead_units(
 ) -> list[LayerUnits]:
     """Scan `model` (eval mode) over `batches` (dicts moved to `device`, or tensors) and return
     per-layer dead-unit counts; flagged layers are logged by name."""
-    from amt.data.loaders import batch_to_device
-
     model.eval()
     with DeadUnitScanner(model, select) as scan:
         for i, batch in enumerate(batches):

@@ -14,7 +14,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -74,41 +74,48 @@ class PhaseMemory:
         return {**asdict(self), "delta": self.delta}
 
 
-def _measure(phase: str, device: torch.device, fn: Callable[[], Any]) -> tuple[Any, PhaseMemory]:
+def measure_phase(phase: str, device: torch.device, fn: Callable[[], Any]) -> tuple[Any, PhaseMemory]:
+    """Run `fn()` and measure its memory on `device`; returns (its value, the `PhaseMemory`)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         before = torch.cuda.memory_allocated(device)
         torch.cuda.reset_peak_memory_stats(device)
         value = fn()
         torch.cuda.synchronize(device)
-        return value, PhaseMemory(phase, "cuda_allocated", before, torch.cuda.max_memory_allocated(device), torch.cuda.memory_allocated(device))
+        return value, PhaseMemory(
+            phase,
+            "cuda_allocated",
+            before,
+            torch.cuda.max_memory_allocated(device),
+            torch.cuda.memory_allocated(device),
+        )
     before = rss_bytes()
     with RSSSampler() as sampler:
         value = fn()
     return value, PhaseMemory(phase, "cpu_rss", before, sampler.peak, rss_bytes())
 
 
-def profile_step_memory(
-    model: nn.Module,
-    batch: dict[str, Any],
-    loss_fn: Callable[[dict[str, Any], dict[str, Any]], Any],
-    optimizer: torch.optim.Optimizer,
-) -> dict[str, PhaseMemory]:
-    """Run one training step (train mode) and measure each phase on the batch's device.
+class SteppableModel(Protocol):
+    """One training step split into its phases; `amt.training.step.TrainStep` is one (this
+    package sits below training, so the step is passed in, not imported)."""
 
-    loss_fn: (outputs, batch) -> total or (total, terms). Returns {"forward", "backward",
-    "optimizer"} -> `PhaseMemory`. The optimizer does update the parameters.
-    """
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+
+    def forward(self, batch: dict[str, Any]) -> tuple[torch.Tensor, Any, Any]:
+        """(total loss, terms, outputs) of one batch."""
+        ...
+
+
+def profile_step_memory(step: SteppableModel, batch: dict[str, Any]) -> dict[str, PhaseMemory]:
+    """Run one training step of `step` (train mode) on `batch` and measure each phase on the
+    batch's device. Returns {"forward", "backward", "optimizer"} -> `PhaseMemory`. The
+    optimizer does update the parameters."""
     device = batch["image"].device
-    model.train()
-    optimizer.zero_grad(set_to_none=True)
-
-    def forward() -> torch.Tensor:
-        total = loss_fn(model(batch), batch)
-        return total[0] if isinstance(total, tuple) else total
-
-    total, fwd = _measure("forward", device, forward)
-    _, bwd = _measure("backward", device, total.backward)
-    _, opt = _measure("optimizer", device, optimizer.step)
-    optimizer.zero_grad(set_to_none=True)
+    step.model.train()
+    step.optimizer.zero_grad(set_to_none=True)
+    total, fwd = measure_phase("forward", device, lambda: step.forward(batch)[0])
+    _, bwd = measure_phase("backward", device, total.backward)
+    _, opt = measure_phase("optimizer", device, step.optimizer.step)
+    step.optimizer.zero_grad(set_to_none=True)
     return {p.phase: p for p in (fwd, bwd, opt)}

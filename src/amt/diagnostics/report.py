@@ -7,7 +7,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -21,7 +20,8 @@ from amt.diagnostics.attention import save_attention_maps
 from amt.diagnostics.collapse import DiversityMonitor
 from amt.diagnostics.dead_units import find_dead_units
 from amt.diagnostics.gradients import module_grad_norms, trace_non_finite
-from amt.diagnostics.memory import profile_step_memory
+from amt.diagnostics.memory import SteppableModel, profile_step_memory
+from amt.jsonio import write_json
 
 log = logging.getLogger(__name__)
 
@@ -37,18 +37,22 @@ def run_diagnostics(
     loss_fn: LossFn | None = None,
     attention_images: int = 4,
     grad_depth: int = 2,
-    memory: bool = True,
+    memory_step: SteppableModel | None = None,
 ) -> dict[str, Any]:
     """Diagnose `model` on `batches` (batch-contract dicts already on the model's device).
 
     Diversity and dead units use every batch (eval mode, no gradients); attention the first
-    batch; gradient health and the memory profile one training step on the first batch with
-    `loss_fn` (skipped without one). The memory step updates the weights (AdamW, lr 1e-6), so
-    it runs last.
+    batch; gradient health one backward on the first batch with `loss_fn` (skipped without
+    one); the memory profile one step of `memory_step` (an `amt.training.step.TrainStep` over
+    `model`; skipped without one or without `loss_fn`) on the first batch. The memory step
+    updates the weights, so it runs last.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    result: dict[str, Any] = {"num_batches": len(batches), "num_samples": sum(int(b["image"].shape[0]) for b in batches)}
+    result: dict[str, Any] = {
+        "num_batches": len(batches),
+        "num_samples": sum(int(b["image"].shape[0]) for b in batches),
+    }
 
     monitor = DiversityMonitor()
     model.eval()
@@ -56,7 +60,9 @@ def run_diagnostics(
         for batch in batches:
             monitor.update(model(batch), batch)
     result["diversity"] = {k: v.to_dict() for k, v in monitor.result().items()}
-    result["dead_units"] = [layer.to_dict() for layer in find_dead_units(model, batches, device=batches[0]["image"].device)]
+    result["dead_units"] = [
+        layer.to_dict() for layer in find_dead_units(model, batches, device=batches[0]["image"].device)
+    ]
     try:
         paths = save_attention_maps(model, batches[0], out, max_images=attention_images)
         result["attention"] = {"images": [p.name for p in paths]}
@@ -69,10 +75,8 @@ def run_diagnostics(
         result["non_finite"] = report.to_dict()
         result["gradients"] = module_grad_norms(model, grad_depth)
         model.zero_grad(set_to_none=True)
-        if memory:
-            params = [p for p in model.parameters() if p.requires_grad]
-            optimizer = torch.optim.AdamW(params, lr=1e-6)
-            phases = profile_step_memory(model, batches[0], loss_fn, optimizer)
+        if memory_step is not None:
+            phases = profile_step_memory(memory_step, batches[0])
             result["memory"] = {k: v.to_dict() for k, v in phases.items()}
     else:
         result["non_finite"] = trace_non_finite(model, batches[0]).to_dict()
@@ -92,9 +96,18 @@ def format_markdown(result: dict[str, Any], title: str = "AMT debug report") -> 
     """The report's tables as Markdown."""
     parts = [f"# {title}", f"{result['num_samples']} samples in {result['num_batches']} batches."]
     if result.get("provenance"):
-        parts.append("Checkpoint `{checkpoint}`, data `{data}`, device `{device}`, {date}.".format(**result["provenance"]))
+        parts.append(
+            "Checkpoint `{checkpoint}`, data `{data}`, device `{device}`, {date}.".format(**result["provenance"])
+        )
     rows = [
-        [h["head"], _fmt(h["pred_std"]), _fmt(h["gt_std"]), _fmt(h["ratio"], 3), "COLLAPSED" if h["collapsed"] else "ok", h["rule"]]
+        [
+            h["head"],
+            _fmt(h["pred_std"]),
+            _fmt(h["gt_std"]),
+            _fmt(h["ratio"], 3),
+            "COLLAPSED" if h["collapsed"] else "ok",
+            h["rule"],
+        ]
         for h in result["diversity"].values()
     ]
     parts += [
@@ -119,8 +132,14 @@ def format_markdown(result: dict[str, Any], title: str = "AMT debug report") -> 
         rows = sorted(result["gradients"].items(), key=lambda kv: -kv[1] if kv[1] == kv[1] else float("inf"))
         parts.append(tabulate([[k, f"{v:.3e}"] for k, v in rows], headers=["module", "grad norm"], tablefmt="pipe"))
     if result.get("memory"):
-        rows = [[k, v["kind"], _mib(v["before"]), _mib(v["peak"]), _mib(v["after"]), _mib(v["delta"])] for k, v in result["memory"].items()]
-        parts += ["## Memory per phase (MiB)", tabulate(rows, headers=["phase", "measure", "before", "peak", "after", "delta"], tablefmt="pipe")]
+        rows = [
+            [k, v["kind"], _mib(v["before"]), _mib(v["peak"]), _mib(v["after"]), _mib(v["delta"])]
+            for k, v in result["memory"].items()
+        ]
+        parts += [
+            "## Memory per phase (MiB)",
+            tabulate(rows, headers=["phase", "measure", "before", "peak", "after", "delta"], tablefmt="pipe"),
+        ]
     images = result.get("attention", {}).get("images", [])
     parts.append("## Attention")
     parts += [f"![{name}]({name})" for name in images] or ["not available: " + result["attention"].get("skipped", "")]
@@ -129,11 +148,9 @@ def format_markdown(result: dict[str, Any], title: str = "AMT debug report") -> 
 
 def write_debug_report(result: dict[str, Any], out_dir: str | Path) -> dict[str, Path]:
     """Write debug.json and debug.md under `out_dir`; returns their paths."""
-    from amt.evaluation.report import _jsonable
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"json": out / DEBUG_JSON, "markdown": out / DEBUG_MD}
-    paths["json"].write_text(json.dumps(_jsonable(result), indent=2) + "\n")
+    write_json(paths["json"], result)
     paths["markdown"].write_text(format_markdown(result))
     return paths

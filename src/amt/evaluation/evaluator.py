@@ -6,7 +6,7 @@ Two steps, usable separately:
   and gathers predictions and ground truth of the whole split as numpy arrays
   (`Predictions`), including the Hungarian matching of object queries to ground-truth slots.
 * `compute_metrics(predictions, object_models, ...)` turns them into the report dict
-  (docs/metrics.md "The evaluation report"): hand, objects, contacts, collapse ratio and,
+  (docs/metrics.md): hand, objects, contacts, collapse ratio and,
   given the training split, the two honest baselines.
 
 `evaluate(...)` does both. Units: metres in the arrays, millimetres in reported errors.
@@ -34,7 +34,7 @@ from amt.data.ycb import SYMMETRIC_IDS, YCB_CLASSES
 from amt.evaluation import metrics
 from amt.geometry.hand_skeleton import JOINT_NAMES
 from amt.geometry.rotations import geodesic_angle, quat_wxyz_to_matrix
-from amt.training.matching import match_objects
+from amt.models.matching import match_objects
 
 log = logging.getLogger(__name__)
 
@@ -327,19 +327,6 @@ def _contact_metrics(pred: Predictions, inst: dict[str, np.ndarray], threshold: 
     }
 
 
-def collapse_ratio(pred_joints: np.ndarray, gt_joints: np.ndarray) -> float:
-    """Std of predicted root-relative joints across samples / the same for the ground truth.
-
-    pred_joints, gt_joints: (N, 21, 3). Std per coordinate over N, averaged over coordinates.
-    Near 0 means the model predicts (almost) the same hand for every image.
-    """
-    pred_joints, gt_joints = np.asarray(pred_joints, np.float64), np.asarray(gt_joints, np.float64)
-    pred_rr = pred_joints - pred_joints[:, :1]
-    gt_rr = gt_joints - gt_joints[:, :1]
-    gt_std = float(gt_rr.std(axis=0).mean())
-    return float(pred_rr.std(axis=0).mean()) / gt_std if gt_std > 0 else float("nan")
-
-
 def _baselines(pred: Predictions, inst: dict[str, np.ndarray], stats: TrainingStatistics) -> dict[str, Any]:
     valid = pred.gt["hand_valid"]
     gt_mm = pred.gt["joints_3d"][valid].astype(np.float64) * 1000
@@ -385,7 +372,7 @@ def compute_metrics(
         "hand_details": hand_details,
         "objects": _object_metrics(inst),
         "contacts": _contact_metrics(pred, inst, contact_threshold),
-        "collapse_ratio": collapse_ratio(pred.joints_3d[valid], pred.gt["joints_3d"][valid]),
+        "collapse_ratio": metrics.collapse_ratio(pred.joints_3d[valid], pred.gt["joints_3d"][valid]),
         "baselines": _baselines(pred, inst, train_stats) if train_stats is not None else None,
     }
     result["model_vs_baselines"] = {
@@ -419,6 +406,8 @@ def evaluate(
     result["predictions"] = pred
     log.info(
         "evaluated %d samples: root-relative MPJPE %.2f mm, collapse ratio %.3f",
-        len(pred), result["hand"]["root-relative"]["mpjpe"], result["collapse_ratio"],
+        len(pred),
+        result["hand"]["root-relative"]["mpjpe"],
+        result["collapse_ratio"],
     )
     return result

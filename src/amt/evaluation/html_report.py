@@ -19,19 +19,18 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+import numpy as np
+import yaml
+from matplotlib.figure import Figure
+from PIL import Image
+from tabulate import tabulate
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import yaml  # noqa: E402
-from PIL import Image  # noqa: E402
-from tabulate import tabulate  # noqa: E402
-
-from amt.data.ycb import SYMMETRIC_IDS, YCB_CLASSES  # noqa: E402
-from amt.evaluation import metrics  # noqa: E402
-from amt.evaluation.evaluator import ALIGNMENTS, Predictions, joints_mm  # noqa: E402
-from amt.evaluation.report import overlay_pair  # noqa: E402
+from amt.data.object_models import ObjectModels
+from amt.data.transforms import denormalize_images
+from amt.data.ycb import SYMMETRIC_IDS, YCB_CLASSES
+from amt.evaluation import metrics
+from amt.evaluation.evaluator import ALIGNMENTS, Predictions, joints_mm, object_instances
+from amt.evaluation.report import overlay_pair
 
 log = logging.getLogger(__name__)
 
@@ -48,14 +47,13 @@ pre { background: #f5f5f5; padding: 0.5em; overflow-x: auto; font-size: 0.8em; }
 """
 
 
-def png_data_uri(image: Image.Image | Any) -> str:
-    """A PIL image or a matplotlib figure (closed afterwards) as a `data:image/png;base64` URI."""
+def png_data_uri(image: Image.Image | Figure) -> str:
+    """A PIL image or a matplotlib `Figure` as a `data:image/png;base64` URI."""
     buf = io.BytesIO()
     if isinstance(image, Image.Image):
         image.save(buf, format="PNG")
     else:
         image.savefig(buf, format="png")
-        plt.close(image)
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
@@ -85,9 +83,10 @@ def _f(x: float | None, scale: float = 1.0) -> float | None:
 # --- plots --------------------------------------------------------------------------------------
 
 
-def pck_figure(hand: dict[str, Any], details: dict[str, Any]) -> Any:
+def pck_figure(hand: dict[str, Any], details: dict[str, Any]) -> Figure:
     curves = details["pck_curves"]
-    fig, ax = plt.subplots(figsize=(5, 3.6), dpi=100)
+    fig = Figure(figsize=(5, 3.6), dpi=100)
+    ax = fig.subplots()
     for a in ALIGNMENTS:
         ax.plot(curves["thresholds_mm"], curves[a], label=f"{a} (AUC {hand[a]['auc']:.3f})")
     ax.set(xlabel="threshold (mm)", ylabel="3D PCK", xlim=(0, 50), ylim=(0, 1), title="hand: PCK")
@@ -103,14 +102,21 @@ def accuracy_curve(errors: np.ndarray, thresholds: np.ndarray = ADD_THRESHOLDS_M
     return (e <= thresholds[None]).mean(0) if e.size else np.zeros_like(thresholds)
 
 
-def add_figure(inst: dict[str, np.ndarray], key: str, title: str) -> Any:
+def add_figure(inst: dict[str, np.ndarray], key: str, title: str) -> Figure:
     """Per-object accuracy-threshold curves of `inst[key]` (m), AUC (official) in the legend."""
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    fig = Figure(figsize=(6, 4), dpi=100)
+    ax = fig.subplots()
     for cid in sorted(set(inst["class"].tolist())):
         e = inst[key][inst["class"] == cid]
         ax.plot(ADD_THRESHOLDS_M * 100, accuracy_curve(e), label=f"{YCB_CLASSES[cid]} ({100 * metrics.add_auc(e):.1f})")
     everything = inst[key]
-    ax.plot(ADD_THRESHOLDS_M * 100, accuracy_curve(everything), "k--", lw=2, label=f"all ({100 * metrics.add_auc(everything):.1f})")
+    ax.plot(
+        ADD_THRESHOLDS_M * 100,
+        accuracy_curve(everything),
+        "k--",
+        lw=2,
+        label=f"all ({100 * metrics.add_auc(everything):.1f})",
+    )
     ax.set(xlabel="threshold (cm)", ylabel="accuracy", xlim=(0, 10), ylim=(0, 1), title=f"{title} (AUC x100)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=6, loc="upper left", ncol=2)
@@ -174,7 +180,11 @@ def _objects_section(objects: dict[str, Any], inst: dict[str, np.ndarray] | None
 def _contacts_section(c: dict[str, Any]) -> str:
     keys = ("accuracy", "precision", "recall", "f1", "majority_class_rate", "contact_point_error_mm")
     rows = [[k, c[k]] for k in keys]
-    return f"<h2>Contacts ({c['num_objects']} matched objects)</h2>" + _table(rows, ["contact", "value"]) + f"<p>{html.escape(c['forces'])}.</p>"
+    return (
+        f"<h2>Contacts ({c['num_objects']} matched objects)</h2>"
+        + _table(rows, ["contact", "value"])
+        + f"<p>{html.escape(c['forces'])}.</p>"
+    )
 
 
 def _baselines_section(result: dict[str, Any]) -> str:
@@ -185,16 +195,21 @@ def _baselines_section(result: dict[str, Any]) -> str:
     rows = [
         ["root-relative MPJPE (mm)", mvb["hand_root_relative_mpjpe"], base["hand_root_relative_mpjpe"]],
         ["object translation error (mm)", mvb["object_translation_error"], base["object_translation_error"]],
-        ["grasped-object translation error (mm)", mvb.get("object_translation_error_grasped"),
-         base.get("object_translation_error_grasped")],
+        [
+            "grasped-object translation error (mm)",
+            mvb.get("object_translation_error_grasped"),
+            base.get("object_translation_error_grasped"),
+        ],
     ]
-    return "<h2>Baselines</h2>" + _table(rows, ["metric", "model", "baseline"]) + f"<p>{html.escape(base['description'])}</p>"
+    return (
+        "<h2>Baselines</h2>"
+        + _table(rows, ["metric", "model", "baseline"])
+        + f"<p>{html.escape(base['description'])}</p>"
+    )
 
 
 def _sample_image(dataset: Any, position: int) -> np.ndarray:
     """(S, S, 3) uint8 RGB crop of dataset sample `position`."""
-    from amt.data.transforms import denormalize_images
-
     image = dataset[int(position)]["image"]
     if image.is_floating_point():
         image = (denormalize_images(image[None].float())[0].clamp(0, 1) * 255).round().byte()
@@ -205,22 +220,23 @@ def _gallery_section(pred: Predictions, dataset: Any, count: int) -> str:
     valid = np.flatnonzero(pred.gt["hand_valid"])
     if dataset is None or not len(valid):
         return ""
-    err = metrics.joint_errors(joints_mm(pred.joints_3d[valid]), joints_mm(pred.gt["joints_3d"][valid]), "root-relative")
+    err = metrics.joint_errors(
+        joints_mm(pred.joints_3d[valid]), joints_mm(pred.gt["joints_3d"][valid]), "root-relative"
+    )
     worst = valid[np.argsort(-err.mean(-1))[:count]]
     per_sample = dict(zip(valid.tolist(), err.mean(-1).tolist(), strict=True))
     tiles = []
     for i in worst.tolist():
         pair = overlay_pair(_sample_image(dataset, pred.position[i]), pred, i)
         caption = f"index {int(pred.index[i])}: root-relative MPJPE {per_sample[i]:.1f} mm"
-        tiles.append(f"<figure>{_img(png_data_uri(pair), caption)}<figcaption>{html.escape(caption)}</figcaption></figure>")
+        tiles.append(
+            f"<figure>{_img(png_data_uri(pair), caption)}<figcaption>{html.escape(caption)}</figcaption></figure>"
+        )
     return f"<h2>Worst {len(tiles)} samples (ground truth left, prediction right)</h2><div class=gallery>{''.join(tiles)}</div>"
 
 
 def render_html(result: dict[str, Any], provenance_info: dict[str, Any], dataset: Any = None, gallery: int = 8) -> str:
     """The whole report as one HTML string (see the module docstring)."""
-    from amt.data.object_models import ObjectModels
-    from amt.evaluation.evaluator import object_instances
-
     pred: Predictions | None = result.get("predictions")
     inst = None
     root = provenance_info.get("data_root")
@@ -230,7 +246,9 @@ def render_html(result: dict[str, Any], provenance_info: dict[str, Any], dataset
     title = f"AMT evaluation: {provenance_info.get('split')}"
     body = [f"<h1>{html.escape(title)}</h1>"]
     if synthetic:
-        body.append('<p class="synthetic">SYNTHETIC DATA: these numbers are not comparable with results on real DexYCB.</p>')
+        body.append(
+            '<p class="synthetic">SYNTHETIC DATA: these numbers are not comparable with results on real DexYCB.</p>'
+        )
     body += [
         _hand_section(result),
         _objects_section(result["objects"], inst),
@@ -247,7 +265,9 @@ def render_html(result: dict[str, Any], provenance_info: dict[str, Any], dataset
     )  # fmt: skip
 
 
-def write_html_report(result: dict[str, Any], out_dir: str | Path, provenance_info: dict[str, Any], dataset: Any = None) -> Path:
+def write_html_report(
+    result: dict[str, Any], out_dir: str | Path, provenance_info: dict[str, Any], dataset: Any = None
+) -> Path:
     """Write `out_dir/report.html`; dataset (the evaluated `CachedDataset`) feeds the gallery."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

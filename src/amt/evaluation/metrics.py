@@ -1,4 +1,4 @@
-"""Official DexYCB / YCB-Video metrics (docs/dexycb_spec.md sections 5-6, docs/metrics.md).
+"""Official DexYCB / YCB-Video metrics (definitions and units: docs/metrics.md).
 
 Inputs may be numpy arrays or torch tensors; everything is computed in float64 numpy. Hand
 errors are reported in millimetres, object errors in the units of the model points given.
@@ -122,7 +122,7 @@ def add_auc(errors: Any, max_threshold: float = 0.1) -> float:
     fraction (papers print x100).
 
     errors: (n,) metres; inf (or any non-finite value) for missed instances. Errors above
-    `max_threshold` count as misses. VOC-style accumulation (dexycb_spec.md 6.2).
+    `max_threshold` count as misses. VOC-style accumulation (docs/metrics.md "Objects").
     """
     e = np.sort(_np(errors).reshape(-1))
     n = e.size
@@ -145,3 +145,17 @@ def accuracy_within_diameter(errors: Any, diameters: Any, fraction: float = 0.1)
     e = _np(errors).reshape(-1)
     d = np.broadcast_to(_np(diameters), e.shape)
     return float(np.mean(e < fraction * d)) if e.size else float("nan")
+
+
+def collapse_ratio(pred_joints: Any, gt_joints: Any) -> float:
+    """Std of predicted root-relative joints across samples / the same for the ground truth.
+
+    pred_joints, gt_joints: (N, 21, 3), any unit (the ratio has none), numpy or torch. Std per
+    coordinate over N, averaged over coordinates, in float64. Near 0 means the model predicts
+    (almost) the same hand for every image; NaN when the ground truth has no spread.
+    """
+    pred_joints, gt_joints = _np(pred_joints), _np(gt_joints)
+    pred_rr = pred_joints - pred_joints[:, :1]
+    gt_rr = gt_joints - gt_joints[:, :1]
+    gt_std = float(gt_rr.std(axis=0).mean())
+    return float(pred_rr.std(axis=0).mean()) / gt_std if gt_std > 0 else float("nan")

@@ -8,13 +8,13 @@
     hpe_submission.txt   the official HPE submission (index + 63 values in mm per line)
     bop_results.csv      BOP-2019 CSV of the object predictions (t in mm)
 
-Plots use matplotlib's Agg backend; pictures are drawn with PIL.
+Plots are matplotlib `Figure` objects saved directly (no pyplot: importing this module leaves the
+global backend alone); pictures are drawn with PIL.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 import math
 import platform
@@ -22,18 +22,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+from PIL import Image, ImageDraw
+from tabulate import tabulate
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from PIL import Image, ImageDraw  # noqa: E402
-from tabulate import tabulate  # noqa: E402
-
-from amt.evaluation import metrics, submission  # noqa: E402
-from amt.evaluation.evaluator import ALIGNMENTS, Predictions, joints_mm  # noqa: E402
-from amt.geometry.hand_skeleton import BONES, FINGER_JOINTS  # noqa: E402
+from amt.evaluation import metrics, submission
+from amt.evaluation.evaluator import ALIGNMENTS, Predictions, joints_mm
+from amt.geometry.hand_skeleton import BONES, FINGER_JOINTS
+from amt.jsonio import write_json
 
 log = logging.getLogger(__name__)
 
@@ -68,25 +66,8 @@ def provenance(
             "device": str(device),
             "cuda_device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         },
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }
-
-
-def _jsonable(value: Any) -> Any:
-    """Numbers as JSON allows them: NaN and inf become None, numpy scalars plain floats."""
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return _jsonable(value.tolist())
-    if isinstance(value, (np.floating, float)):
-        return float(value) if math.isfinite(value) else None
-    if isinstance(value, np.integer):
-        return int(value)
-    if isinstance(value, np.bool_):
-        return bool(value)
-    return value
 
 
 # --- tables ----------------------------------------------------------------------------------
@@ -179,7 +160,8 @@ def format_tables(result: dict[str, Any]) -> str:
 def plot_pck_curves(hand: dict[str, Any], hand_details: dict[str, Any], path: str | Path) -> Path:
     """PCK over 0-50 mm for the three alignments, AUC in the legend."""
     curves = hand_details["pck_curves"]
-    fig, ax = plt.subplots(figsize=(5, 4), dpi=100)
+    fig = Figure(figsize=(5, 4), dpi=100)
+    ax = fig.subplots()
     for a in ALIGNMENTS:
         ax.plot(curves["thresholds_mm"], curves[a], label=f"{a} (AUC {hand[a]['auc']:.3f})")
     ax.set(xlabel="threshold (mm)", ylabel="PCK", xlim=(0, 50), ylim=(0, 1), title="3D PCK")
@@ -187,14 +169,14 @@ def plot_pck_curves(hand: dict[str, Any], hand_details: dict[str, Any], path: st
     ax.legend(loc="lower right")
     fig.tight_layout()
     fig.savefig(path)
-    plt.close(fig)
     return Path(path)
 
 
 def plot_training_curves(history: dict[str, Sequence[tuple[int, float]]], path: str | Path) -> Path:
     """Loss curves: `history` maps a name to (step, value) pairs; log-scale y when all positive.
     Curves that stay at 0 (terms inactive in the run, e.g. temporal without sequences) are left out."""
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    fig = Figure(figsize=(6, 4), dpi=100)
+    ax = fig.subplots()
     positive = True
     for name, points in history.items():
         if not points or all(v == 0 for _, v in points):
@@ -209,7 +191,6 @@ def plot_training_curves(history: dict[str, Sequence[tuple[int, float]]], path: 
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path)
-    plt.close(fig)
     return Path(path)
 
 
@@ -321,7 +302,9 @@ def write_bop_csv(
             score = float(pred.obj_prob[i, q, cls])
             if cls == none or score < min_score:
                 continue
-            rows.append(submission.BopEstimate(int(scene_id), int(im_id), cls + 1, score, pred.obj_R[i, q], pred.obj_t[i, q]))
+            rows.append(
+                submission.BopEstimate(int(scene_id), int(im_id), cls + 1, score, pred.obj_R[i, q], pred.obj_t[i, q])
+            )
     return submission.write_bop_csv(path, rows, bop_frame=True)
 
 
@@ -338,7 +321,7 @@ def write_report(
     numbers = {k: v for k, v in result.items() if k != "predictions"}
     report = {**numbers, "provenance": provenance_info, "synthetic_data": provenance_info["synthetic_data"]}
     paths = {"json": out / REPORT_JSON, "markdown": out / REPORT_MD}
-    paths["json"].write_text(json.dumps(_jsonable(report), indent=2) + "\n")
+    write_json(paths["json"], report)
     header = f"# AMT evaluation\n\nsplit {provenance_info['split']} of {provenance_info['data_root']}"
     if provenance_info["synthetic_data"]:
         header += " (SYNTHETIC data)"

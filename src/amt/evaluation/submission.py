@@ -1,7 +1,7 @@
 """Files the official toolkits score: the DexYCB HPE text file and BOP-2019 CSVs.
 
-HPE (dexycb_spec.md section 5): one line per sample, `index,x1,y1,z1,...,x21,y21,z21`,
-millimetres, camera frame. BOP (section 6.1): `scene_id,im_id,obj_id,score,R,t,time`.
+HPE (docs/metrics.md "Files for the official toolkits"): one line per sample, `index,x1,y1,z1,...,x21,y21,z21`,
+millimetres, camera frame. BOP: `scene_id,im_id,obj_id,score,R,t,time`.
 
 Two BOP flavours exist and must not be mixed up:
 - `bop_frame=True` (default): what `bop_toolkit`'s `eval_bop19.py` reads, i.e. what the DexYCB
@@ -84,7 +84,12 @@ def _ground_truth_mm(dataset_or_gt: DexYCB | Mapping[int, Any]) -> dict[int, np.
     gt: dict[int, np.ndarray] = {}
     if isinstance(dataset_or_gt, DexYCB):
         items = (
-            (i, read_labels(m.label_file, len(dataset_or_gt.sequences[dataset_or_gt.sequence_index[i]].ycb_ids))["joint_3d"])
+            (
+                i,
+                read_labels(m.label_file, len(dataset_or_gt.sequences[dataset_or_gt.sequence_index[i]].ycb_ids))[
+                    "joint_3d"
+                ],
+            )
             for i, m in enumerate(dataset_or_gt.records)
         )
     else:
@@ -113,6 +118,12 @@ def score_hpe_submission(path: str | Path, dataset_or_gt: DexYCB | Mapping[int, 
     keys = list(gt)
     logger.info("scoring %s: %d valid samples (%d lines)", path, len(keys), len(pred))
     return hpe_metrics(np.stack([pred[k] for k in keys]), np.stack([gt[k] for k in keys]), units="mm")
+
+
+def bop_ids(root: str | Path, split: str, indices: Iterable[int]) -> list[tuple[int, int]]:
+    """(scene_id, im_id) of each split sample index: the BOP keys of `write_bop_csv` rows."""
+    reader = DexYCB(root, split, load_image=False)
+    return [(int(reader.scene_id[i]), int(reader.im_id[i])) for i in indices]
 
 
 @dataclass(frozen=True)

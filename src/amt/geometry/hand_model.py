@@ -118,7 +118,7 @@ class HandShape:
         """A human-like hand: global scale in [0.85, 1.15] and +-5 % per-bone variation."""
         rng = rng if rng is not None else np.random.default_rng(0)
         s = float(rng.uniform(0.85, 1.15)) if scale is None else scale
-        jitter = lambda shape: rng.uniform(0.95, 1.05, size=shape)  # noqa: E731
+        jitter = lambda shape: rng.uniform(0.95, 1.05, size=shape)
         lengths = np.array([BONE_LENGTHS[f] for f in FINGERS]) * s * jitter((5, 3))
         radii = np.array([BONE_RADII[f] for f in FINGERS]) * s * jitter((5, 1))
         bases = np.array([BASE_POSITIONS[f] for f in FINGERS]) * s
@@ -243,7 +243,7 @@ class CapsuleTemplate:
         self.unit = np.concatenate([lower_v, upper_v])  # directions (= normals), (V, 3)
         self.is_upper = np.arange(len(self.unit)) >= len(lower_v)
         faces = []
-        for half, off in ((lower_v, 0), (upper_v, len(lower_v))):
+        for _half, off in ((lower_v, 0), (upper_v, len(lower_v))):
             flip = off == 0
             for ring in range(len(upper) - 1):
                 for s in range(sectors):

@@ -1,6 +1,6 @@
 """A small MANO layer (linear blend skinning) that reads the official pickles without chumpy.
 
-Semantics follow manopth as the DexYCB toolkit uses it (docs/dexycb_spec.md section 2):
+Semantics follow manopth as the DexYCB toolkit uses it (docs/data.md "MANO parameters"):
 `flat_hand_mean=False`, so `hands_mean` is added to the 45 articulated axis-angle values;
 `pca_to_hand_pose` maps DexYCB's 45 PCA coefficients (`pose_m[3:48]`) to that axis-angle
 input. Outputs are in metres (the pickle's unit) and joints in DexYCB order (16 regressed
@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import scipy.sparse
 import torch
 from torch import nn
 
@@ -60,7 +61,9 @@ def load_mano_pickle(path: str | Path) -> dict[str, np.ndarray]:
     """Read a MANO_RIGHT.pkl / MANO_LEFT.pkl into plain numpy arrays (no chumpy needed)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"MANO file not found: {path} (download MANO_RIGHT.pkl / MANO_LEFT.pkl from mano.is.tue.mpg.de)")
+        raise FileNotFoundError(
+            f"MANO file not found: {path} (download MANO_RIGHT.pkl / MANO_LEFT.pkl from mano.is.tue.mpg.de)"
+        )
     with path.open("rb") as f:
         raw = _ManoUnpickler(f, encoding="latin1").load()
     missing = [k for k in REQUIRED_KEYS if k not in raw]
@@ -81,7 +84,7 @@ class ManoLayer(nn.Module):
         if side not in ("right", "left"):
             raise ValueError(f"MANO side must be 'right' or 'left', got {side!r}")
         self.side = side
-        f32 = lambda a: torch.as_tensor(np.asarray(a, dtype=np.float32))  # noqa: E731
+        f32 = lambda a: torch.as_tensor(np.asarray(a, dtype=np.float32))
         v_template = f32(arrays["v_template"])
         num_verts = v_template.shape[0]
         self._constant("v_template", v_template)  # (V, 3)
@@ -159,8 +162,6 @@ MANO_PARENTS: tuple[int, ...] = (-1, 0, 1, 2, 0, 4, 5, 0, 7, 8, 0, 10, 11, 0, 13
 def fake_mano_arrays(seed: int = 0) -> dict[str, Any]:
     """Random arrays with the real MANO keys, shapes and types (J_regressor scipy-sparse), for
     tests and demos where the licensed file is absent. Not a hand: random values, metres."""
-    import scipy.sparse
-
     rng = np.random.default_rng(seed)
     V, J = 778, 16
     v_template = rng.uniform(-0.05, 0.05, size=(V, 3)) + np.array([0.0, -0.05, 0.0])

@@ -8,8 +8,8 @@ Everything is measured in the same process on the same device:
   whole-model / backbone time ratio;
 - model FLOPs counted by `torch.utils.flop_counter.FlopCounterMode` (plus CPU SDPA, which it
   does not count by itself), achieved FLOP/s and their share of the ceiling;
-- one training step (forward, `amt.training.losses.AMTLoss`, backward, AdamW) on synthetic
-  batch-contract tensors, or on a cache folder (GPUCachedDataset on CUDA);
+- one training step (forward, `amt.training.losses.AMTLoss`, backward, AdamW) on a fake
+  batch-contract batch (`amt.testing.random_batch`), or on a cache folder (GPUCachedDataset on CUDA);
 - peak memory: CUDA max allocated per phase; on CPU the process's peak RSS so far.
 Weights are random: speed does not depend on them.
 """
@@ -17,7 +17,6 @@ Weights are random: speed does not depend on them.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime as dt
 import json
 import logging
@@ -35,7 +34,13 @@ import torch
 import torch.utils.flop_counter as fc
 from torch import nn
 
+from amt.data.loaders import GPUCachedDataset
+from amt.inference.export import example_inputs
 from amt.inference.fastpath import FastPath, FastPathConfig, autocast_dtype
+from amt.models import build_model
+from amt.testing import random_batch
+from amt.training.losses import AMTLoss
+from amt.training.step import TrainStep
 
 log = logging.getLogger(__name__)
 
@@ -169,86 +174,30 @@ class BackboneOnly(nn.Module):
         return (out["cls"], out["patches"], *out["taps"])
 
 
-def synthetic_batch(batch: int, device: torch.device, size: int = 224, slots: int = 10, seed: int = 0) -> dict:
-    """A batch-contract dict of plausible random labels: a hand ~0.6 m away, 2-3 objects near it."""
-    from amt.geometry.camera import project
-    from amt.geometry.rotations import axis_angle_to_matrix
-
-    g = torch.Generator().manual_seed(seed)
-    f = size * 2.5 + 20 * torch.rand(batch, generator=g)
-    K = torch.zeros(batch, 3, 3)
-    K[:, 0, 0], K[:, 1, 1], K[:, 0, 2], K[:, 1, 2], K[:, 2, 2] = f, f, size / 2, size / 2, 1.0
-    root = torch.stack([torch.zeros(batch), torch.zeros(batch), 0.55 + 0.1 * torch.rand(batch, generator=g)], -1)
-    joints = root[:, None] + 0.04 * torch.randn(batch, 21, 3, generator=g)
-    n_obj = 2 + torch.randint(0, 2, (batch,), generator=g)
-    valid = torch.arange(slots)[None] < n_obj[:, None]
-    obj_t = root[:, None] + 0.08 * torch.randn(batch, slots, 3, generator=g)
-    obj_R = axis_angle_to_matrix(torch.randn(batch, slots, 3, generator=g))
-    obj_class = torch.where(valid, torch.randint(1, 22, (batch, slots), generator=g), 0)
-    contact_valid = valid & (torch.rand(batch, slots, generator=g) < 0.5)
-    out = {
-        "image": torch.randn(batch, 3, size, size, generator=g),
-        "K": K,
-        "joints_3d": joints,
-        "joints_2d": project(joints, K),
-        "hand_valid": torch.ones(batch, dtype=torch.bool),
-        "mano_pose": torch.zeros(batch, 48),
-        "mano_shape": torch.zeros(batch, 10),
-        "mano_valid": torch.zeros(batch, dtype=torch.bool),
-        "obj_R": obj_R,
-        "obj_t": obj_t,
-        "obj_class": obj_class,
-        "obj_valid": valid,
-        "grasped": torch.zeros(batch, dtype=torch.long),
-        "contact_points": obj_t + 0.02 * torch.randn(batch, slots, 3, generator=g),
-        "contact_valid": contact_valid,
-    }
-    out = {k: v.to(device) for k, v in out.items()}
-    out["meta"] = [{"synthetic": True}] * batch
-    return out
-
-
-def _loss_fn() -> tuple[Callable, str]:
-    try:
-        from amt.training.losses import AMTLoss
-    except ImportError:
-        log.warning("amt.training.losses.AMTLoss not available: training step uses an L1 joint loss")
-        return (lambda out, batch: (out["joints_3d"] - batch["joints_3d"]).abs().mean()), "L1 joints (AMTLoss missing)"
-    loss = AMTLoss()
-    return (lambda out, batch: loss(out, batch)[0]), "AMTLoss"
-
-
 def _train_batches(cfg: BenchConfig, device: torch.device, batch: int):
     """Endless batches: from the cache (GPUCachedDataset on the device) or one synthetic batch."""
     if cfg.cache is None:
-        fixed = synthetic_batch(batch, device)
+        fixed = random_batch(batch, device=device)
         while True:
             yield fixed
-    from amt.data.loaders import GPUCachedDataset
-
     data = GPUCachedDataset(cfg.cache, device)
     g = torch.Generator(device="cpu").manual_seed(0)
     while True:
         yield from data.batches(batch, shuffle=True, generator=g, drop_last=True)
 
 
-def bench_train(model: nn.Module, cfg: BenchConfig, device: torch.device, batch: int, iters: int, warmup: int, ceiling: float) -> dict:
-    """Samples/s of full training steps (forward, loss, backward, AdamW step)."""
-    loss_fn, loss_name = _loss_fn()
+def bench_train(
+    model: nn.Module, cfg: BenchConfig, device: torch.device, batch: int, iters: int, warmup: int, ceiling: float
+) -> dict:
+    """Samples/s of full training steps (`amt.training.step.TrainStep`: forward, AMTLoss, backward, AdamW step)."""
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-5, fused=device.type == "cuda")
-    dtype = autocast_dtype(cfg.autocast, device)
+    train_step = TrainStep(model, AMTLoss().to(device), opt, autocast_dtype=autocast_dtype(cfg.autocast, device))
     batches = _train_batches(cfg, device, batch)
 
     def step() -> None:
-        b = next(batches)
-        ctx = torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
-        with ctx:
-            loss = loss_fn(model(b), b)
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        train_step(next(batches))
 
     _reset_peak(device)
     seconds = time_call(step, device, iters, warmup)
@@ -256,7 +205,7 @@ def bench_train(model: nn.Module, cfg: BenchConfig, device: torch.device, batch:
     model.eval()
     return {
         "batch": batch,
-        "loss": loss_name,
+        "loss": "AMTLoss",
         "data": cfg.cache or "synthetic tensors",
         "step_ms": seconds * 1e3,
         "samples_per_s": batch / seconds,
@@ -268,17 +217,12 @@ def bench_train(model: nn.Module, cfg: BenchConfig, device: torch.device, batch:
 
 
 def _bench_callable(runner: FastPath, device: torch.device, batch: int, iters: int, warmup: int) -> float:
-    from amt.inference.export import example_inputs
-
     image, K = (t.to(device) for t in example_inputs(batch))
     return time_call(lambda: runner.run_flat(image, K), device, iters, warmup)
 
 
 def run(cfg: BenchConfig) -> dict:
     """Run every measurement of `cfg`; returns the JSON-ready result dict."""
-    from amt.inference.export import example_inputs
-    from amt.models import build_model
-
     device = torch.device(cfg.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise BenchError("--device cuda: CUDA is not available on this machine")
@@ -318,9 +262,15 @@ def run(cfg: BenchConfig) -> dict:
             "peak_memory_mb": mem,
         }
         rows.append(row)
-        log.info("batch %d: %.1f ms, %.1f img/s, %.0f%% of ceiling", b, row["latency_ms"], row["images_per_s"], 100 * row["ceiling_ratio"])
+        log.info(
+            "batch %d: %.1f ms, %.1f img/s, %.0f%% of ceiling",
+            b,
+            row["latency_ms"],
+            row["images_per_s"],
+            100 * row["ceiling_ratio"],
+        )
     result = {
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "machine": _machine(device),
         "config": asdict(cfg),
         "preset": cfg.preset,
@@ -397,11 +347,12 @@ def _int_list(text: str) -> tuple[int, ...]:
 
 def main(argv: list[str]) -> int:
     """Entry point of `amt bench`."""
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     p = argparse.ArgumentParser(prog="amt bench", description=__doc__.split("\n")[0])
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--preset", default="tiny", help="tiny, vits14, vitb14, vitl14, vitg14")
-    p.add_argument("--batch", type=_int_list, default=None, help="inference batch sizes (default 1,8 on CPU; 1,256 on CUDA)")
+    p.add_argument(
+        "--batch", type=_int_list, default=None, help="inference batch sizes (default 1,8 on CPU; 1,256 on CUDA)"
+    )
     p.add_argument("--train", action="store_true", help="also time training steps")
     p.add_argument("--train-batch", type=int, default=None, help="training batch (default: largest --batch)")
     p.add_argument("--iters", type=int, default=None)

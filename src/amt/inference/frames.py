@@ -13,8 +13,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import imageio.v3 as iio
 import numpy as np
 from PIL import Image
+
+from amt.extras import missing_extra_message
 
 log = logging.getLogger(__name__)
 
@@ -73,16 +76,11 @@ def require_video_backend(path: Path) -> None:
     if path.suffix.lower() in FFMPEG_VIDEO_EXTENSIONS and not (
         importlib.util.find_spec("imageio_ffmpeg") or importlib.util.find_spec("av")
     ):
-        raise FrameSourceError(
-            f"{path}: reading {path.suffix} video needs imageio-ffmpeg "
-            "(pip install 'amt[video]' or pip install imageio-ffmpeg)"
-        )
+        raise FrameSourceError(f"{path}: " + missing_extra_message(f"{path.suffix} video", "imageio-ffmpeg", "video"))
 
 
 def video_fps(path: Path, default: float = 30.0) -> float:
     """Frames per second stored in a video file (GIF: from the frame duration in ms)."""
-    import imageio.v3 as iio
-
     try:
         meta = iio.immeta(path)
     except Exception:  # noqa: BLE001 -- metadata is optional; the frames are what matter
@@ -96,8 +94,6 @@ def video_fps(path: Path, default: float = 30.0) -> float:
 
 def iter_video(path: Path) -> Iterator[Frame]:
     """Frames of a video file; a decode failure mid-stream ends the video with an error frame."""
-    import imageio.v3 as iio
-
     index = 0
     try:
         for arr in iio.imiter(path):
@@ -107,7 +103,9 @@ def iter_video(path: Path) -> Iterator[Frame]:
             yield Frame(f"{path.stem}_{index:06d}", str(path), index, image=np.ascontiguousarray(arr[..., :3]))
             index += 1
     except (OSError, ValueError, RuntimeError) as exc:
-        yield Frame(f"{path.stem}_{index:06d}", str(path), index, error=f"cannot decode video {path} at frame {index}: {exc}")
+        yield Frame(
+            f"{path.stem}_{index:06d}", str(path), index, error=f"cannot decode video {path} at frame {index}: {exc}"
+        )
 
 
 def iter_frames(path: str | Path) -> Iterator[Frame]:
@@ -140,8 +138,6 @@ def iter_frames(path: str | Path) -> Iterator[Frame]:
 
 def write_video(frames: list[np.ndarray], path: Path, fps: float) -> None:
     """Write (H, W, 3) uint8 frames as a video (.gif without extras; .mp4 etc. need imageio-ffmpeg)."""
-    import imageio.v3 as iio
-
     require_video_backend(path)
     if path.suffix.lower() == ".gif":
         iio.imwrite(path, np.stack(frames), duration=1000.0 / fps, loop=0)

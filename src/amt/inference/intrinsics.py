@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from amt.data.dexycb import DexYCBError, load_intrinsics
+
 DEFAULT_HFOV_DEG = 55.0
 
 
@@ -59,8 +61,6 @@ def parse_K(text: str) -> Intrinsics:
 
 def load_calibration(path: str | Path) -> Intrinsics:
     """Colour intrinsics from a DexYCB `intrinsics/<serial>_<W>x<H>.yml` (block `color`: fx, fy, ppx, ppy)."""
-    from amt.data.dexycb import DexYCBError, load_intrinsics
-
     try:
         K = load_intrinsics(path)
     except DexYCBError as exc:

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from amt.checkpoint import load_model
 from amt.data.transforms import CropConfig, crop_and_resize, crop_intrinsics_for_box, normalize_images, square_box
 from amt.data.ycb import NUM_CLASSES, YCB_CLASSES
 from amt.geometry.camera import project
@@ -26,23 +27,6 @@ from amt.inference.intrinsics import Intrinsics
 log = logging.getLogger(__name__)
 
 Box = tuple[int, int, int]  # (x0, y0, side) integer pixels of the full image
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint folder is missing or cannot be loaded."""
-
-
-def load_model(path: str | Path) -> nn.Module:
-    """AMT.from_pretrained(path) with an error that names the path when it is missing or unreadable."""
-    path = Path(path)
-    if not path.exists():
-        raise CheckpointError(f"checkpoint {path}: no such file or folder (expected a folder with config.yaml and model.safetensors)")
-    from amt.models import AMT
-
-    try:
-        return AMT.from_pretrained(path)
-    except Exception as exc:  # noqa: BLE001 -- any load failure is reported with the path
-        raise CheckpointError(f"checkpoint {path}: cannot be loaded: {type(exc).__name__}: {exc}") from exc
 
 
 def box_from_xyxy(xyxy: tuple[float, float, float, float], crop: CropConfig) -> Box:
@@ -132,7 +116,12 @@ class FramePrediction:
         return {
             "image_size": {"width": self.image_size[0], "height": self.image_size[1]},
             "intrinsics": {"fx": fx, "fy": fy, "cx": cx, "cy": cy, "source": self.intrinsics_source},
-            "crop": {"x0": self.crop_box[0], "y0": self.crop_box[1], "side": self.crop_box[2], "source": self.crop_source},
+            "crop": {
+                "x0": self.crop_box[0],
+                "y0": self.crop_box[1],
+                "side": self.crop_box[2],
+                "source": self.crop_source,
+            },
             "hand": {
                 "joints_3d_m": self.joints_3d.tolist(),
                 "joints_2d_px": self.joints_2d.tolist(),

@@ -9,9 +9,13 @@ grows with the contact probability; filled when prob >= 0.5) with the force dire
 from __future__ import annotations
 
 import numpy as np
+import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 from PIL import Image, ImageDraw
 
 from amt.geometry.hand_skeleton import BONES, FINGER_JOINTS, FINGERS
+from amt.geometry.rotations import quat_wxyz_to_matrix
 from amt.inference.predictor import FramePrediction, ObjectPrediction, project_points
 
 FINGER_COLOURS = {
@@ -34,10 +38,6 @@ _BOX_EDGES = ((0, 1), (1, 3), (3, 2), (2, 0), (4, 5), (5, 7), (7, 6), (6, 4), (0
 
 def _quat_to_matrix(q: np.ndarray) -> np.ndarray:
     """Unit quaternion (w, x, y, z) -> (3, 3) rotation (numpy; for drawing only)."""
-    import torch
-
-    from amt.geometry.rotations import quat_wxyz_to_matrix
-
     return quat_wxyz_to_matrix(torch.as_tensor(q, dtype=torch.float64)[None])[0].numpy()
 
 
@@ -117,8 +117,6 @@ def draw_3d_view(pred: FramePrediction, size_px: int = 480) -> Image.Image:
 
     Plotted as (x, z, -y) so that the camera's down (y) points down and depth goes into the page.
     """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
 
     def pts(p: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         p = np.atleast_2d(p)

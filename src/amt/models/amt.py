@@ -51,7 +51,9 @@ class AMT(nn.Module):
         super().__init__()
         cfg = self.config = config
         if not all(0 <= i < len(cfg.pyramid_scales) for i in cfg.decoder_levels):
-            raise ValueError(f"model config: decoder_levels {cfg.decoder_levels} must index pyramid_scales {cfg.pyramid_scales}")
+            raise ValueError(
+                f"model config: decoder_levels {cfg.decoder_levels} must index pyramid_scales {cfg.pyramid_scales}"
+            )
         self.backbone = DinoBackbone(cfg)
         if load_backbone_weights and cfg.backbone_weights:
             self.backbone.load_pretrained(cfg.backbone_weights)
@@ -97,7 +99,10 @@ class AMT(nn.Module):
         feats = self.backbone(image, return_attention=return_attention)
         levels = self.pyramid(feats["taps"], feats["grid"])
         memory = torch.cat(
-            [levels[i].flatten(2).transpose(1, 2) + self.level_embed[j] for j, i in enumerate(self.config.decoder_levels)],
+            [
+                levels[i].flatten(2).transpose(1, 2) + self.level_embed[j]
+                for j, i in enumerate(self.config.decoder_levels)
+            ],
             dim=1,
         )
         cls = self.cls_proj(torch.cat([feats["cls"], feats["patches"].mean(dim=1)], dim=-1))
@@ -164,7 +169,9 @@ class AMT(nn.Module):
         config_path, weights_path = folder / CONFIG_FILE, folder / WEIGHTS_FILE
         for path in (folder, config_path, weights_path):
             if not path.exists():
-                raise FileNotFoundError(f"checkpoint incomplete: {path} does not exist (expected {CONFIG_FILE} + {WEIGHTS_FILE})")
+                raise FileNotFoundError(
+                    f"checkpoint incomplete: {path} does not exist (expected {CONFIG_FILE} + {WEIGHTS_FILE})"
+                )
         with config_path.open() as f:
             values = yaml.safe_load(f) or {}
         with no_sigma_init():  # u, v and gamma come from the checkpoint
@@ -179,7 +186,9 @@ class AMT(nn.Module):
             raise KeyError(f"{weights_path}: unexpected weight(s) {unexpected[:10]}")
         for key, value in state.items():
             if value.shape != own[key].shape:
-                raise ValueError(f"{weights_path}: {key} has shape {tuple(value.shape)}, the model expects {tuple(own[key].shape)}")
+                raise ValueError(
+                    f"{weights_path}: {key} has shape {tuple(value.shape)}, the model expects {tuple(own[key].shape)}"
+                )
         model.load_state_dict(state, strict=True)
         log.info("loaded %s (%s preset)", folder, model.config.preset)
         return model.to(map_location)

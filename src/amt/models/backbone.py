@@ -95,7 +95,9 @@ def load_backbone_state_dict(source: str) -> dict[str, torch.Tensor]:
         if not (path / "config.json").is_file():
             raise FileNotFoundError(f"{path}: not a Hugging Face model folder (config.json missing)")
     elif source.endswith((".pth", ".pt")) or "/" not in source or source.startswith((".", "/", "~")):
-        raise FileNotFoundError(f"backbone weights not found: {source} (expected a .pth file, an HF folder or a hub id)")
+        raise FileNotFoundError(
+            f"backbone weights not found: {source} (expected a .pth file, an HF folder or a hub id)"
+        )
     return Dinov2Model.from_pretrained(str(path) if path.is_dir() else source).state_dict()
 
 
@@ -115,7 +117,9 @@ class DinoBackbone(nn.Module):
         self.model = Dinov2Model(dinov2_config(cfg))
         if cfg.backbone_stem == "conv":
             patches = self.model.embeddings.patch_embeddings
-            patches.projection = ConvStem(patches.num_channels, cfg.backbone_hidden, cfg.patch_size, cfg.backbone_stem_width)
+            patches.projection = ConvStem(
+                patches.num_channels, cfg.backbone_hidden, cfg.patch_size, cfg.backbone_stem_width
+            )
         self.taps = cfg.taps
         if not all(1 <= t <= cfg.backbone_layers for t in self.taps):
             raise ValueError(f"model config: tap_blocks {self.taps} must lie in 1..{cfg.backbone_layers}")
@@ -127,8 +131,10 @@ class DinoBackbone(nn.Module):
     def load_pretrained(self, source: str) -> None:
         """Load backbone weights strictly (every key must match, shapes included)."""
         if self.cfg.backbone_stem != "patch":
-            raise ValueError(f"{source}: DINOv2 weights need backbone_stem='patch' (the model has a "
-                             f"'{self.cfg.backbone_stem}' stem, which has no pretrained weights)")
+            raise ValueError(
+                f"{source}: DINOv2 weights need backbone_stem='patch' (the model has a "
+                f"'{self.cfg.backbone_stem}' stem, which has no pretrained weights)"
+            )
         state = load_backbone_state_dict(source)
         own = self.model.state_dict()
         missing = sorted(set(own) - set(state))
@@ -137,7 +143,9 @@ class DinoBackbone(nn.Module):
             raise KeyError(f"{source}: backbone keys do not match; missing {missing[:8]}, unexpected {unexpected[:8]}")
         for key, value in state.items():
             if tuple(value.shape) != tuple(own[key].shape):
-                raise ValueError(f"{source}: {key} has shape {tuple(value.shape)}, the model expects {tuple(own[key].shape)}")
+                raise ValueError(
+                    f"{source}: {key} has shape {tuple(value.shape)}, the model expects {tuple(own[key].shape)}"
+                )
         self.model.load_state_dict(state, strict=True)
         log.info("loaded backbone weights from %s", source)
 
@@ -159,7 +167,7 @@ class DinoBackbone(nn.Module):
         return [p for p in self.parameters() if p.requires_grad]
 
     @staticmethod
-    def _attention_probs(block: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+    def attention_probs(block: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
         """Attention probabilities of `block` for its input `hidden` (B, T, D) -> (B, heads, T, T)."""
         attn = block.attention
         x = block.norm1(hidden)
@@ -179,7 +187,7 @@ class DinoBackbone(nn.Module):
         for i, block in enumerate(self.model.encoder.layer):
             frozen = i < self.freeze_blocks
             if return_attention and (i + 1) in self.taps:
-                attentions.append(self._attention_probs(block, hidden))
+                attentions.append(self.attention_probs(block, hidden))
             with torch.set_grad_enabled(frozen_grad or (grad and not frozen)):
                 if self.gradient_checkpointing and grad and not frozen and self.training:
                     hidden = checkpoint(block, hidden, use_reentrant=False)

@@ -1,9 +1,11 @@
 """Model configuration: the `ModelConfig` dataclass and the table of named presets.
 
-Presets are data: `PRESETS[name]` holds the field values that differ from the defaults, and
-`make_config(preset, **overrides)` applies them. Backbone sizes follow DINOv2 (Oquab et al.
-2023); `backbone_image_size` is the positional-embedding grid of the pretrained weights (518 px
-for Meta's checkpoints), inputs of `image_size` pixels interpolate it.
+Presets are data: `PRESETS[name]` holds the field values that differ from the defaults,
+`VARIANTS[name]` a preset plus changed fields, and `make_config(name, **overrides)` applies
+either. These tables are the only source of named model configs: the Hydra `model` group
+(`model=NAME`) is generated from them (`named_config_fields`). Backbone sizes follow DINOv2
+(Oquab et al. 2023); `backbone_image_size` is the positional-embedding grid of the pretrained
+weights (518 px for Meta's checkpoints), inputs of `image_size` pixels interpolate it.
 """
 
 from __future__ import annotations
@@ -111,12 +113,32 @@ PRESETS: dict[str, dict[str, Any]] = {
                    freeze_blocks=20, hidden_dim=1024, num_heads=16, decoder_layers=6),
 }  # fmt: skip
 
+# Named variants of a preset: name -> (preset, field overrides). A variant's config keeps the
+# preset's name in `preset` (the same network with other fields, as if they were set by hand).
+VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
+    # the tiny preset for training from scratch on CPU (what `amt demo` trains): a convolutional
+    # stem instead of DINOv2's linear patch embedding, every block trainable, LayerScale 1e-5
+    # (docs/experiments.md "Training from scratch"). Crops must be a multiple of 16 pixels.
+    "tiny_conv": ("tiny", dict(backbone_stem="conv", patch_size=16, freeze_blocks=0, backbone_layerscale=1e-5)),
+}
+
 # Published parameter counts of the paper model (vitl14 at hidden 1024), millions.
 PAPER_PARAMS_M = {"total": 516.1, "trainable": 362.9}
 
 
+def named_config_fields(name: str) -> dict[str, Any]:
+    """The explicitly set fields that select a named config: {"preset": name} for a preset, the
+    preset plus the changed fields for a variant (what Hydra's `model=NAME` writes)."""
+    if name in VARIANTS:
+        preset, fields = VARIANTS[name]
+        return {"preset": preset, **fields}
+    if name not in PRESETS:
+        raise KeyError(f"unknown model preset {name!r}; expected one of {sorted(PRESETS) + sorted(VARIANTS)}")
+    return {"preset": name}
+
+
 def make_config(preset: str = "tiny", **overrides: Any) -> ModelConfig:
-    """Look a preset up and apply field overrides (unknown names are an error)."""
-    if preset not in PRESETS:
-        raise KeyError(f"unknown model preset {preset!r}; expected one of {sorted(PRESETS)}")
-    return ModelConfig.from_dict({**PRESETS[preset], "preset": preset, **overrides}, source=f"preset {preset!r}")
+    """Look a preset (or variant) up and apply field overrides (unknown names are an error)."""
+    fields = named_config_fields(preset)
+    name = fields.pop("preset")
+    return ModelConfig.from_dict({**PRESETS[name], "preset": name, **fields, **overrides}, source=f"preset {preset!r}")

@@ -2,8 +2,8 @@
 hand joints relative to the object centre and their distances to it, and predict the contact
 point (camera frame, metres, as an offset from the object centre), the contact probability and
 a contact force. The 21 distances are given explicitly because contact is mostly a threshold
-on them, which an MLP would otherwise have to recover from the 63 offsets (added with the
-demo's other changes; its effect alone was not measured)."""
+on them, which an MLP would otherwise have to recover from the 63 offsets (docs/experiments.md
+records how it was added)."""
 
 from __future__ import annotations
 

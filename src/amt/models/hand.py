@@ -130,7 +130,7 @@ class HandEncoder(nn.Module):
         points = self.surface_points(coarse, shape_coarse, mano_pose)
         # the 22 frames are coordinates for the encoder, not a path for gradients: normalising
         # near-parallel bones (Gram-Schmidt) is ill-conditioned; cut with two other paths when the
-        # demo's gradients exploded (docs/architecture.md). The coarse joints still learn through
+        # demo's gradients exploded (docs/experiments.md). The coarse joints still learn through
         # the points and the residual below.
         R, origins = local_frames(coarse.detach())
         feats = multi_coordinate_features(points, R, origins, self.point_index)  # (B, P, 67)

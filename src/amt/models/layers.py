@@ -30,7 +30,7 @@ class Attention(nn.Module):
     def forward(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, return_probs: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        split = lambda x: x.unflatten(-1, (self.heads, -1)).transpose(1, 2)  # noqa: E731
+        split = lambda x: x.unflatten(-1, (self.heads, -1)).transpose(1, 2)
         qh, kh, vh = split(self.q(q)), split(self.k(k)), split(self.v(v))
         probs = None
         if return_probs:

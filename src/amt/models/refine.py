@@ -47,7 +47,9 @@ def sample_levels(levels: list[torch.Tensor], strides: list[float], uv: torch.Te
         extent = (size[0] * stride, size[1] * stride)
         if extent not in grids:
             grids[extent] = pixel_to_grid(uv, stride, size).unsqueeze(2)  # (B, P, 1, 2)
-        out.append(F.grid_sample(fmap, grids[extent], mode="bilinear", padding_mode="zeros", align_corners=False)[..., 0])
+        out.append(
+            F.grid_sample(fmap, grids[extent], mode="bilinear", padding_mode="zeros", align_corners=False)[..., 0]
+        )
     return torch.cat(out, dim=1).transpose(1, 2)
 
 
@@ -101,7 +103,7 @@ class RefineStep(nn.Module):
         rel = torch.cat([joints - joints[:, :1], (opts - obj_t.unsqueeze(-2)).flatten(1, 2)], dim=1) / 0.1
         # sampling locations carry no gradient (as Deformable DETR's reference points): d uv / d z
         # grows as 1 / z^2 and goes through bilinear sampling; cut with two other paths when the
-        # demo's gradients exploded (docs/architecture.md). The points learn through the residuals.
+        # demo's gradients exploded (docs/experiments.md). The points learn through the residuals.
         sampled = sample_levels(levels, strides, uv.detach())
         embed = torch.cat([self.point_embed[:21], self.point_embed[21:].repeat(Q, 1)])  # (21 + 7Q, D)
         x = self.sampled_in(torch.cat([sampled, rel], dim=-1)) + embed + self.hand_in(hand).unsqueeze(1)

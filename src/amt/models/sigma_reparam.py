@@ -177,7 +177,9 @@ def fold_sigma_reparam(module: nn.Module) -> int:
     for name, child in list(module.named_children()):
         if isinstance(child, SigmaReparamLinear):
             w = child.weight
-            linear = nn.Linear(child.in_features, child.out_features, bias=child.bias is not None, device=w.device, dtype=w.dtype)
+            linear = nn.Linear(
+                child.in_features, child.out_features, bias=child.bias is not None, device=w.device, dtype=w.dtype
+            )
             linear.weight.copy_(child.effective_weight())
             if child.bias is not None:
                 linear.bias.copy_(child.bias)

@@ -1,8 +1,8 @@
 """Convolutional patch stem for small backbones trained from scratch.
 
 A randomly initialised ViT with a linear patch embedding learns very slowly from a few thousand
-images (measured on the demo's synthetic crops: the tiny ViT stayed at the mean-pose error after
-1500 steps, where a small CNN halved it). Xiao et al. 2021 ("Early convolutions help
+images (docs/experiments.md "Training from scratch": on the demo's crops it stayed at the
+mean-pose error where a small CNN learned). Xiao et al. 2021 ("Early convolutions help
 transformers see better") replace the patch embedding with a few stride-2 3x3 convolutions; the
 transformer blocks then see tokens with convolutional inductive bias. `ConvStem` is that stem,
 dropped in place of the Hugging Face DINOv2 patch projection (same input and output shapes),
@@ -50,5 +50,5 @@ class ConvStem(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # channels-last activations: oneDNN (CPU) and cuDNN convolutions run faster on NHWC
-        # (measured: the stem's forward + backward 19 % faster on one CPU thread, 112 px, batch 32)
+        # (docs/experiments.md "Training from scratch")
         return self.net(x.contiguous(memory_format=torch.channels_last))

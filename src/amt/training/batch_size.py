@@ -13,13 +13,20 @@ Without CUDA there is no allocator limit to measure: the configured fallback
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import logging
 from collections.abc import Callable
 from typing import Any
 
 import torch
+
+from amt.data.loaders import batch_to_device
+from amt.data.transforms import normalize_images
+from amt.models import AMT
+from amt.training.data import cache_samples
+from amt.training.distributed import gather_object
+from amt.training.losses import AMTLoss
+from amt.training.step import TrainStep, autocast_dtype_for
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +35,9 @@ TryStep = Callable[[int], None]  # runs one step at a micro-batch size; raises o
 
 def is_out_of_memory(exc: BaseException) -> bool:
     """CUDA (or any allocator) out-of-memory error."""
-    return isinstance(exc, torch.cuda.OutOfMemoryError) or (isinstance(exc, RuntimeError) and "out of memory" in str(exc))
+    return isinstance(exc, torch.cuda.OutOfMemoryError) or (
+        isinstance(exc, RuntimeError) and "out of memory" in str(exc)
+    )
 
 
 def search_batch_size(try_step: TryStep, high: int, low: int = 1) -> tuple[int, list[tuple[int, bool]]]:
@@ -72,7 +81,8 @@ def search_batch_size(try_step: TryStep, high: int, low: int = 1) -> tuple[int, 
 
 
 class TrainingStepProbe:
-    """A `TryStep` running one real training step of the run's model at micro-batch b.
+    """A `TryStep` running one real training step (`amt.training.step.TrainStep`: autocast
+    forward, fp32 loss, backward, AdamW update) of the run's model at micro-batch b.
 
     cfg: the `RunConfig`; samples(b) -> a batch-contract dict of b samples (on any device).
     The model, an EMA copy (when enabled: its memory counts too), the loss and an AdamW
@@ -80,36 +90,22 @@ class TrainingStepProbe:
     """
 
     def __init__(self, cfg: Any, device: torch.device, samples: Callable[[int], dict[str, Any]]) -> None:
-        from amt.models import build_model
-        from amt.training.config import build_loss_config
-        from amt.training.losses import AMTLoss
-
         t = cfg.training
         self.device, self.samples = device, samples
-        self.model = build_model(cfg.model.get("preset", "tiny"), **{k: v for k, v in cfg.model.items() if k != "preset"})
+        self.model = AMT(cfg.model)
         self.model.to(device)
         self.ema = copy.deepcopy(self.model) if t.ema.enabled else None
-        self.loss_fn = AMTLoss(build_loss_config(cfg.loss)).to(device)
+        self.loss_fn = AMTLoss(cfg.loss).to(device)
         self.optimizer = torch.optim.AdamW([p for p in self.model.parameters() if p.requires_grad], lr=0.0)
-        self.bf16 = t.precision == "bf16" or (t.precision == "auto" and device.type == "cuda")
+        self.step = TrainStep(
+            self.model, self.loss_fn, self.optimizer, autocast_dtype=autocast_dtype_for(t.precision, device)
+        )
 
     def __call__(self, b: int) -> None:
-        from amt.data.loaders import batch_to_device
-        from amt.data.transforms import normalize_images
-        from amt.training.trainer import _float32
-
         batch = batch_to_device(self.samples(b), self.device)
         if batch["image"].dtype == torch.uint8:
             batch["image"] = normalize_images(batch["image"])
-        autocast = torch.autocast(self.device.type, dtype=torch.bfloat16) if self.bf16 else contextlib.nullcontext()
-        try:
-            with autocast:
-                outputs = self.model(batch)
-            total, _ = self.loss_fn(_float32(outputs), batch)  # losses in fp32, as in the trainer
-            total.backward()
-            self.optimizer.step()
-        finally:
-            self.optimizer.zero_grad(set_to_none=True)
+        self.step(batch)
 
 
 def resolve_batch_size(cfg: Any, ctx: Any, try_step: TryStep | None = None) -> int:
@@ -118,8 +114,6 @@ def resolve_batch_size(cfg: Any, ctx: Any, try_step: TryStep | None = None) -> i
     cfg: the `RunConfig`; ctx: the `DistContext`. try_step: injected probe (tests); default a
     real training step on the training cache, on CUDA only.
     """
-    from amt.training.distributed import gather_object
-
     t = cfg.training
     per_step = ctx.world_size * t.grad_accum_steps
     if try_step is None and ctx.device.type != "cuda":
@@ -130,7 +124,7 @@ def resolve_batch_size(cfg: Any, ctx: Any, try_step: TryStep | None = None) -> i
         )  # fmt: skip
         return int(t.auto_batch_fallback)
     if try_step is None:
-        try_step = TrainingStepProbe(cfg, ctx.device, _cache_samples(cfg, ctx))
+        try_step = TrainingStepProbe(cfg, ctx.device, cache_samples(cfg.data, ctx))
     high = max(1, t.auto_batch_max // per_step)
     micro, probes = search_batch_size(try_step, high)
     micro = min(gather_object(micro, ctx))  # every rank gets the smallest
@@ -142,12 +136,3 @@ def resolve_batch_size(cfg: Any, ctx: Any, try_step: TryStep | None = None) -> i
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
     return size
-
-
-def _cache_samples(cfg: Any, ctx: Any) -> Callable[[int], dict[str, Any]]:
-    """samples(b): the first b samples of the training cache (repeated when it is smaller)."""
-    from amt.data.loaders import CachedDataset, collate
-    from amt.training.trainer import resolve_cache
-
-    dataset = CachedDataset(resolve_cache(cfg.data, cfg.data.split, cfg.data.cache_dir, ctx), cfg.data.cache_mode)
-    return lambda b: collate([dataset[i % len(dataset)] for i in range(b)])

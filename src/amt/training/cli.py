@@ -8,6 +8,10 @@ import sys
 
 from omegaconf import OmegaConf
 
+from amt.training.config import load_run_config
+from amt.training.distributed import cleanup, init_distributed
+from amt.training.trainer import train
+
 log = logging.getLogger(__name__)
 
 EPILOG = """\
@@ -44,10 +48,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def train_main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
-    from amt.training.config import RunConfig, compose
-    from amt.training.distributed import cleanup, init_distributed
-
-    cfg = RunConfig.from_omegaconf(compose(args.config_name, args.overrides))
+    cfg = load_run_config(args.config_name, args.overrides)
     if args.cfg:
         print(cfg.to_yaml(), end="")
         return 0
@@ -60,8 +61,6 @@ def train_main(argv: list[str]) -> int:
         if ctx.is_main:
             print(f"# amt train --config-name {args.config_name} {' '.join(args.overrides)}")
             print(OmegaConf.to_yaml(OmegaConf.create(cfg.resolved)), end="", flush=True)
-        from amt.training.trainer import train
-
         trainer = train(cfg, ctx)
         if ctx.is_main:
             print(f"finished {trainer.step} steps ({trainer.skipped_steps} skipped); run folder {trainer.run_dir}")

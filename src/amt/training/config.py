@@ -1,13 +1,14 @@
 """Typed configuration of a training run, and its composition with Hydra.
 
-The yaml files in `amt.config` (groups data/, model/, training/, experiment/) are composed with
-Hydra's compose API and validated against the dataclasses below: an unknown key or a value of
-the wrong type is an error that names the key. Two sections are generated from the dataclasses
-their owners define, so that they cannot drift:
+`load_run_config(name, overrides)` composes `amt.config/<name>.yaml` (groups data/, training/,
+experiment/, and model/, which is generated from the presets of `amt.models.config`) with
+Hydra's compose API, validates it against the dataclasses below and returns a `RunConfig`: an
+unknown key or a value of the wrong type (`model.hidden_dim=abc`) is an error that names the key.
+The sections reuse the dataclasses their owners define, so that they cannot drift:
 
-- `model`: every field of `amt.models.config.ModelConfig`, default `None` meaning "the preset's
-  value"; the model is built as `build_model(model.preset, **non-None fields)`.
-- `loss`: every field of `amt.training.losses.LossConfig` with its default.
+- `model`: every field of `amt.models.config.ModelConfig` (with its type), default `None`
+  meaning "the preset's value"; `RunConfig.model` is `make_config(preset, **non-None fields)`.
+- `loss`: `amt.training.losses.LossConfig`; `data.augment_params`: `amt.data.augment.AugmentConfig`.
 
 Batch size semantics: `training.batch_size` is the GLOBAL batch of one optimizer step; it is
 split over the processes of a distributed run and the gradient-accumulation micro-steps, so
@@ -17,14 +18,20 @@ the same config trains the same way on 1 or N devices.
 from __future__ import annotations
 
 import dataclasses
-import functools
-import logging
+import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from hydra import compose as hydra_compose
+from hydra import initialize_config_module
+from hydra.core.config_store import ConfigStore
+from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, OmegaConf
 
-log = logging.getLogger(__name__)
+from amt.data.augment import AugmentConfig
+from amt.models.config import PRESETS, VARIANTS, ModelConfig, make_config, named_config_fields
+from amt.training.losses import LossConfig
 
 CONFIG_MODULE = "amt.config"
 
@@ -44,7 +51,7 @@ class DataConfig:
     num_workers: int = 0  # DataLoader workers for the CachedDataset path
     cache_workers: int = 2  # processes used to build a missing cache
     augment: bool = True
-    augment_params: dict[str, Any] = field(default_factory=dict)  # fields of amt.data.augment's config
+    augment_params: AugmentConfig = field(default_factory=AugmentConfig)
     # >= 2: train on clips of K consecutive frames of one sequence and camera (temporal loss on;
     # amt.training.sequence)
     sequence_length: int = 1
@@ -125,68 +132,49 @@ class LoggingConfig:
     progress: bool = True  # tqdm bar with ETA (rank 0)
 
 
-def _model_section() -> type:
-    """Dataclass with every ModelConfig field defaulting to None ("the preset's value")."""
-    from amt.models.config import ModelConfig
-
+def _model_section_type() -> type:
+    """Dataclass with every ModelConfig field, its type made optional, defaulting to None ("the
+    preset's value"), and `preset`."""
+    hints = typing.get_type_hints(ModelConfig)
+    spec: list[tuple[str, Any, Any]] = [("preset", str, field(default="tiny"))]
     names = [f.name for f in dataclasses.fields(ModelConfig) if f.name != "preset"]
-    spec = [("preset", str, field(default="tiny"))] + [(n, Any, field(default=None)) for n in names]
+    spec += [(name, hints[name] | None, field(default=None)) for name in names]
     return dataclasses.make_dataclass("ModelSection", spec)
 
 
-def _loss_section() -> type:
-    """Dataclass with LossConfig's fields and defaults, typed Any (LossConfig validates types)."""
-    from amt.training.losses import LossConfig
-
-    defaults = LossConfig()
-    spec = []
-    for f in dataclasses.fields(LossConfig):
-        value = getattr(defaults, f.name)
-        if isinstance(value, (dict, list)):
-            spec.append((f.name, Any, field(default_factory=lambda v=value: type(v)(v))))
-        elif dataclasses.is_dataclass(value):
-            spec.append((f.name, Any, field(default_factory=lambda v=value: dataclasses.asdict(v))))
-        else:
-            spec.append((f.name, Any, field(default=value)))
-    return dataclasses.make_dataclass("LossSection", spec)
+ModelSection = _model_section_type()
 
 
-@functools.cache
-def _schema_type() -> type:
-    model, loss = _model_section(), _loss_section()
-    return dataclasses.make_dataclass(
-        "AMTConfig",
-        [
-            ("experiment_name", str, field(default="default")),
-            ("data", DataConfig, field(default_factory=DataConfig)),
-            ("model", model, field(default_factory=model)),
-            ("loss", loss, field(default_factory=loss)),
-            ("training", TrainingConfig, field(default_factory=TrainingConfig)),
-            ("checkpoint", CheckpointConfig, field(default_factory=CheckpointConfig)),
-            ("logging", LoggingConfig, field(default_factory=LoggingConfig)),
-        ],
-    )
+@dataclass
+class ConfigSchema:
+    """The yaml layout of a run config; `RunConfig.from_omegaconf` turns it into the typed view."""
+
+    experiment_name: str = "default"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelSection = field(default_factory=ModelSection)  # type: ignore[valid-type]
+    loss: LossConfig = field(default_factory=LossConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
 
 
 def schema() -> DictConfig:
     """The full config schema (all sections, with defaults) as a structured DictConfig."""
-    return OmegaConf.structured(_schema_type())
+    return OmegaConf.structured(ConfigSchema)
 
 
 def register_configs() -> None:
-    """Register the schema as `base_config` in Hydra's ConfigStore (config.yaml lists it first)."""
-    from hydra.core.config_store import ConfigStore
-
-    ConfigStore.instance().store(name="base_config", node=schema())
+    """Register the schema as `base_config` (config.yaml lists it first) and one `model` group
+    option per preset and variant of `amt.models.config` in Hydra's ConfigStore."""
+    store = ConfigStore.instance()
+    store.store(name="base_config", node=schema())
+    for name in [*PRESETS, *VARIANTS]:
+        store.store(group="model", name=name, node=named_config_fields(name))
 
 
 def compose(config_name: str = "config", overrides: list[str] | None = None) -> DictConfig:
     """Compose `amt.config/<config_name>.yaml` with Hydra overrides (verbatim command-line form,
     e.g. "training.batch_size=64", "experiment=paper"); returns the validated, resolved config."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_module
-    from hydra.core.global_hydra import GlobalHydra
-
     register_configs()
     if GlobalHydra.instance().is_initialized():
         GlobalHydra.instance().clear()
@@ -202,8 +190,8 @@ class RunConfig:
 
     experiment_name: str
     data: DataConfig
-    model: dict[str, Any]  # preset + explicit overrides (None fields dropped)
-    loss: dict[str, Any]
+    model: ModelConfig  # the preset with the fields set explicitly applied
+    loss: LossConfig
     training: TrainingConfig
     checkpoint: CheckpointConfig
     logging: LoggingConfig
@@ -217,30 +205,24 @@ class RunConfig:
         return cls(
             experiment_name=cfg.experiment_name,
             data=OmegaConf.to_object(cfg.data),
-            model=model,
-            loss=OmegaConf.to_container(cfg.loss),
+            model=make_config(**model),
+            loss=OmegaConf.to_object(cfg.loss),
             training=OmegaConf.to_object(cfg.training),
             checkpoint=OmegaConf.to_object(cfg.checkpoint),
             logging=OmegaConf.to_object(cfg.logging),
             resolved=OmegaConf.to_container(cfg),
         )
 
+    @classmethod
+    def from_resolved(cls, resolved: Mapping[str, Any]) -> RunConfig:
+        """The typed view of a saved resolved config (a run's config.yaml / train_config.yaml)."""
+        return cls.from_omegaconf(OmegaConf.create(dict(resolved)))
+
     def to_yaml(self) -> str:
         return OmegaConf.to_yaml(OmegaConf.create(self.resolved))
 
 
-def build_loss_config(values: dict[str, Any]) -> Any:
-    """`amt.training.losses.LossConfig` from the `loss` section (nested dataclasses rebuilt)."""
-    from amt.training.losses import LossConfig
-
-    kwargs = {}
-    for f in dataclasses.fields(LossConfig):
-        if f.name not in values:
-            continue
-        default = getattr(LossConfig(), f.name)
-        value = values[f.name]
-        kwargs[f.name] = type(default)(**value) if dataclasses.is_dataclass(default) else value
-    unknown = set(values) - set(kwargs)
-    if unknown:
-        raise ValueError(f"config section 'loss': unknown keys {sorted(unknown)}; expected fields of LossConfig")
-    return LossConfig(**kwargs)
+def load_run_config(config_name: str = "config", overrides: list[str] | None = None) -> RunConfig:
+    """The typed run config of `amt.config/<config_name>.yaml` with Hydra `overrides` (command-line
+    form, e.g. ["training.batch_size=64", "model=tiny_conv"])."""
+    return RunConfig.from_omegaconf(compose(config_name, overrides))

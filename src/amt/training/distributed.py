@@ -35,7 +35,7 @@ class DistContext:
 
 
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    """"auto" -> cuda:<local_rank> when CUDA is available, else cpu; "cuda" -> cuda:<local_rank>."""
+    """ "auto" -> cuda:<local_rank> when CUDA is available, else cpu; "cuda" -> cuda:<local_rank>."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda":

@@ -24,6 +24,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from amt.training.rng import epoch_order
+
 _KEYS = ("subject", "sequence", "serial")
 
 
@@ -83,8 +85,6 @@ class SequenceSampler:
 
     def order(self, epoch: int) -> torch.Tensor:
         """(n, K) clips permuted by `epoch_order(n, seed, epoch)`."""
-        from amt.training.trainer import epoch_order
-
         return torch.from_numpy(self.clips)[epoch_order(len(self.clips), self.seed, epoch)]
 
     def chunks(self, epoch: int, first_step: int, stop_step: int, micro: int, accum: int) -> list[torch.Tensor]:
@@ -111,5 +111,7 @@ class ClipAugment:
         clips = b // self.length
         params = self.augment.sample_params(clips, max(h, w), image.device, generator)
         params = type(params)(**{k: v.repeat_interleave(self.length, 0) for k, v in vars(params).items()})
-        noise = torch.randn(image.shape, generator=generator, device=generator.device if generator is not None else image.device)
+        noise = torch.randn(
+            image.shape, generator=generator, device=generator.device if generator is not None else image.device
+        )
         return self.augment.apply(batch, params, noise.to(image.device))

@@ -38,12 +38,22 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from omegaconf import OmegaConf
+from tabulate import tabulate
 
-from amt.training.trainer import Callback, Trainer
+from amt.extras import require
+from amt.training.callbacks import Callback
+from amt.training.config import compose, load_run_config
+from amt.training.trainer import Trainer
 
 log = logging.getLogger(__name__)
 
-RESULTS_CSV, RESULTS_MD, IMPORTANCE_PNG, BEST_OVERRIDES = "results.csv", "results.md", "importance.png", "best_overrides.txt"
+RESULTS_CSV, RESULTS_MD, IMPORTANCE_PNG, BEST_OVERRIDES = (
+    "results.csv",
+    "results.md",
+    "importance.png",
+    "best_overrides.txt",
+)
 SAMPLERS, PRUNERS = ("tpe", "random", "grid"), ("median", "hyperband", "none")
 
 
@@ -62,9 +72,15 @@ class ParamSpec:
     around_default: float | None = None
 
     def __post_init__(self) -> None:
-        kinds = [self.values is not None, self.low is not None or self.high is not None, self.around_default is not None]
+        kinds = [
+            self.values is not None,
+            self.low is not None or self.high is not None,
+            self.around_default is not None,
+        ]
         if sum(kinds) != 1 or (kinds[1] and (self.low is None or self.high is None)):
-            raise ValueError(f"sweep space parameter {self.name!r}: give exactly one of values, low+high, around_default")
+            raise ValueError(
+                f"sweep space parameter {self.name!r}: give exactly one of values, low+high, around_default"
+            )
         if self.values is not None and not self.values:
             raise ValueError(f"sweep space parameter {self.name!r}: 'values' is empty")
         if self.around_default is not None and self.around_default <= 1:
@@ -102,7 +118,9 @@ class SearchSpace:
         if space.direction not in ("minimize", "maximize"):
             raise ValueError(f"{source}: direction {space.direction!r}; expected minimize or maximize")
         if space.sampler not in SAMPLERS or space.pruner not in PRUNERS:
-            raise ValueError(f"{source}: sampler {space.sampler!r} / pruner {space.pruner!r}; expected {SAMPLERS} / {PRUNERS}")
+            raise ValueError(
+                f"{source}: sampler {space.sampler!r} / pruner {space.pruner!r}; expected {SAMPLERS} / {PRUNERS}"
+            )
         if space.sampler == "grid" and any(p.values is None for p in params.values()):
             raise ValueError(f"{source}: the grid sampler needs 'values' for every parameter")
         return space
@@ -110,21 +128,13 @@ class SearchSpace:
 
 def load_space(name: str, overrides: list[str] | None = None) -> SearchSpace:
     """A space from the Hydra group `amt.config/sweep` (by name) or a yaml file (by path)."""
-    from omegaconf import OmegaConf
-
     path = Path(name)
     if path.suffix in (".yaml", ".yml"):
         if not path.is_file():
             raise FileNotFoundError(f"sweep space {path} not found")
         cfg = OmegaConf.merge(OmegaConf.load(path), OmegaConf.from_dotlist(list(overrides or [])))
         return SearchSpace.from_dict(OmegaConf.to_container(cfg, resolve=True), str(path))
-    from hydra import compose, initialize_config_module
-    from hydra.core.global_hydra import GlobalHydra
-
-    if GlobalHydra.instance().is_initialized():
-        GlobalHydra.instance().clear()
-    with initialize_config_module(config_module="amt.config", version_base=None):
-        cfg = compose(config_name=f"sweep/{name}", overrides=list(overrides or []))
+    cfg = compose(f"sweep/{name}", overrides)
     return SearchSpace.from_dict(OmegaConf.to_container(cfg, resolve=True), f"amt.config/sweep/{name}.yaml")
 
 
@@ -215,7 +225,7 @@ class PruningCallback(Callback):
         self._reported: set[int] = set()
 
     def on_validation_end(self, trainer: Trainer, metrics: dict[str, float]) -> None:
-        import optuna
+        import optuna  # why: optional dependency (the sweep extra)
 
         value = metrics.get(self.metric)
         epoch = trainer.epoch
@@ -245,15 +255,13 @@ class Sweep:
         return list(self.base_overrides) + fixed + [_override(k, v) for k, v in params.items()]
 
     def objective(self, trial: Any) -> float:
-        from amt.training.config import RunConfig, compose
-
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")  # which worker ran it
-        defaults = RunConfig.from_omegaconf(compose(self.config_name, self.trial_overrides({}))).resolved
+        defaults = load_run_config(self.config_name, self.trial_overrides({})).resolved
         overrides = self.trial_overrides(suggest(trial, self.space, defaults))
         trial.set_user_attr("overrides", overrides)
         run_dir = self.out / "trials" / f"{trial.number:04d}"
-        cfg = RunConfig.from_omegaconf(
-            compose(self.config_name, overrides + [f"training.output_dir={run_dir}", "training.overwrite=true"])
+        cfg = load_run_config(
+            self.config_name, overrides + [f"training.output_dir={run_dir}", "training.overwrite=true"]
         )
         metrics = Trainer(cfg, callbacks=[PruningCallback(trial, self.space.metric)]).fit()
         if self.space.metric not in metrics:
@@ -265,7 +273,7 @@ class Sweep:
 
 
 def _sampler(space: SearchSpace, seed: int | None) -> Any:
-    import optuna
+    import optuna  # why: optional dependency (the sweep extra)
 
     if space.sampler == "grid":
         return optuna.samplers.GridSampler({p.name: p.values for p in space.params.values()}, seed=seed)
@@ -275,7 +283,7 @@ def _sampler(space: SearchSpace, seed: int | None) -> Any:
 
 
 def _pruner(space: SearchSpace) -> Any:
-    import optuna
+    import optuna  # why: optional dependency (the sweep extra)
 
     if space.pruner == "hyperband":
         return optuna.pruners.HyperbandPruner()
@@ -286,8 +294,11 @@ def _pruner(space: SearchSpace) -> Any:
 
 def open_study(storage_url: str, name: str, space: SearchSpace, heartbeat: int, grace: int, seed: int | None) -> Any:
     """Create or load the study (heartbeats on, a stale trial retried once)."""
-    import optuna
-    from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+    import optuna  # why: optional dependency (the sweep extra)
+    from optuna.storages import (  # why: optional dependency (the sweep extra)
+        RDBStorage,
+        RetryHeartbeatStaleTrialCallback,
+    )
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -304,7 +315,7 @@ def open_study(storage_url: str, name: str, space: SearchSpace, heartbeat: int, 
 
 
 def finished_trials(study: Any) -> list[Any]:
-    from optuna.trial import TrialState
+    from optuna.trial import TrialState  # why: optional dependency (the sweep extra)
 
     return [t for t in study.get_trials(deepcopy=False) if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
 
@@ -314,8 +325,7 @@ def finished_trials(study: Any) -> list[Any]:
 
 def write_results(study: Any, space: SearchSpace, out: Path, config_name: str) -> dict[str, Path]:
     """results.csv, results.md, importance.png (when computable), best_overrides.txt."""
-    import optuna
-    from tabulate import tabulate
+    import optuna  # why: optional dependency (the sweep extra)
 
     out.mkdir(parents=True, exist_ok=True)
     names = list(space.params)
@@ -323,7 +333,9 @@ def write_results(study: Any, space: SearchSpace, out: Path, config_name: str) -
     rows = []
     for t in trials:
         duration = t.duration.total_seconds() if t.duration is not None else None
-        rows.append([t.number, t.state.name, t.value, duration, *[t.params.get(n) for n in names], t.user_attrs.get("worker")])
+        rows.append(
+            [t.number, t.state.name, t.value, duration, *[t.params.get(n) for n in names], t.user_attrs.get("worker")]
+        )
     header = ["trial", "state", space.metric, "duration_s", *names, "worker"]
     paths = {"csv": out / RESULTS_CSV, "markdown": out / RESULTS_MD}
     with paths["csv"].open("w", newline="") as f:
@@ -354,18 +366,15 @@ def write_results(study: Any, space: SearchSpace, out: Path, config_name: str) -
 
 
 def plot_importances(importances: dict[str, float], path: Path, metric: str) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # why: only this plot needs matplotlib; keeps `amt sweep` start-up light
 
     names = list(importances)[::-1]
-    fig, ax = plt.subplots(figsize=(5, 0.4 * len(names) + 1.2), dpi=100)
+    fig = Figure(figsize=(5, 0.4 * len(names) + 1.2), dpi=100)
+    ax = fig.subplots()
     ax.barh(names, [importances[n] for n in names], color="tab:blue")
     ax.set(xlabel="importance (fraction)", title=f"parameter importance for {metric}")
     fig.tight_layout()
     fig.savefig(path)
-    plt.close(fig)
     return path
 
 
@@ -373,7 +382,9 @@ def plot_importances(importances: dict[str, float], path: Path, metric: str) -> 
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="amt sweep", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="amt sweep", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--config-name", default="config", help="run config: config (paper) or tiny")
     p.add_argument("--space", default="default", help="space in amt.config/sweep (name) or a yaml file")
     p.add_argument("--space-override", action="append", default=[], help="Hydra override of the space (repeatable)")
@@ -384,14 +395,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--trials", type=int, default=20, help="finished trials wanted in the study (all workers)")
     p.add_argument("--timeout", type=float, default=None, help="stop this worker after so many seconds")
     p.add_argument("--heartbeat", type=int, default=10, help="trial heartbeat interval (s)")
-    p.add_argument("--grace", type=int, default=60, help="a running trial without heartbeat this long (s) is failed and retried")
+    p.add_argument(
+        "--grace", type=int, default=60, help="a running trial without heartbeat this long (s) is failed and retried"
+    )
     p.add_argument("--seed", type=int, default=None, help="sampler seed")
     p.add_argument("overrides", nargs="*", help="Hydra overrides of the run config for every trial (data.root=...)")
     return p
 
 
 def main(argv: list[str]) -> int:
-    import optuna
+    optuna = require("optuna", "sweep", "amt sweep")
 
     args = _parser().parse_args(argv)
     if not logging.getLogger().handlers:
@@ -408,8 +421,8 @@ def main(argv: list[str]) -> int:
     sweep = Sweep(args.config_name, list(args.overrides), space, out)
     remaining = args.trials - len(finished_trials(study))
     if remaining > 0:
-        from optuna.study import MaxTrialsCallback
-        from optuna.trial import TrialState
+        from optuna.study import MaxTrialsCallback  # why: optional dependency (the sweep extra)
+        from optuna.trial import TrialState  # why: optional dependency (the sweep extra)
 
         stop = MaxTrialsCallback(args.trials, states=(TrialState.COMPLETE, TrialState.PRUNED))
         study.optimize(sweep.objective, n_trials=remaining, timeout=args.timeout, callbacks=[stop], gc_after_trial=True)

@@ -1,4 +1,4 @@
-"""The DexYCB folder layout written by the synthetic generator (docs/dexycb_spec.md section 1).
+"""The DexYCB folder layout written by the synthetic generator (docs/data.md "Layout").
 
 Frame budget scheme (`plan_dataset`). A frame of DexYCB is one time instant seen by all 8
 cameras, so the unit of the budget is an *instant* = 8 images: N requested images become
@@ -58,6 +58,11 @@ class SequencePlan:
         """Calibration name without the side; the `_synthetic_` part is how consumers recognise
         a tree written by `amt synth` (its pose_m/betas are not MANO), so keep it."""
         return f"{self.subject_name.split('-')[0]}_synthetic_subject-{self.subject + 1:02d}"
+
+
+def is_synthetic(root: Path) -> bool:
+    """A tree written by `amt synth`: its MANO calibration folders are `mano_<date>_synthetic_...`."""
+    return any((Path(root) / "calibration").glob("mano_*_synthetic_*"))
 
 
 def sequence_name(subject: int, position: int) -> str:

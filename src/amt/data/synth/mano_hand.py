@@ -53,6 +53,8 @@ class ManoFitter:
     """Fits `amt.geometry.mano.ManoLayer` hands to target skeletons (imports torch lazily)."""
 
     def __init__(self, path: Path, side: str) -> None:
+        # start-up time: torch is imported only when a MANO pickle is given (the default
+        # procedural hand renders without it, so synthesis workers stay light)
         import torch
 
         from amt.geometry.mano import ManoLayer

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from amt.extras import require
+
 log = logging.getLogger(__name__)
 
 WIDTH, HEIGHT = 640, 480
@@ -188,7 +190,7 @@ class Renderer:
     """Renders textured meshes + a hand mesh over a procedural background, RGB and seg at once."""
 
     def __init__(self, width: int = WIDTH, height: int = HEIGHT) -> None:
-        import moderngl
+        moderngl = require("moderngl", "synth", "synthetic rendering (amt synth / amt demo)")
 
         # Mesa llvmpipe: one rasteriser thread measured faster here than its default of one
         # per core (the binning is serial); parallelism comes from worker processes instead.
@@ -215,8 +217,15 @@ class Renderer:
         log.debug("moderngl context: %s", self.ctx.info.get("GL_RENDERER"))
 
     @_current
-    def add_mesh(self, key: object, positions: np.ndarray, normals: np.ndarray, uv: np.ndarray | None,
-                 texture: np.ndarray | None, faces: np.ndarray | None = None) -> None:
+    def add_mesh(
+        self,
+        key: object,
+        positions: np.ndarray,
+        normals: np.ndarray,
+        uv: np.ndarray | None,
+        texture: np.ndarray | None,
+        faces: np.ndarray | None = None,
+    ) -> None:
         """Upload a mesh: positions/normals (V, 3), uv (V, 2) or None, and its RGB texture.
 
         faces: (F, 3) vertex indices; None means the rows are a triangle soup (V = 3F).
@@ -239,7 +248,7 @@ class Renderer:
         tex = self.ctx.texture((image.shape[1], image.shape[0]), 3, np.ascontiguousarray(image[::-1]).tobytes())
         tex.build_mipmaps()
         tex.repeat_x = tex.repeat_y = True
-        import moderngl
+        import moderngl  # optional dependency (extra "synth"), already checked by Renderer.__init__
 
         tex.filter = (moderngl.LINEAR_MIPMAP_NEAREST, moderngl.LINEAR)  # bilinear: llvmpipe is fragment-bound
         self.textures[key] = tex
@@ -254,9 +263,11 @@ class Renderer:
         self.hand_count = len(positions)
 
     @_current
-    def render(self, K: np.ndarray, items: list[DrawItem], light: Light, background: Background) -> tuple[np.ndarray, np.ndarray]:
+    def render(
+        self, K: np.ndarray, items: list[DrawItem], light: Light, background: Background
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Draw `items` seen through K; returns RGB (H, W, 3) uint8 and seg (H, W) uint8."""
-        import moderngl
+        import moderngl  # optional dependency (extra "synth"), already checked by Renderer.__init__
 
         self.fbo.use()
         self.fbo.clear(0.0, 0.0, 0.0, 1.0, depth=1.0)
@@ -290,7 +301,9 @@ class Renderer:
     @_current
     def depth(self) -> np.ndarray:
         """(H, W) float64 camera z (metres) of the last `render`, inf where nothing was drawn."""
-        raw = np.frombuffer(self.fbo.read(components=1, attachment=-1, dtype="f4"), np.float32).reshape(self.height, self.width)
+        raw = np.frombuffer(self.fbo.read(components=1, attachment=-1, dtype="f4"), np.float32).reshape(
+            self.height, self.width
+        )
         ndc = 2.0 * raw[::-1].astype(np.float64) - 1.0
         z = 2.0 * FAR * NEAR / (FAR + NEAR - ndc * (FAR - NEAR))
         return np.where(raw[::-1] >= 1.0, np.inf, z)

@@ -159,8 +159,9 @@ def _axis_points(chain: np.ndarray, shape: hm.HandShape, finger: int, first_segm
 class GraspContext:
     """Hand placement relative to one object (model frame) and its clearance queries."""
 
-    def __init__(self, model: ObjectModel, shape: hm.HandShape, side_sign: float, rotation: np.ndarray,
-                 translation: np.ndarray) -> None:
+    def __init__(
+        self, model: ObjectModel, shape: hm.HandShape, side_sign: float, rotation: np.ndarray, translation: np.ndarray
+    ) -> None:
         self.model, self.shape, self.side = model, shape, side_sign
         self.rotation, self.translation = rotation, translation  # hand -> object model frame
 
@@ -196,7 +197,7 @@ class GraspContext:
             weights[:first] = 0.0
 
             def at(t: np.ndarray) -> np.ndarray:
-                return np.clip(flex[None] + t[:, None] * weights[None] * FLEX_SWEEP, lo, hi)
+                return np.clip(flex[None] + t[:, None] * weights[None] * FLEX_SWEEP, lo, hi)  # noqa: B023
 
             ts = np.linspace(0.0, 1.0, FLEX_STEPS)
             chains = hm.finger_chain(self.shape, finger, at(ts), pose.abduction[finger])
@@ -265,8 +266,7 @@ def _place_at_gap(ctx: GraspContext, pose: hm.HandPose, normal: np.ndarray, gap:
     return current
 
 
-def _world_ok(hand: HandState, others: list[tuple[ObjectModel, np.ndarray, np.ndarray]],
-              cameras: np.ndarray) -> bool:
+def _world_ok(hand: HandState, others: list[tuple[ObjectModel, np.ndarray, np.ndarray]], cameras: np.ndarray) -> bool:
     """Hand above the table, forearm not through it, no overlap with the non-grasped objects,
     at least MIN_CAMERA_DISTANCE from every camera centre (cameras: (C, 3) world)."""
     joints = hand.joints()
@@ -278,15 +278,20 @@ def _world_ok(hand: HandState, others: list[tuple[ObjectModel, np.ndarray, np.nd
     if forearm[2] < 0.03:
         return False
     pts = np.concatenate([joints, hand.mesh_world().positions[::7]])
-    for model, rot, trans in others:
-        if model.signed_distance((pts - trans) @ rot).min() < -0.001:
-            return False
-    return True
+    return all(model.signed_distance((pts - trans) @ rot).min() >= -0.001 for model, rot, trans in others)
 
 
-def synthesize_grasp(model: ObjectModel, rotation: np.ndarray, translation: np.ndarray, shape: hm.HandShape,
-                     side_sign: float, kind: str, others: list, rng: np.random.Generator,
-                     cameras: np.ndarray = np.zeros((0, 3))):
+def synthesize_grasp(
+    model: ObjectModel,
+    rotation: np.ndarray,
+    translation: np.ndarray,
+    shape: hm.HandShape,
+    side_sign: float,
+    kind: str,
+    others: list,
+    rng: np.random.Generator,
+    cameras: np.ndarray = np.zeros((0, 3)),  # noqa: B008 -- read-only default
+):
     """A hand grasping (or approaching) the object posed at (rotation, translation) in the world.
 
     Grasp: try surface points with outward normals; put the palm a few millimetres off the
@@ -331,8 +336,16 @@ def synthesize_grasp(model: ObjectModel, rotation: np.ndarray, translation: np.n
     return best, best_diag
 
 
-def sample_scene(models: list[ObjectModel], class_ids: list[int], grasp_index: int, kind: str,
-                 shape: hm.HandShape, side_sign: float, rng: np.random.Generator, cameras: np.ndarray) -> Scene:
+def sample_scene(
+    models: list[ObjectModel],
+    class_ids: list[int],
+    grasp_index: int,
+    kind: str,
+    shape: hm.HandShape,
+    side_sign: float,
+    rng: np.random.Generator,
+    cameras: np.ndarray,
+) -> Scene:
     """Objects on the table plus a hand of the given kind ("grasp", "approach", "empty").
 
     cameras: (C, 3) camera centres (world) the hand must keep MIN_CAMERA_DISTANCE from.
@@ -342,13 +355,23 @@ def sample_scene(models: list[ObjectModel], class_ids: list[int], grasp_index: i
     if kind != "empty":
         others = [(models[i], rotations[i], translations[i]) for i in range(len(models)) if i != grasp_index]
         for _ in range(4):
-            hand, diag = synthesize_grasp(models[grasp_index], rotations[grasp_index], translations[grasp_index],
-                                          shape, side_sign, kind, others, rng, cameras)
+            hand, diag = synthesize_grasp(
+                models[grasp_index],
+                rotations[grasp_index],
+                translations[grasp_index],
+                shape,
+                side_sign,
+                kind,
+                others,
+                rng,
+                cameras,
+            )
             if hand is not None:
                 break
             rotations, translations = place_objects(models, grasp_index, lifted=kind == "grasp", rng=rng)
         if hand is None:
-            log.warning("no collision-free %s found for class %d; writing a frame without a hand",
-                        kind, class_ids[grasp_index])
+            log.warning(
+                "no collision-free %s found for class %d; writing a frame without a hand", kind, class_ids[grasp_index]
+            )
             kind = "empty"
     return Scene(class_ids, rotations, translations, grasp_index, kind, hand, diag)

@@ -1,5 +1,9 @@
-"""Training aids as trainer callbacks, switched on from the run config.
+"""Trainer hooks (`Callback`, `StepInfo`) and the training aids built on them.
 
+A callback receives the trainer object (typed `Any`: this module never imports the trainer)
+and reads its public attributes: `model`, `cfg`, `ctx`, `step`, `epoch`, `stages`, `run_dir`.
+
+Training aids, switched on from the run config:
 - `GradientMonitor` (`training.grad_monitor_every=N`): every N optimizer steps, the gradient
   norm of each module (parameter names grouped to `training.grad_monitor_depth` components) is
   written to TensorBoard as `grad_norm/<module>` (rank 0). Norms are reported before clipping:
@@ -18,15 +22,49 @@ from __future__ import annotations
 import logging
 import statistics
 from collections import deque
+from dataclasses import dataclass, field
 from typing import Any
 
 from amt.diagnostics.gradients import module_grad_norms
-from amt.training.trainer import Callback, StepInfo, Trainer
+from amt.training.loggers import open_summary_writer
 
 log = logging.getLogger(__name__)
 
 GRAD_EVENTS_SUFFIX = ".grad_monitor"
 MIN_HISTORY = 5  # accepted losses needed before the spike guard judges
+
+
+@dataclass
+class StepInfo:
+    """What one optimizer step did. `outputs`/`batch` are those of the step's last micro-batch."""
+
+    step: int  # optimizer steps completed, this one included
+    epoch: int
+    stage: str
+    loss: float  # mean over micro-batches of this rank
+    terms: dict[str, float]
+    lr: float  # head learning rate
+    grad_norm: float | None  # global norm before clipping (None when not monitored)
+    skipped: bool  # non-finite loss or gradient: no parameter update
+    spread: float | None  # prediction_spread of the last micro-batch
+    outputs: dict[str, Any] = field(repr=False, default_factory=dict)
+    batch: dict[str, Any] = field(repr=False, default_factory=dict)
+
+
+class Callback:
+    """Hooks for research tooling; override what you need. Called on every rank with the trainer."""
+
+    def on_train_start(self, trainer: Any) -> None: ...
+
+    def on_step_end(self, trainer: Any, info: StepInfo) -> None: ...
+
+    def on_validation_end(self, trainer: Any, metrics: dict[str, float]) -> None: ...
+
+    def on_train_end(self, trainer: Any) -> None: ...
+
+    def skip_update(self, trainer: Any, loss: float, grad_norm: float | None) -> str | None:
+        """Before the optimizer update of a finite step: a reason to skip it, or None."""
+        return None
 
 
 class GradientMonitor(Callback):
@@ -38,16 +76,12 @@ class GradientMonitor(Callback):
         self.last_step: int | None = None
         self._writer: Any = None
 
-    def on_train_start(self, trainer: Trainer) -> None:
+    def on_train_start(self, trainer: Any) -> None:
         if trainer.ctx.is_main and trainer.cfg.logging.tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
-
             # purge_step: on resume, drop events logged after the checkpoint (as the trainer's writer)
-            self._writer = SummaryWriter(
-                str(trainer.run_dir / "tensorboard"), purge_step=trainer.step or None, filename_suffix=GRAD_EVENTS_SUFFIX
-            )
+            self._writer = open_summary_writer(trainer.run_dir, trainer.step, filename_suffix=GRAD_EVENTS_SUFFIX)
 
-    def on_step_end(self, trainer: Trainer, info: StepInfo) -> None:
+    def on_step_end(self, trainer: Any, info: StepInfo) -> None:
         if info.skipped or info.step % self.every or not trainer.ctx.is_main:
             return
         norms = module_grad_norms(trainer.model, self.depth)
@@ -63,7 +97,7 @@ class GradientMonitor(Callback):
             top = sorted(norms.items(), key=lambda kv: -kv[1])[:5]
             log.info("step %d grad norms: %s", info.step, ", ".join(f"{k}={v:.3g}" for k, v in top))
 
-    def on_train_end(self, trainer: Trainer) -> None:
+    def on_train_end(self, trainer: Any) -> None:
         if self._writer is not None:
             self._writer.close()
             self._writer = None
@@ -80,7 +114,7 @@ class LossSpikeGuard(Callback):
         self.spikes = 0
         self._stage: str | None = None
 
-    def skip_update(self, trainer: Trainer, loss: float, grad_norm: float | None) -> str | None:
+    def skip_update(self, trainer: Any, loss: float, grad_norm: float | None) -> str | None:
         stage = trainer.stages.stages[trainer.stages.index(trainer.step)].name
         if stage != self._stage:
             self._stage = stage

@@ -7,8 +7,9 @@ The matching is used by the losses and by the evaluator, so both score the same 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping, NamedTuple
+from typing import NamedTuple
 
 import torch
 from scipy.optimize import linear_sum_assignment
@@ -104,9 +105,7 @@ def match_objects(
         c_rot = geodesic_angle(pred_R[b][:, None], gt_R[None])  # (Q, n)
         total = cost.class_weight * c_class + cost.translation_weight * c_trans + cost.rotation_weight * c_rot
         rows, cols = linear_sum_assignment(total.cpu().numpy())
-        result.append(
-            (torch.as_tensor(rows, dtype=torch.int64), slots.cpu()[torch.as_tensor(cols, dtype=torch.int64)])
-        )
+        result.append((torch.as_tensor(rows, dtype=torch.int64), slots.cpu()[torch.as_tensor(cols, dtype=torch.int64)]))
     return result
 
 
@@ -116,7 +115,8 @@ def gather_matched(
     """Flatten per-sample matches into (batch, query, slot) index tensors on `device`."""
     batch_idx = [torch.full_like(pred, b) for b, (pred, _) in enumerate(indices)]
     return MatchedIndices(
-        batch=_cat(batch_idx, device), query=_cat([p for p, _ in indices], device),
+        batch=_cat(batch_idx, device),
+        query=_cat([p for p, _ in indices], device),
         slot=_cat([g for _, g in indices], device),
     )
 

@@ -1,4 +1,4 @@
-"""Tests for amt.training.matching (Hungarian matching of object queries)."""
+"""Tests for amt.models.matching (Hungarian matching of object queries)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from amt.geometry.rotations import geodesic_angle, matrix_to_quat_wxyz, quat_wxyz_to_matrix
-from amt.training.matching import (
+from amt.models.matching import (
     NO_OBJECT,
     MatchCost,
     gather_matched,
@@ -71,7 +71,7 @@ def test_exact_predictions_in_shuffled_queries_are_recovered():
     outputs = _outputs(1, gen)
     outputs["obj_t"][0, perm] = batch["obj_t"][0, :3]
     outputs["obj_quat"][0, perm] = matrix_to_quat_wxyz(batch["obj_R"][0, :3])
-    (pred, gt), = match_objects(outputs, batch)
+    ((pred, gt),) = match_objects(outputs, batch)
     assert dict(zip(gt.tolist(), pred.tolist())) == {0: 3, 1: 0, 2: 4}
 
 

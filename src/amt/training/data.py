@@ -1,0 +1,117 @@
+"""Training data: the cache folders of the run, rank-local batches in a deterministic order,
+and the default validation evaluator."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from amt.data.cache import META_FILE, build_cache, cache_folder, open_cache
+from amt.data.loaders import CachedDataset, GPUCachedDataset, collate
+from amt.evaluation.evaluator import evaluate
+from amt.training.config import DataConfig
+from amt.training.distributed import DistContext, barrier
+from amt.training.rng import epoch_order, mix_seed
+from amt.training.sequence import SequenceSampler
+
+log = logging.getLogger(__name__)
+
+Evaluator = Callable[[nn.Module, Any], dict]  # (model, dataset) -> nested metrics dict
+
+
+def resolve_cache(data: DataConfig, split: str, cache_dir: str | None, ctx: DistContext) -> Path:
+    """The cache folder of `split`, built from `data.root` when missing (rank 0 builds)."""
+    if cache_dir is None:
+        if data.root is None:
+            raise ValueError("config: set data.root (a DexYCB-layout folder) or data.cache_dir (a built cache)")
+        folder = cache_folder(data.root, split, data.image_size)
+    else:
+        folder = Path(cache_dir)
+    if not (folder / META_FILE).exists():
+        if data.root is None:
+            raise FileNotFoundError(
+                f"{folder}: no cache here ({META_FILE} missing) and data.root is not set to build it"
+            )
+        if ctx.is_main:
+            log.info("building the %s cache of %s in %s", split, data.root, folder)
+            build_cache(data.root, split, folder, size=data.image_size, workers=data.cache_workers)
+        barrier(ctx)
+    return folder
+
+
+class TrainBatches:
+    """Rank-local training batches: the cache sharded `rank::world_size`, each shard permuted
+    per epoch by `epoch_order`. Every rank runs the same number of steps per epoch."""
+
+    def __init__(self, folder: Path, data: DataConfig, ctx: DistContext, seed: int) -> None:
+        kind = data.loader if data.loader != "auto" else ("gpu" if ctx.device.type == "cuda" else "dataset")
+        if kind not in ("gpu", "dataset"):
+            raise ValueError(f"config data.loader: {data.loader!r}; expected auto, gpu or dataset")
+        normalize = not data.augment  # BatchAugment takes uint8 and normalises on the device
+        self.kind, self.seed, self.ctx = kind, seed, ctx
+        self.num_workers = data.num_workers
+        if kind == "gpu":
+            self.dataset = GPUCachedDataset(folder, ctx.device, ctx.rank, ctx.world_size, normalize=normalize)
+        else:
+            self.dataset = CachedDataset(folder, data.cache_mode, normalize, ctx.rank, ctx.world_size)
+        self.global_size = int(len(self.dataset.meta))
+        self.sequence = None  # data.sequence_length >= 2: clips of consecutive frames
+        if data.sequence_length > 1:
+            local_meta = self.dataset.meta[ctx.rank :: ctx.world_size]
+            self.sequence = SequenceSampler(local_meta, data.sequence_length, seed)
+
+    def steps_per_epoch(self, per_rank_batch: int) -> int:
+        if self.sequence is not None:
+            return self.sequence.steps_per_epoch(per_rank_batch)
+        return (self.global_size // self.ctx.world_size) // per_rank_batch
+
+    def epoch(self, epoch: int, first_step: int, stop_step: int, micro: int, accum: int) -> Iterator[list[dict]]:
+        """Micro-batch lists (accum of them, `micro` samples each) for steps [first, stop)."""
+        order = epoch_order(len(self.dataset), self.seed, epoch)
+        per_step = micro * accum
+        chunks = [
+            order[s * per_step + m * micro : s * per_step + (m + 1) * micro]
+            for s in range(first_step, stop_step)
+            for m in range(accum)
+        ]
+        if self.sequence is not None:
+            chunks = self.sequence.chunks(epoch, first_step, stop_step, micro, accum)
+        if self.kind == "gpu":
+            batches: Iterator[dict] = (self.dataset.get(idx) for idx in chunks)
+        else:
+            loader = torch.utils.data.DataLoader(
+                self.dataset,
+                batch_sampler=[c.tolist() for c in chunks],
+                collate_fn=collate,
+                num_workers=self.num_workers,
+                pin_memory=self.ctx.device.type == "cuda",
+                generator=torch.Generator().manual_seed(mix_seed(self.seed, epoch, 0x10AD)),
+            )
+            batches = iter(loader)
+        group: list[dict] = []
+        for batch in batches:
+            if self.sequence is not None:
+                batch["sequence_length"] = self.sequence.length
+            group.append(batch)
+            if len(group) == accum:
+                yield group
+                group = []
+
+
+def cache_samples(data: DataConfig, ctx: DistContext) -> Callable[[int], dict[str, Any]]:
+    """samples(b): the first b samples of the training cache (repeated when it is smaller)."""
+    dataset = CachedDataset(resolve_cache(data, data.split, data.cache_dir, ctx), data.cache_mode)
+    return lambda b: collate([dataset[i % len(dataset)] for i in range(b)])
+
+
+def default_evaluator(data_folder: Path, batch_size: int, device: torch.device) -> Evaluator:
+    """`amt.evaluation.evaluator.evaluate` bound to the dataset's models folder."""
+    params = open_cache(data_folder).params
+    models_dir = params.get("models_dir") or str(Path(params["root"]) / "models")
+    return functools.partial(evaluate, models_dir=models_dir, batch_size=batch_size, device=device)

@@ -1,0 +1,59 @@
+"""`LossConfig`: the weights of the eleven AMT loss terms and the terms' own parameters."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from amt.models.matching import MatchCost
+
+TERM_NAMES: tuple[str, ...] = (
+    "hand_coarse", "hand_refined", "object_position", "object_rotation", "object_class",
+    "contact", "physics", "diversity", "reprojection", "kl", "temporal",
+)  # fmt: skip
+
+
+@dataclass
+class LossConfig:
+    """Term weights (seed defaults), stage multipliers and the terms' own parameters."""
+
+    hand_coarse: float = 1.326
+    hand_refined: float = 1.189
+    object_position: float = 0.822
+    object_rotation: float = 0.463
+    object_class: float = 1.0
+    contact: float = 0.359
+    physics: float = 0.086
+    diversity: float = 0.060
+    reprojection: float = 0.553
+    kl: float = 0.001
+    temporal: float = 0.5
+    # term name -> factor set by the training schedule (missing names: 1.0)
+    stage_multipliers: dict[str, float] = field(default_factory=dict)
+    # Kendall et al. 2018 learned homoscedastic uncertainty on top of the fixed weights
+    dynamic_weighting: bool = False
+    match: MatchCost = field(default_factory=MatchCost)
+    # hand: smooth-L1 transition (m) and the relative weight of fingertips (others 1)
+    smooth_l1_beta_m: float = 0.01
+    tip_weight: float = 2.0
+    # hand: MANO betas (inside hand_coarse) and joint confidence (inside hand_refined), whose
+    # target is exp(-joint error / confidence_scale_m)
+    shape_weight: float = 0.01
+    confidence_weight: float = 0.1
+    confidence_scale_m: float = 0.02
+    # class: DETR's down-weighting of the "no object" class
+    no_object_weight: float = 0.1
+    # contact: focal loss (Lin et al. 2017)
+    focal_gamma: float = 2.0
+    focal_alpha: float = 0.5
+    # physics: skin-on-object friction coefficient of the friction cone
+    friction_coefficient: float = 0.6
+    # diversity: hinge targets on the batch standard deviation
+    joint_std_target_m: float = 0.01
+    object_std_target_m: float = 0.02
+    # reprojection: smooth-L1 transition as a fraction of the image size
+    reprojection_beta: float = 0.01
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.stage_multipliers) - set(TERM_NAMES))
+        if unknown:
+            raise ValueError(f"LossConfig.stage_multipliers: unknown terms {unknown}; expected {TERM_NAMES}")

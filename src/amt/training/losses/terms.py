@@ -1,0 +1,130 @@
+"""The term functions of the AMT losses (`amt.training.losses.loss.AMTLoss` composes them).
+
+Distances are in metres, angles in radians. Masks are (B,) bool "this sample has the label".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import roma
+import torch
+import torch.nn.functional as F
+
+from amt.data.object_tables import CONTINUOUS_SYMMETRY_AXIS, symmetry_table
+from amt.geometry.hand_skeleton import BEND_LIMIT_DEG, BONES, NUM_JOINTS, PARENTS, TIP_JOINTS
+
+
+def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of `values` over `mask` (same leading shape); 0 (graph kept) when the mask is empty."""
+    mask = mask.to(device=values.device, dtype=torch.bool)
+    while mask.dim() < values.dim():
+        mask = mask.unsqueeze(-1)
+    mask = mask.expand_as(values)
+    # where, not multiply: labels of unlabelled samples may be anything (-1, inf, nan)
+    return torch.where(mask, values, torch.zeros_like(values)).sum() / mask.sum().clamp_min(1)
+
+
+def valid_labels(x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Labels `x` (B, ...) with the rows of unlabelled samples (`valid` (B,) False) set to 0, so
+    whatever placeholder they hold (-1, nan) cannot reach a value or a gradient."""
+    keep = valid.to(device=x.device, dtype=torch.bool).reshape(-1, *([1] * (x.dim() - 1)))
+    return torch.where(keep, x, torch.zeros_like(x))
+
+
+def sequence_length(batch: Mapping) -> int:
+    """`batch["sequence_length"]` as an int (1 when absent); a collated (B,) tensor must hold
+    one value."""
+    values = torch.as_tensor(batch.get("sequence_length", 1)).flatten().unique()
+    if values.numel() != 1:
+        raise ValueError(f"batch['sequence_length'] must hold one clip length, got {values.tolist()}")
+    return int(values[0])
+
+
+def graph_zero(like: torch.Tensor) -> torch.Tensor:
+    """A zero that stays attached to the graph of `like`, so backward never breaks."""
+    return like.sum() * 0.0
+
+
+def joint_weights(tip_weight: float, device=None) -> torch.Tensor:
+    """(21,) per-joint weights, fingertips `tip_weight`, others 1, normalised to mean 1."""
+    w = torch.ones(NUM_JOINTS, device=device)
+    w[list(TIP_JOINTS)] = tip_weight
+    return w / w.mean()
+
+
+def hand_joint_loss(
+    pred: torch.Tensor, gt: torch.Tensor, valid: torch.Tensor, weights: torch.Tensor, beta: float
+) -> torch.Tensor:
+    """Smooth-L1 on absolute plus root-relative joints, per-joint weighted.
+
+    pred, gt: (B, 21, 3) metres; valid: (B,) bool; weights: (21,). Returns metres (scalar).
+    """
+
+    def per_joint(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return (F.smooth_l1_loss(a, b, reduction="none", beta=beta).sum(-1) * weights).mean(-1)
+
+    gt = gt.to(pred)
+    absolute = per_joint(pred, gt)
+    relative = per_joint(pred - pred[:, :1], gt - gt[:, :1])
+    return masked_mean(absolute + relative, valid)
+
+
+def _geodesic(R1: torch.Tensor, R2: torch.Tensor) -> torch.Tensor:
+    """`amt.geometry.rotations.geodesic_angle` with roma's clamping below 1, so the gradient
+    stays finite for predictions 180 deg away (the angle saturates 2.8e-3 rad below pi)."""
+    return roma.rotmat_geodesic_distance(R1, R2, clamping=1.0 - 1e-6)
+
+
+def rotation_error(
+    pred_R: torch.Tensor, gt_R: torch.Tensor, class_id: torch.Tensor, table: torch.Tensor | None = None
+) -> torch.Tensor:
+    """(N, 3, 3) x2, (N,) YCB ids -> (N,) radians, symmetry-aware.
+
+    Discrete symmetries: the smallest geodesic angle to any equivalent ground truth
+    `gt_R @ S_k` (`table` = `symmetry_table()`, the identity only for asymmetric classes).
+    Continuous symmetry about a model axis a: the angle between `pred_R a` and `gt_R a`, the
+    exact minimum over all rotations about a.
+    """
+    table = symmetry_table() if table is None else table
+    sym = table.to(pred_R)[class_id]  # (N, S, 3, 3)
+    error = _geodesic(pred_R[:, None], gt_R[:, None] @ sym).amin(dim=1)
+    for cid, axis in CONTINUOUS_SYMMETRY_AXIS.items():
+        a, b = pred_R[..., axis], gt_R[..., axis]
+        aligned = torch.atan2(torch.linalg.cross(a, b).norm(dim=-1), (a * b).sum(-1))
+        error = torch.where(class_id == cid, aligned, error)
+    return error
+
+
+def focal_bce(
+    log_p: torch.Tensor, log_not_p: torch.Tensor, target: torch.Tensor, gamma: float, alpha: float
+) -> torch.Tensor:
+    """Element-wise focal binary cross-entropy (nats) from log p and log(1 - p).
+
+    -2 alpha_t (1 - p_t)^gamma log p_t; alpha = 0.5, gamma = 0 is the plain BCE.
+    """
+    positive = target.to(torch.bool)
+    log_p_true = torch.where(positive, log_p, log_not_p)
+    a = torch.where(positive, torch.full_like(log_p, alpha), torch.full_like(log_p, 1 - alpha))
+    return -2.0 * a * (1 - log_p_true.exp()).pow(gamma) * log_p_true
+
+
+def bend_angles(joints: torch.Tensor) -> torch.Tensor:
+    """(B, 21, 3) -> (B, 15) radians: angle between incoming and outgoing bone at each
+    articulated joint in `BEND_LIMIT_DEG` order (0 = straight)."""
+    ids = list(BEND_LIMIT_DEG)
+    incoming = joints[:, ids] - joints[:, [PARENTS[j] for j in ids]]
+    outgoing = joints[:, [j + 1 for j in ids]] - joints[:, ids]
+    cross = torch.linalg.cross(incoming, outgoing).norm(dim=-1)
+    return torch.atan2(cross, (incoming * outgoing).sum(-1))
+
+
+def bone_lengths(joints: torch.Tensor) -> torch.Tensor:
+    """(B, 21, 3) -> (B, 20) metres, `BONES` order."""
+    return (joints[:, [c for _, c in BONES]] - joints[:, [p for p, _ in BONES]]).norm(dim=-1)
+
+
+def batch_std(x: torch.Tensor) -> torch.Tensor:
+    """Population standard deviation over dim 0, with an epsilon so a collapsed batch
+    (std 0) still has a finite gradient."""
+    return (x.var(dim=0, unbiased=False) + 1e-12).sqrt()
