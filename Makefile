@@ -24,8 +24,8 @@ test: lint
 
 # ruff's lint rules and format live in pyproject.toml ([tool.ruff]).
 lint: $(STAMP)
-	$(BIN)/ruff check src tests
-	$(BIN)/ruff format --check src tests
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
 
 bench: $(STAMP)
 	$(BIN)/amt bench --device cpu --preset tiny

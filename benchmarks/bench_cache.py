@@ -18,7 +18,7 @@ import platform
 import tempfile
 import time
 from collections.abc import Callable, Iterable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -44,8 +44,12 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _time_epochs(epoch: Callable[[], Iterable[dict[str, Any]]], finish: Callable[[dict[str, Any]], Any],
-                 device: torch.device, epochs: int) -> float:
+def _time_epochs(
+    epoch: Callable[[], Iterable[dict[str, Any]]],
+    finish: Callable[[dict[str, Any]], Any],
+    device: torch.device,
+    epochs: int,
+) -> float:
     """Samples per second over `epochs` epochs, after one warm-up epoch."""
     for batch in epoch():
         finish(batch)
@@ -76,13 +80,21 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         return {**batch, "image": normalize_images(batch["image"])}
 
     with tempfile.TemporaryDirectory() as tmp:
-        cache = Path(args.cache) if args.cache else _synthetic_cache(Path(tmp), args.samples, args.size, args.build_workers)
+        cache = (
+            Path(args.cache) if args.cache else _synthetic_cache(Path(tmp), args.samples, args.size, args.build_workers)
+        )
         loaders: list[tuple[str, int, Callable[[], Iterable[dict[str, Any]]]]] = []
         for mode in ("disk", "memmap", "ram"):
             ds = CachedDataset(cache, mode=mode, normalize=False)
             for workers in args.workers:
-                loader = make_loader(ds, args.batch_size, shuffle=True, num_workers=workers, drop_last=True,
-                                     pin_memory=device.type == "cuda")
+                loader = make_loader(
+                    ds,
+                    args.batch_size,
+                    shuffle=True,
+                    num_workers=workers,
+                    drop_last=True,
+                    pin_memory=device.type == "cuda",
+                )
                 loaders.append((f"CachedDataset({mode})", workers, lambda loader=loader: loader))
         resident = GPUCachedDataset(cache, device, normalize=False)
         loaders.append(("GPUCachedDataset", 0, lambda: resident.batches(args.batch_size, True, gen, True)))
@@ -98,7 +110,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         ]
         n = len(resident)
     return {
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": platform.node(),
         "cpu_threads": torch.get_num_threads(),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
@@ -128,14 +140,18 @@ def main(argv: list[str] | None = None) -> int:
     report = run(args)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=1))
-    print(f"{report['num_samples']} samples at {report['size']} px, batch {report['batch_size']}, "
-          f"augment={report['augment']}, {report['device_name']}, {report['date']}")
+    print(
+        f"{report['num_samples']} samples at {report['size']} px, batch {report['batch_size']}, "
+        f"augment={report['augment']}, {report['device_name']}, {report['date']}"
+    )
     ready = "normalised+augmented" if report["augment"] else "normalised"
     print(f"| {'loader':<22} | workers | device | read samples/s | {ready} samples/s |")
     print(f"|{'-' * 24}|---------|--------|----------------|{'-' * (len(ready) + 12)}|")
     for r in report["results"]:
-        print(f"| {r['loader']:<22} | {r['workers']:>7} | {r['device']:>6} | {r['read_samples_per_s']:>14.0f} "
-              f"| {r['ready_samples_per_s']:>{len(ready) + 10}.0f} |")
+        print(
+            f"| {r['loader']:<22} | {r['workers']:>7} | {r['device']:>6} | {r['read_samples_per_s']:>14.0f} "
+            f"| {r['ready_samples_per_s']:>{len(ready) + 10}.0f} |"
+        )
     print(f"JSON: {args.json}")
     return 0
 

@@ -18,7 +18,7 @@ import os
 import platform
 import resource
 import tempfile
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import numpy as np
 
@@ -61,7 +61,7 @@ def main() -> None:
                          "max_finger_penetration_mm": round(1000 * float(max(0.0, -gaps.min())), 3)})  # fmt: skip
     report = {
         "benchmark": "synth",
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
         "load_average_1min": round(os.getloadavg()[0], 2),
         "objects": "primitives" if args.primitives else "YCB meshes (if found)",
@@ -72,8 +72,10 @@ def main() -> None:
     print("\n| workers | images | seconds | images/s | CPU ms/image | projected images/s (2 idle cores) |")
     print("|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['workers']} | {r['images']} | {r['seconds']} | {r['images_per_s']} | {r['cpu_ms_per_image']} "
-              f"| {r['projected_images_per_s_2cores']} |")
+        print(
+            f"| {r['workers']} | {r['images']} | {r['seconds']} | {r['images_per_s']} | {r['cpu_ms_per_image']} "
+            f"| {r['projected_images_per_s_2cores']} |"
+        )
     if args.json:
         with open(args.json, "w") as f:
             json.dump(report, f, indent=2)

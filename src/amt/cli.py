@@ -17,7 +17,7 @@ from amt.extras import MissingExtraError
 
 # verb -> ("module:function", one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "synth": ("amt.data.synthetic_cli:main", "write a synthetic dataset in the DexYCB layout"),
+    "synth": ("amt.data.synthetic_cli:main", "write a synthetic dataset (DexYCB layout, or --format folder)"),
     "cache": ("amt.data.cache_cli:main", "build the preprocessed training cache"),
     "train": ("amt.training.cli:train_main", "train a model (Hydra overrides after the verb)"),
     "eval": ("amt.evaluation.cli:main", "evaluate a checkpoint and write the report"),
@@ -28,6 +28,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "model-info": ("amt.models.info:main", "parameter counts of every preset"),
     "sweep": ("amt.training.sweep:main", "hyperparameter search with Optuna"),
     "debug": ("amt.diagnostics.cli:main", "diagnose a checkpoint: collapse, dead units, attention, gradients"),
+    "convert-checkpoint": ("amt.checkpoint_cli:main", "convert an old-format checkpoint (pickled trainer.pt)"),
 }
 
 

@@ -97,11 +97,15 @@ def learning_checks(result: dict[str, Any]) -> list[Check]:
     split's grasped objects: the crops are hand-centred, and on the demo's held-out frames only
     ~15 % of the other objects have their centre inside the crop, so their translation is mostly
     not observable from the input (the all-object error is still reported, see `checks_table`).
+    Both numbers follow the evaluator's BOP protocol: the model's top-scoring estimate of the
+    grasped object's class is scored, never the query nearest the ground truth, and the baseline
+    is averaged over the same (detected) objects; a grasped object with no estimate of its class
+    is a miss (the check fails when none is detected; the recall is printed next to it).
     """
     base = result["baselines"]
     hand = result["hand"]["root-relative"]["mpjpe"]
     obj = result["objects"]["grasped"]["translation_error_mm"]
-    obj_base = base.get("object_translation_error_grasped")
+    obj_base = base.get("object_translation_error_grasped_detected")
     contacts = result["contacts"]
     hand_bound = 0.6 * base["hand_root_relative_mpjpe"]
     obj_bound = 0.6 * obj_base if obj_base is not None else None
@@ -120,7 +124,7 @@ def checks_table(checks: list[Check], result: dict[str, Any]) -> str:
     base = result["baselines"]
     baseline = {
         "root-relative MPJPE (mm)": base["hand_root_relative_mpjpe"],
-        "grasped-object translation error (mm)": base.get("object_translation_error_grasped"),
+        "grasped-object translation error (mm)": base.get("object_translation_error_grasped_detected"),
         "contact accuracy": result["contacts"]["majority_class_rate"],
         "collapse ratio": None,
     }
@@ -128,8 +132,11 @@ def checks_table(checks: list[Check], result: dict[str, Any]) -> str:
         [c.name, _fmt(c.value), _fmt(baseline[c.name]), f"{c.rule} ({_fmt(c.bound)})", "PASS" if c.passed else "FAIL"]
         for c in checks
     ]
+    recall = result["objects"]["grasped"].get("recall")
+    rows.append(["grasped-object recall (BOP protocol)", _fmt(recall), "-",
+                 "reported: share of grasped objects with an estimate of their class", "-"])  # fmt: skip
     all_obj = result["objects"]["all"]["translation_error_mm"]
-    rows.append(["all-object translation error (mm)", _fmt(all_obj), _fmt(base["object_translation_error"]),
+    rows.append(["all-object translation error (mm)", _fmt(all_obj), _fmt(base.get("object_translation_error_detected")),
                  "reported, not checked (most non-grasped objects lie outside the hand crop)", "-"])  # fmt: skip
     return tabulate(rows, headers=["metric", "model", "baseline", "check", ""], tablefmt="pipe")
 

@@ -306,3 +306,56 @@ def test_iter_samples_skips_bad_samples_logs_and_counts(small_root, caplog):
     assert indices == [0, 2, 3, 4, 6, 7] and ds.skipped == 2
     assert sum("skipping sample" in r.message for r in caplog.records) == 2
     assert any("color_000000.jpg" in m for m in ds.skip_messages)
+
+
+# --------------------------------------------------------------------------- fuzz findings (issue 14)
+def test_a_huge_declared_array_shape_is_refused_from_the_header(small_root):
+    """A .npy header inside the npz declaring 10^11 rows: refused before any allocation."""
+    npz = _view(small_root) / "labels_000000.npz"
+    labels = dict(np.load(npz))
+    labels["joint_3d"] = np.zeros((1000, 21, 3), np.float32)
+    np.savez(npz, **labels)  # uncompressed: the header text is patchable (same length keeps the zip valid)
+    npz.write_bytes(npz.read_bytes().replace(b"'shape': (1000, 21, 3)", b"'shape': (9999999999,)"))
+    with pytest.raises(DexYCBError, match=r"labels_000000\.npz: key 'joint_3d' has shape \(9999999999,\)"):
+        DexYCB(small_root, "s1_val")[0]
+
+
+@pytest.mark.parametrize("dtype", ["<U3", "complex64"])
+def test_a_non_numeric_label_dtype_is_named(small_root, dtype):
+    _rewrite_labels(small_root, pose_m=np.zeros((1, 51), dtype))
+    with pytest.raises(DexYCBError, match=rf"labels_000000\.npz: key 'pose_m' has dtype {dtype}"):
+        DexYCB(small_root, "s1_val")[0]
+
+
+@pytest.mark.parametrize("value", [".nan", "1e308", "-615.0", ".inf"])
+def test_unusable_intrinsics_are_named(small_root, value):
+    path = small_root / "calibration" / "intrinsics" / f"{SERIALS[0]}_640x480.yml"
+    path.write_text(path.read_text().replace("  fx: ", f"  fx: {value}\n  old_fx: ", 1))
+    with pytest.raises(DexYCBError, match=f"{SERIALS[0]}_640x480.yml: key 'color' must hold finite"):
+        DexYCB(small_root, "s1_val")
+
+
+@pytest.mark.parametrize("value", ["1000000000000", "true", "-3"])
+def test_an_absurd_num_frames_is_named(small_root, value):
+    meta = next((small_root / SUBJECTS[6]).iterdir()) / "meta.yml"
+    meta.write_text(meta.read_text().replace("num_frames: 1", f"num_frames: {value}"))
+    with pytest.raises(DexYCBError, match=r"meta\.yml: key 'num_frames' must be an int in 0\.\.100000"):
+        DexYCB(small_root, "s1_val")
+
+
+@pytest.mark.parametrize("text", [b"\xff\xfe not utf-8", b"[" * 5000, b"!!python/object/apply:os.system ['echo x']"])
+def test_hostile_yaml_is_named(small_root, text):
+    meta = next((small_root / SUBJECTS[6]).iterdir()) / "meta.yml"
+    meta.write_bytes(text)
+    with pytest.raises(DexYCBError, match=r"meta\.yml: "):
+        DexYCB(small_root, "s1_val")
+
+
+@pytest.mark.parametrize(("side", "message"), [(6000, "image is 6000x6000 pixels"), (60000, "image is not 640x480")])
+def test_a_jpeg_declaring_a_huge_size_is_refused_before_decoding(small_root, side, message):
+    jpg = _view(small_root) / "color_000000.jpg"
+    data = jpg.read_bytes()
+    i = data.find(b"\xff\xc0")
+    jpg.write_bytes(data[: i + 5] + side.to_bytes(2, "big") * 2 + data[i + 9 :])
+    with pytest.raises(DexYCBError, match=rf"color_000000\.jpg: {message}"):
+        DexYCB(small_root, "s1_val")[0]

@@ -109,7 +109,7 @@ def test_oracle_predictions_score_perfectly(caches: dict[str, Path]) -> None:
         assert objects[key]["mean_mm"] < 1e-3
         assert objects[key]["auc"] == pytest.approx(1.0, abs=1e-4)
         assert objects[key]["acc_10pct_diameter"] == 1.0
-    assert objects["class_accuracy"] == 1.0
+    assert objects["recall"] == 1.0 and objects["detection"]["precision"] == 1.0
     assert result["contacts"]["accuracy"] == 1.0
     assert result["contacts"]["contact_point_error_mm"] in (None, 0.0)
     assert result["collapse_ratio"] == pytest.approx(1.0)
@@ -122,8 +122,9 @@ def test_no_object_predictions_are_misses_and_constant_hand_collapses(caches: di
     assert objects["add"]["auc"] == 0.0 and objects["add(-s)"]["acc_10pct_diameter"] == 0.0
     assert objects["add"]["mean_mm"] is None
     assert result["collapse_ratio"] == pytest.approx(0.0, abs=1e-9)
-    # The translation error still counts every matched GT object (the query exists, it says "none").
-    assert objects["translation_error_mm"] > 0
+    # BOP protocol: a model that claims no object has no estimate to measure a translation error of
+    assert objects["translation_error_mm"] is None and objects["recall"] == 0.0
+    assert objects["detection"]["num_estimates"] == 0 and objects["detection"]["precision"] is None
 
 
 def test_baselines_match_an_independent_computation(caches: dict[str, Path]) -> None:

@@ -9,6 +9,7 @@ import pytest
 import torch
 from scipy.spatial.transform import Rotation
 
+from amt.data.transforms import crop_intrinsics_for_box
 from amt.geometry.camera import crop_intrinsics, project, unproject
 from amt.geometry.hand_skeleton import (
     BONES,
@@ -99,8 +100,13 @@ def test_crop_intrinsics_maps_pixels_like_the_crop():
     box = torch.tensor([[250.0, 180.0, 160.0, 160.0]], dtype=torch.float64)
     Kc = crop_intrinsics(K, box, 224)
     uv_full = project(pts, K)
-    expected = (uv_full - box[:, None, :2]) * 224 / 160
+    # pixel-centre convention: the box's pixel edges x0 - 0.5 .. x0 + 160 - 0.5 become the crop's
+    # edges -0.5 .. 223.5
+    expected = (uv_full - box[:, None, :2] + 0.5) * 224 / 160 - 0.5
     torch.testing.assert_close(project(pts, Kc), expected)
+    # and the function agrees with the cache's helper, which resamples pixels that way
+    Kc_box = crop_intrinsics_for_box(K[0].numpy(), (250, 180, 160), 224)
+    np.testing.assert_allclose(Kc[0].numpy(), Kc_box, rtol=1e-6, atol=1e-4)
 
 
 # --------------------------------------------------------------------------- procrustes

@@ -11,11 +11,12 @@ from amt.models.refine import RefineStep, object_points, pixel_to_grid, sample_l
 
 
 def _coordinate_maps(strides: list[float], image_size: int = 224) -> list[torch.Tensor]:
-    """Feature maps whose two channels hold the image-pixel (u, v) of each cell centre."""
+    """Feature maps whose two channels hold the image-pixel (u, v) of each cell centre (pixel
+    centres at integers, so cell j's centre is at (j + 0.5) * stride - 0.5)."""
     maps = []
     for stride in strides:
         n = round(image_size / stride)
-        centres = (torch.arange(n, dtype=torch.float64) + 0.5) * stride
+        centres = (torch.arange(n, dtype=torch.float64) + 0.5) * stride - 0.5
         v, u = torch.meshgrid(centres, centres, indexing="ij")
         maps.append(torch.stack([u, v])[None])
     return maps
@@ -41,9 +42,13 @@ def test_sampling_at_projected_points_returns_their_pixels() -> None:
 
 
 def test_pixel_to_grid_maps_cell_centres_to_their_normalised_coordinates() -> None:
-    uv = torch.tensor([[7.0, 7.0], [217.0, 7.0]])  # first and last cell centres of the 16x16 grid
+    # first and last cell centres of the 16x16 grid: pixels 0..13 and 210..223, centres 6.5 and 216.5
+    uv = torch.tensor([[6.5, 6.5], [216.5, 6.5]])
     grid = pixel_to_grid(uv, 14.0, (16, 16))
     torch.testing.assert_close(grid, torch.tensor([[-15 / 16, -15 / 16], [15 / 16, -15 / 16]]))
+    # the image's outer edges (half a pixel beyond the first and last pixel centres) are the grid's
+    edges = pixel_to_grid(torch.tensor([[-0.5, 223.5]]), 14.0, (16, 16))
+    torch.testing.assert_close(edges, torch.tensor([[-1.0, 1.0]]))
 
 
 def test_object_points_are_centre_and_axis_ends() -> None:

@@ -58,4 +58,4 @@ def test_two_process_step_equals_one_process_step(tmp_path, tiny_run_config):
         moved += int(not torch.equal(value, initial[name]))
     assert moved > 10  # the step really changed the parameters
     # checkpoints are written by rank 0 only, into the one run folder
-    assert (tmp_path / "ddp" / "checkpoints" / "last" / "trainer.pt").exists()
+    assert (tmp_path / "ddp" / "checkpoints" / "last" / "complete.json").exists()

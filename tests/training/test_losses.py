@@ -385,3 +385,55 @@ def test_constant_velocity_clips_have_no_temporal_loss_and_lengths_may_be_collat
     batch["sequence_length"] = torch.tensor([3, 3, 3, 2, 2, 2])
     with pytest.raises(ValueError, match="sequence_length"):
         AMTLoss()(outputs, batch)
+
+
+def test_refinement_steps_are_weighted_equally(example):
+    """The final output is the last step's estimate: with 2 steps each weighs 1/2 (counting the
+    final output and the last step separately weighted them 1/3 and 2/3)."""
+    batch, outputs = example
+    outputs.pop("joint_conf")  # the joints part of hand_refined alone
+    steps = outputs["aux"]["refine_steps"]
+    # every step matched alike: queries 0, 1 confident of the classes of slots 0, 1, near their
+    # poses (step k off by k cm along z and 0.1 k rad about x), queries 2, 3 "no object" far away
+    logits = torch.full_like(outputs["obj_logits"], -10.0)
+    logits[:, 2:, NO_OBJECT] = 10.0
+    for q in range(2):
+        logits[torch.arange(B), q, batch["obj_class"][:, q] - 1] = 10.0
+    outputs["obj_logits"] = logits
+    for k, step in enumerate(steps, start=1):
+        t = torch.cat([batch["obj_t"][:, :2] + torch.tensor([0.0, 0.0, 0.01 * k]), batch["obj_t"][:, :2] + 1.0], 1)
+        R = batch["obj_R"][:, :2] @ axis_angle_to_matrix(torch.tensor([0.1 * k, 0.0, 0.0]))
+        step["obj_t"], step["obj_quat"] = t, matrix_to_quat_wxyz(torch.cat([R, R], 1))
+    for key in ("joints_3d", "obj_t", "obj_quat"):
+        outputs[key] = steps[-1][key]  # as the model: the final outputs are the last step's
+    _, terms = AMTLoss()(outputs, batch)
+    per_step = []
+    for step in steps:
+        single = dict(outputs, **{k: step[k] for k in ("joints_3d", "obj_t", "obj_quat")})
+        single["aux"] = dict(outputs["aux"], refine_steps=[])
+        per_step.append(AMTLoss()(single, batch)[1])
+    for name in ("hand_refined", "object_position", "object_rotation"):
+        expected = (per_step[0][name] + per_step[1][name]) / 2
+        torch.testing.assert_close(terms[name], expected, msg=name)
+
+
+# output head -> whether its first element always reaches a term (sample 0 has a hand label)
+TERM_INPUTS = {
+    "joints_3d": True, "joints_3d_coarse": True, "joint_conf": True, "mano_shape": False, "obj_t": False,
+    "obj_quat": False, "obj_logits": True, "contact_points": False, "contact_prob": False, "contact_force": True,
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("key", list(TERM_INPUTS))
+def test_nan_outputs_never_raise(example, key):
+    """A NaN in any head: no exception (the matching and the confidence BCE used to raise). The
+    total is NaN where the NaN reaches a term unmasked; a NaN only in a query no object is matched
+    to may leave it finite, and `amt.training.step` then flags the outputs themselves
+    (tests/training/test_nonfinite.py)."""
+    batch, outputs = example
+    bad = outputs[key].detach().clone()
+    bad.view(-1)[0] = float("nan")
+    outputs[key] = bad
+    total, _ = AMTLoss()(outputs, batch)
+    if TERM_INPUTS[key]:
+        assert not torch.isfinite(total)

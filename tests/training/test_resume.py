@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from amt.checkpoint import TRAINER_STATE
+from amt.checkpoint import COMPLETE, TRAINER_JSON, TRAINER_TENSORS, is_complete, load_trainer_state
 from amt.models import AMT
 from amt.training.trainer import Trainer
 
@@ -24,7 +24,7 @@ def test_resume_is_bit_identical(tmp_path, tiny_run_config):
     full = Trainer(tiny_run_config(tmp_path / "full", *common), evaluator=None)
     full.fit()
     checkpoint = tmp_path / "full" / "checkpoints" / "step_000003"
-    assert (checkpoint / TRAINER_STATE).exists()
+    assert is_complete(checkpoint)
 
     resumed = Trainer(
         tiny_run_config(tmp_path / "resumed", *common, f"checkpoint.resume_from={checkpoint}"), evaluator=None
@@ -43,13 +43,14 @@ def test_checkpoint_folder_loads_without_the_trainer(tmp_path, tiny_run_config):
     )
     trainer.fit()
     last = tmp_path / "run" / "checkpoints" / "last"
+    assert last.is_symlink() and last.resolve().name == "step_000001"  # `last` names the newest step folder
     names = {p.name for p in last.iterdir()}
-    assert {"config.yaml", "model.safetensors", TRAINER_STATE, "train_config.yaml"} <= names
+    assert {"config.yaml", "model.safetensors", TRAINER_TENSORS, TRAINER_JSON, COMPLETE, "train_config.yaml"} == names
     assert (tmp_path / "run" / "config.yaml").exists()
     # model.safetensors holds the evaluation (EMA) weights
     loaded = AMT.from_pretrained(last)
     _assert_same_tensors(trainer.eval_model.state_dict(), loaded.state_dict())
-    state = torch.load(last / TRAINER_STATE, weights_only=False)
+    state = load_trainer_state(last)  # no pickle: safetensors + JSON
     assert {"model", "optimizer", "scheduler", "ema", "rng", "step", "epoch", "data_position", "config"} <= set(state)
     assert {"torch", "numpy", "python"} <= set(state["rng"][0])
     assert state["config"]["training"]["batch_size"] == 16
@@ -59,7 +60,7 @@ def test_refuses_to_reuse_a_non_empty_run_folder(tmp_path, tiny_run_config):
     out = tmp_path / "existing"
     out.mkdir()
     (out / "notes.txt").write_text("user data")
-    with pytest.raises(FileExistsError, match="training.overwrite"):
+    with pytest.raises(FileExistsError, match="training.overwrite"):  # resume_from=auto finds no run there
         Trainer(tiny_run_config(out), evaluator=None)
     Trainer(tiny_run_config(out, "training.overwrite=true"), evaluator=None)
     assert (out / "notes.txt").read_text() == "user data"

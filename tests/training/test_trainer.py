@@ -256,8 +256,8 @@ def test_amt_train_cli_end_to_end(tmp_path, tiny_train_root, capsys):
     assert "batch_size: 8" in printed and "finished 2 steps" in printed
     assert list((out / "tensorboard").glob("events.out.tfevents.*"))
     # the default evaluator (amt.evaluation.evaluator) ran and chose a best checkpoint
-    assert (out / "checkpoints" / "best" / "trainer.pt").exists()
+    assert (out / "checkpoints" / "best" / "complete.json").exists()
     assert (out / "checkpoints" / "last" / "model.safetensors").exists()
-    # a second run into the same folder is refused without overwrite/resume
-    with pytest.raises(FileExistsError):
-        train_main(argv)
+    # a second run into the same folder that may not resume it is refused without overwrite (one line)
+    assert train_main([*argv, "checkpoint.resume_from=null"]) == 2
+    assert "training.overwrite" in capsys.readouterr().err

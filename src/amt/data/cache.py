@@ -3,14 +3,21 @@
 Layout of a cache folder (one split at one crop size):
 
     build.json            parameters of the build (checked on resume)
-    progress.jsonl        one line per finished chunk: {"chunk": c, "meta": [[subject, sequence, serial, frame], ...]}
+    progress.jsonl        one line per finished chunk: {"chunk": c, "meta": [[subject, sequence, serial,
+                          frame], ...], "skipped": [[row, error], ...], "sha256": digest of its rows}
     images.u8             raw uint8 memmap, (N, size, size, 3) RGB
     labels/<key>.npy      one array per label key, first axis N (see LABEL_SPECS)
-    meta.json             written last: parameters, N, per-sample meta; its presence marks the cache complete
+    meta.json             the completion marker, written last and atomically after every array file
+                          was fsynced: parameters, N, `complete: true`, `files` {name: {bytes,
+                          sha256}}, `skipped` [{row, error}], per-sample meta
 
 Building is parallel over chunks of consecutive samples; each worker writes its rows straight into
-the memmaps, and the parent records the chunk in progress.jsonl only after the worker flushed, so a
-rerun after a kill redoes only unfinished chunks.
+the memmaps, and the parent records the chunk (with its SHA-256) in progress.jsonl only after the
+worker flushed, so a rerun after a kill redoes only unfinished (or since altered) chunks. A kill at
+any instant leaves no meta.json or a complete one; `open_cache` checks the marker and every file's
+size against it (and the checksums with verify=True), so a half-built or truncated cache is never
+read as complete (CacheError). Over 450 lines: building, resuming and skipping bad samples are one
+protocol and read best together.
 """
 
 from __future__ import annotations
@@ -27,43 +34,34 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from amt.data.cache_format import (
+    BUILD_FILE,
+    CACHE_SUBDIR,
+    CACHE_VERSION,
+    IMAGES_FILE,
+    LABEL_SPECS,
+    LABELS_DIR,
+    MAX_OBJECTS,
+    META_FILE,
+    PROGRESS_FILE,
+    CacheError,
+    cache_problem,
+    chunk_digest,
+    data_files,
+    expected_sizes,
+    file_digest,
+    read_cache_meta,
+    row_spans,
+)
 from amt.data.contacts import ContactConfig, contact_labels, hand_surface, pose_points
-from amt.data.dexycb import DexYCB
+from amt.data.dataset import READER_ERRORS, open_dataset
+from amt.data.dexycb import DexYCBError
 from amt.data.object_models import ObjectModels
 from amt.data.transforms import CropConfig, crop_and_resize, crop_intrinsics_for_box, square_box, to_crop_pixels
 from amt.geometry.mano import ManoLayer
+from amt.jsonio import fsync_path, write_json_atomic
 
 log = logging.getLogger(__name__)
-
-MAX_OBJECTS = 10
-CACHE_VERSION = 1
-IMAGES_FILE = "images.u8"
-META_FILE = "meta.json"
-BUILD_FILE = "build.json"
-PROGRESS_FILE = "progress.jsonl"
-LABELS_DIR = "labels"
-CACHE_SUBDIR = "cache"  # caches of a dataset root live in <root>/cache/<split>_<size>
-
-# key -> (per-sample shape, dtype); every key is stored as labels/<key>.npy with shape (N, *shape).
-LABEL_SPECS: dict[str, tuple[tuple[int, ...], str]] = {
-    "index": ((), "int64"),
-    "K": ((3, 3), "float32"),
-    "crop_box": ((3,), "int32"),  # (x0, y0, side) in full-image pixels
-    "joints_3d": ((21, 3), "float32"),
-    "joints_2d": ((21, 2), "float32"),
-    "hand_valid": ((), "bool"),
-    "is_left": ((), "bool"),
-    "mano_pose": ((48,), "float32"),
-    "mano_shape": ((10,), "float32"),
-    "mano_valid": ((), "bool"),
-    "obj_R": ((MAX_OBJECTS, 3, 3), "float32"),
-    "obj_t": ((MAX_OBJECTS, 3), "float32"),
-    "obj_class": ((MAX_OBJECTS,), "int64"),
-    "obj_valid": ((MAX_OBJECTS,), "bool"),
-    "grasped": ((), "int64"),
-    "contact_points": ((MAX_OBJECTS, 3), "float32"),
-    "contact_valid": ((MAX_OBJECTS,), "bool"),
-}
 
 
 @dataclass(frozen=True)
@@ -78,6 +76,7 @@ class CacheParams:
     mano_dir: str | None = None
     chunk_size: int = 64
     version: int = CACHE_VERSION
+    format: str = "dexycb"  # amt.data.dataset.open_dataset format of `root`
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -85,13 +84,15 @@ class CacheParams:
 
 @dataclass
 class CacheArrays:
-    """An opened cache: images (N, S, S, 3) uint8, labels {key: (N, ...)}, meta per sample."""
+    """An opened cache: images (N, S, S, 3) uint8, labels {key: (N, ...)}, meta per sample (N),
+    rows: the (M,) int64 rows holding a sample (all but the skipped ones)."""
 
     folder: Path
     images: np.ndarray
     labels: dict[str, np.ndarray]
     meta: list[dict[str, Any]]
     params: dict[str, Any]
+    rows: np.ndarray
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
@@ -110,6 +111,7 @@ def _object_box_points(sample: dict[str, Any], object_models: Any, n: int) -> np
     return None
 
 
+MAX_CROP_FACTOR = 8  # a crop box side above this many times the image's longer side means broken labels
 MANO_FILES = {"right": "MANO_RIGHT.pkl", "left": "MANO_LEFT.pkl"}
 
 
@@ -142,6 +144,9 @@ def crop_box_for_sample(sample: dict[str, Any], object_models: Any, crop: CropCo
     else the largest centred square of the image."""
     if sample["hand_valid"]:
         return square_box(sample["joint_2d"], crop.margin, crop.min_size)
+    if sample.get("hand_box") is not None:  # a benchmark's hand box without joints (HO-3D evaluation)
+        x0, y0, x1, y1 = (float(v) for v in sample["hand_box"])
+        return square_box(np.array([[x0, y0], [x1, y1]]), crop.margin, crop.min_size)
     uv = _object_box_points(sample, object_models, n=256)
     if uv is not None:
         return square_box(uv, crop.margin, crop.min_size)
@@ -168,10 +173,15 @@ def make_record(
     size = crop.size
     ycb_ids = [int(c) for c in sample["ycb_ids"]]
     if len(ycb_ids) > MAX_OBJECTS:
-        raise ValueError(
+        raise DexYCBError(
             f"{sample.get('label_file', '?')}: ycb_ids has {len(ycb_ids)} objects, the cache holds at most {MAX_OBJECTS}"
         )
     box = crop_box_for_sample(sample, object_models, crop)
+    h, w = sample["color"].shape[:2]
+    if box[2] > MAX_CROP_FACTOR * max(h, w):  # implausible labels; the crop would not fit in memory
+        raise DexYCBError(
+            f"{sample.get('label_file', '?')}: the labels give a {box[2]} px crop box for a {w}x{h} image"
+        )
     image = crop_and_resize(sample["color"], box, size)
     labels = {key: np.zeros(shape, dtype=dtype) for key, (shape, dtype) in LABEL_SPECS.items()}
     labels["index"][...] = int(sample["index"])
@@ -216,34 +226,55 @@ def make_record(
 
 # --- building ------------------------------------------------------------------------------
 
+
+class EmptySplitError(CacheError):
+    """The split to cache has no samples in this dataset root."""
+
+
 _WORKER: dict[str, Any] = {}
+SKIPPED_INDEX = -1  # `index` label of a row whose sample was skipped (its other labels are zeros)
 
 
-def _init_worker(params: dict[str, Any], folder: str, n: int) -> None:
+def _init_worker(params: dict[str, Any], folder: str, n: int, strict: bool = False) -> None:
     """Open the reader, the object models and the memmaps once per worker process."""
     torch.set_num_threads(1)
-    dataset = DexYCB(params["root"], params["split"])
-    models_dir = params["models_dir"] or str(dataset.models_dir)
+    dataset = open_dataset(params.get("format", "dexycb"), params["root"], params["split"])
+    models_dir = params["models_dir"] or dataset.models_dir
     size = params["crop"]["size"]
     out = Path(folder)
     _WORKER.update(
         dataset=dataset,
-        models=ObjectModels(models_dir),
+        # a dataset without objects may have no models folder; make_record then never asks for one
+        models=ObjectModels(models_dir) if models_dir is not None and Path(models_dir).is_dir() else None,
         crop=CropConfig(**params["crop"]),
         contact=ContactConfig(**params["contact"]),
         mano=load_mano_layers(params["mano_dir"]) if params["mano_dir"] else None,
         images=np.memmap(out / IMAGES_FILE, dtype=np.uint8, mode="r+", shape=(n, size, size, 3)),
         labels={k: np.load(out / LABELS_DIR / f"{k}.npy", mmap_mode="r+") for k in LABEL_SPECS},
+        spans=row_spans(out, n, size),
+        strict=strict,
     )
 
 
-def _build_chunk(task: tuple[int, int, int]) -> tuple[int, list[list[Any]]]:
-    """Write samples [start, stop) into the memmaps; returns (chunk id, meta rows)."""
+def _build_chunk(task: tuple[int, int, int]) -> tuple[int, list[list[Any]], list[list[Any]], str]:
+    """Write samples [start, stop) into the memmaps; returns (chunk id, meta rows, skipped
+    [row, error] pairs, the chunk's SHA-256). A sample whose files raise DexYCBError is skipped
+    (zero labels, index -1) unless the build is strict."""
     chunk, start, stop = task
     w = _WORKER
-    rows = []
+    rows, skipped = [], []
     for i in range(start, stop):
-        image, labels, meta = make_record(w["dataset"][i], w["models"], w["crop"], w["contact"], w["mano"])
+        try:
+            image, labels, meta = make_record(w["dataset"][i], w["models"], w["crop"], w["contact"], w["mano"])
+        except READER_ERRORS as exc:
+            if w["strict"]:
+                raise
+            log.warning("cache: skipping sample %d: %s", i, exc)
+            skipped.append([i, str(exc)])
+            image = np.zeros(w["images"].shape[1:], np.uint8)
+            labels = {key: np.zeros(shape, dtype=dtype) for key, (shape, dtype) in LABEL_SPECS.items()}
+            labels["index"][...] = SKIPPED_INDEX
+            meta = {"subject": "", "sequence": "", "serial": "", "frame": -1}
         w["images"][i] = image
         for key, value in labels.items():
             w["labels"][key][i] = value
@@ -251,32 +282,45 @@ def _build_chunk(task: tuple[int, int, int]) -> tuple[int, list[list[Any]]]:
     w["images"].flush()
     for arr in w["labels"].values():
         arr.flush()
-    return chunk, rows
+    return chunk, rows, skipped, chunk_digest(w["spans"], start, stop)
 
 
-def _read_progress(path: Path) -> dict[int, list[list[Any]]]:
-    """Finished chunks from progress.jsonl; a torn last line (killed mid-write) is ignored."""
-    done: dict[int, list[list[Any]]] = {}
+def _read_json(path: Path) -> Any:
+    """JSON content of `path`, or None when it is missing or torn (a kill mid-write)."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+
+
+def _read_progress(path: Path, n_chunks: int) -> dict[int, dict[str, Any]]:
+    """Finished chunks from progress.jsonl; a torn or malformed line (killed mid-write) is ignored."""
+    done: dict[int, dict[str, Any]] = {}
     if not path.exists():
         return done
-    for line in path.read_text().splitlines():
+    for line in path.read_text(errors="replace").splitlines():
         try:
             entry = json.loads(line)
-        except json.JSONDecodeError:
-            log.warning("%s: ignoring a partial progress line", path)
+            chunk = entry["chunk"]
+            ok = isinstance(chunk, int) and 0 <= chunk < n_chunks and isinstance(entry["sha256"], str)
+            ok = ok and isinstance(entry["meta"], list) and isinstance(entry["skipped"], list)
+        except (json.JSONDecodeError, KeyError, TypeError):
+            ok = False
+        if not ok:
+            log.warning("%s: ignoring a partial or malformed progress line", path)
             continue
-        done[int(entry["chunk"])] = entry["meta"]
+        done[chunk] = entry
     return done
 
 
-def _progress_line(chunk: int, rows: list[list[Any]]) -> str:
-    return json.dumps({"chunk": chunk, "meta": rows}) + "\n"
+def _progress_line(chunk: int, rows: list[list[Any]], skipped: list[list[Any]], digest: str) -> str:
+    return json.dumps({"chunk": chunk, "meta": rows, "skipped": skipped, "sha256": digest}) + "\n"
 
 
-def _write_progress(path: Path, done: dict[int, list[list[Any]]]) -> None:
+def _write_progress(path: Path, done: dict[int, dict[str, Any]]) -> None:
     """Rewrite progress.jsonl with the finished chunks only, dropping a torn line before appending."""
     tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(_progress_line(c, rows) for c, rows in sorted(done.items())))
+    tmp.write_text("".join(_progress_line(c, e["meta"], e["skipped"], e["sha256"]) for c, e in sorted(done.items())))
     tmp.replace(path)
 
 
@@ -285,6 +329,14 @@ def _allocate(out: Path, n: int, size: int) -> None:
     np.memmap(out / IMAGES_FILE, dtype=np.uint8, mode="w+", shape=(n, size, size, 3)).flush()
     for key, (shape, dtype) in LABEL_SPECS.items():
         np.lib.format.open_memmap(out / LABELS_DIR / f"{key}.npy", mode="w+", dtype=dtype, shape=(n, *shape)).flush()
+
+
+def _allocated(out: Path, n: int, size: int) -> bool:
+    """True when every array file is there with the size a build of n samples at `size` px gives."""
+    try:
+        return all(p.stat().st_size == want for p, want in expected_sizes(out, n, size).items())
+    except (CacheError, OSError):
+        return False
 
 
 def _clear(out: Path) -> None:
@@ -308,20 +360,31 @@ def build_cache(
     threshold_mm: float = 10.0,
     chunk_size: int = 64,
     progress: bool = True,
+    strict: bool = False,
+    format: str = "dexycb",
 ) -> Path:
     """Build the cache of `split` under `out_dir`; returns the folder.
 
-    Raises FileExistsError if `out_dir` already holds a complete cache and `force` is False.
-    mano_dir: folder with MANO_RIGHT.pkl / MANO_LEFT.pkl; when given, contacts use MANO vertices.
-    With `resume`, an interrupted build with the same parameters continues where it stopped;
-    otherwise (or when parameters differ and `force` is set) it starts afresh.
+    format: how `root` is read (`amt.data.dataset.open_dataset`: dexycb | ho3d | folder |
+    python:module.Class); every reader yields the same sample dict, so the cache is the same.
+
+    Raises FileExistsError if `out_dir` already holds a complete cache and `force` is False
+    (CacheError when what is there is damaged). mano_dir: folder with MANO_RIGHT.pkl /
+    MANO_LEFT.pkl; when given, contacts use MANO vertices. With `resume`, an interrupted build
+    with the same parameters continues where it stopped (finished chunks whose bytes no longer
+    match their recorded SHA-256 are redone); otherwise (or when parameters differ and `force`
+    is set) it starts afresh. A sample whose files are bad (DexYCBError) is skipped, logged,
+    counted in meta.json `skipped` and left out by the loaders; `strict` raises instead.
     """
     out = Path(out_dir)
-    if (out / META_FILE).exists():
-        if not force:
+    if (out / META_FILE).exists() and not force:
+        problem = cache_problem(out)
+        if problem is None:
             raise FileExistsError(
                 f"{out}: a complete cache already exists ({META_FILE}); pass force=True / --force to rebuild"
             )
+        raise CacheError(f"{problem} (pass force=True / --force)")
+    if (out / META_FILE).exists():
         _clear(out)
     params = CacheParams(
         root=str(Path(root)),
@@ -331,44 +394,52 @@ def build_cache(
         models_dir=None if models_dir is None else str(models_dir),
         mano_dir=None if mano_dir is None else str(mano_dir),
         chunk_size=chunk_size,
+        format=format,
     ).to_json()
-    n = len(DexYCB(root, split, load_image=False))
+    n = len(open_dataset(format, root, split, load_image=False))
     if n == 0:
-        raise ValueError(f"{root}: split {split!r} has no samples, nothing to cache")
+        raise EmptySplitError(f"{root}: split {split!r} has no samples, nothing to cache")
     params["num_samples"] = n
     build_file = out / BUILD_FILE
-    if build_file.exists() and resume:
-        previous = json.loads(build_file.read_text())
-        if previous != params:
-            if not force:
-                raise ValueError(
-                    f"{build_file}: an unfinished build with other parameters is here "
-                    f"({previous} vs {params}); pass force=True / --force to restart it"
-                )
-            _clear(out)
-    elif build_file.exists():
+    previous = _read_json(build_file) if resume else None
+    # the chunking does not change the content: resume with the interrupted build's own chunk size
+    if isinstance(previous, dict) and {**previous, "chunk_size": chunk_size} == params:
+        chunk_size = params["chunk_size"] = int(previous["chunk_size"])
+    if previous is not None and previous != params and not force:
+        raise CacheError(
+            f"{build_file}: an unfinished build with other parameters is here "
+            f"({previous} vs {params}); pass force=True / --force to restart it"
+        )
+    if previous != params or not _allocated(out, n, size):
+        if previous == params:
+            log.warning("%s: array files missing or of the wrong size; restarting the build", out)
         _clear(out)
-    if not build_file.exists():
         out.mkdir(parents=True, exist_ok=True)
         _allocate(out, n, size)
-        build_file.write_text(json.dumps(params, indent=1))
-    done = _read_progress(out / PROGRESS_FILE)
+        write_json_atomic(build_file, params, indent=1)
+    n_chunks = -(-n // chunk_size)
+    bounds = [(s, min(s + chunk_size, n)) for s in range(0, n, chunk_size)]
+    spans = row_spans(out, n, size)
+    done = _read_progress(out / PROGRESS_FILE, n_chunks)
+    for chunk in [c for c, e in done.items() if e["sha256"] != chunk_digest(spans, *bounds[c])]:
+        log.warning("%s: chunk %d changed since it was written; redoing it", out, chunk)
+        del done[chunk]
     _write_progress(out / PROGRESS_FILE, done)
-    tasks = [(c, s, min(s + chunk_size, n)) for c, s in enumerate(range(0, n, chunk_size)) if c not in done]
+    tasks = [(c, *bounds[c]) for c in range(n_chunks) if c not in done]
     if done:
-        log.info("%s: resuming, %d of %d chunks already done", out, len(done), len(done) + len(tasks))
+        log.info("%s: resuming, %d of %d chunks already done", out, len(done), n_chunks)
     bar = tqdm(total=n, initial=n - sum(t[2] - t[1] for t in tasks), desc=f"cache {split}", disable=not progress)
     with open(out / PROGRESS_FILE, "a") as progress_file:
 
-        def record(result: tuple[int, list[list[Any]]]) -> None:
-            chunk, rows = result
-            done[chunk] = rows
-            progress_file.write(_progress_line(chunk, rows))
+        def record(result: tuple[int, list[list[Any]], list[list[Any]], str]) -> None:
+            chunk, rows, skipped, digest = result
+            done[chunk] = {"meta": rows, "skipped": skipped, "sha256": digest}
+            progress_file.write(_progress_line(chunk, rows, skipped, digest))
             progress_file.flush()
             bar.update(len(rows))
 
         if workers <= 1 or len(tasks) <= 1:
-            _init_worker(params, str(out), n)
+            _init_worker(params, str(out), n, strict)
             try:
                 for task in tasks:
                     record(_build_chunk(task))
@@ -376,14 +447,27 @@ def build_cache(
                 _WORKER.clear()
         else:
             ctx = mp.get_context("spawn")
-            with ctx.Pool(workers, initializer=_init_worker, initargs=(params, str(out), n)) as pool:
+            with ctx.Pool(workers, initializer=_init_worker, initargs=(params, str(out), n, strict)) as pool:
                 for result in pool.imap_unordered(_build_chunk, tasks):
                     record(result)
     bar.close()
-    samples = [dict(zip(("subject", "sequence", "serial", "frame"), row)) for c in sorted(done) for row in done[c]]
-    meta = {"version": CACHE_VERSION, "num_samples": n, "size": size, "params": params, "samples": samples}
-    (out / META_FILE).write_text(json.dumps(meta))
-    log.info("%s: cache complete, %d samples at %d px", out, n, size)
+    skipped = [{"row": int(r), "error": e} for c in sorted(done) for r, e in done[c]["skipped"]]
+    if len(skipped) == n:
+        raise CacheError(f"{out}: every one of the {n} samples of {split!r} was skipped; first: {skipped[0]['error']}")
+    samples = [
+        dict(zip(("subject", "sequence", "serial", "frame"), row)) for c in sorted(done) for row in done[c]["meta"]
+    ]
+    for path in data_files(out):  # the arrays are on disk before the marker that says so
+        fsync_path(path)
+    files = {str(p.relative_to(out)): {"bytes": p.stat().st_size, "sha256": file_digest(p)} for p in data_files(out)}
+    meta = {"version": CACHE_VERSION, "complete": True, "num_samples": n, "size": size, "params": params,
+            "files": files, "skipped": skipped, "samples": samples}  # fmt: skip
+    write_json_atomic(out / META_FILE, meta)
+    if skipped:
+        log.warning("%s: cache complete, %d samples at %d px, %d skipped (listed in %s)", out, n, size,
+                    len(skipped), META_FILE)  # fmt: skip
+    else:
+        log.info("%s: cache complete, %d samples at %d px", out, n, size)
     return out
 
 
@@ -402,33 +486,40 @@ def ensure_cache(
     folder: str | Path | None = None,
     workers: int = 2,
     progress: bool = True,
+    format: str = "dexycb",
 ) -> Path:
     """The cache folder of `split` (default `cache_folder(root, split, image_size)`), built from
-    the dataset `root` when it is not complete (no meta.json); returns the folder."""
+    the dataset `root` when it is not complete: an unfinished build is resumed, a damaged cache
+    (sizes differ from its meta.json) rebuilt; returns the folder."""
     folder = Path(folder) if folder is not None else cache_folder(root, split, image_size)
-    if not (folder / META_FILE).exists():
+    problem = cache_problem(folder)
+    if problem is not None:
+        damaged = (folder / META_FILE).exists()
+        if damaged:
+            log.warning("%s; rebuilding it", problem)
         log.info("building the %s cache of %s in %s", split, root, folder)
-        build_cache(root, split, folder, size=image_size, workers=workers, progress=progress)
+        build_cache(
+            root, split, folder, size=image_size, workers=workers, progress=progress, force=damaged, format=format
+        )
     return folder
 
 
-def open_cache(folder: str | Path, mmap: bool = True) -> CacheArrays:
-    """Open a complete cache. mmap=True maps the files (lazy reads); False loads them into RAM."""
+def open_cache(folder: str | Path, mmap: bool = True, verify: bool = False) -> CacheArrays:
+    """Open a complete cache (CacheError naming the file otherwise: see `read_cache_meta`).
+    mmap=True maps the files (lazy reads); False loads them into RAM. verify: also compare every
+    file's SHA-256 with meta.json (reads the whole cache once)."""
     folder = Path(folder)
-    meta_path = folder / META_FILE
-    if not meta_path.exists():
-        raise FileNotFoundError(f"{folder}: no {META_FILE}, not a complete cache (build it with `amt cache`)")
-    meta = json.loads(meta_path.read_text())
-    if meta.get("version") != CACHE_VERSION:
-        raise ValueError(f"{meta_path}: key 'version' is {meta.get('version')!r}, expected {CACHE_VERSION}")
+    meta = read_cache_meta(folder, verify)
     n, size = int(meta["num_samples"]), int(meta["size"])
-    images = np.memmap(folder / IMAGES_FILE, dtype=np.uint8, mode="r", shape=(n, size, size, 3))
-    labels = {}
-    for key in LABEL_SPECS:
-        path = folder / LABELS_DIR / f"{key}.npy"
-        if not path.exists():
-            raise FileNotFoundError(f"{path}: label array {key!r} missing from the cache")
-        labels[key] = np.load(path, mmap_mode="r" if mmap else None)
-    if not mmap:
-        images = np.array(images)
-    return CacheArrays(folder=folder, images=images, labels=labels, meta=meta["samples"], params=meta["params"])
+    try:
+        images = np.memmap(folder / IMAGES_FILE, dtype=np.uint8, mode="r", shape=(n, size, size, 3))
+        labels = {k: np.load(folder / LABELS_DIR / f"{k}.npy", mmap_mode="r" if mmap else None) for k in LABEL_SPECS}
+        if not mmap:
+            images = np.array(images)
+    except (OSError, ValueError) as exc:
+        raise CacheError(f"{folder}: cannot read the cache arrays ({exc}); rebuild with `amt cache --force`") from exc
+    skipped = {int(s["row"]) for s in meta["skipped"]}
+    rows = np.array([i for i in range(n) if i not in skipped], dtype=np.int64)
+    return CacheArrays(
+        folder=folder, images=images, labels=labels, meta=meta["samples"], params=meta["params"], rows=rows
+    )

@@ -4,7 +4,8 @@
 folder listings and `meta.yml`), in the toolkit's order subject -> sequence -> serial -> frame,
 so `dataset[i]["index"] == i` is the toolkit's `image_id`. Every problem with the files raises
 `DexYCBError` naming the file; `iter_samples()` can skip bad samples instead, logging each one
-and counting them in `dataset.skipped`.
+and counting them in `dataset.skipped`. Over 450 lines: the reader and the validation of each of
+its file kinds (yml, npz, jpg) belong together.
 """
 
 from __future__ import annotations
@@ -12,7 +13,11 @@ from __future__ import annotations
 import logging
 import os
 import re
+import struct
+import tokenize
+import warnings
 import zipfile
+import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +42,10 @@ IMAGE_HEIGHT, IMAGE_WIDTH = 480, 640
 NUM_SEQUENCES_PER_SUBJECT = 100
 BOP_SUBSAMPLING = 4
 _SEQUENCE_NAME = re.compile(r"^\d{8}_\d{6}$")
+MAX_FRAMES_PER_SEQUENCE = 100_000  # sanity bound on meta.yml num_frames (DexYCB: about 70 per sequence)
+# What a damaged npz / image raises inside numpy, zipfile, zlib and PIL (all become DexYCBError).
+DECODE_ERRORS = (OSError, ValueError, EOFError, SyntaxError, KeyError, RuntimeError, NotImplementedError,
+                  MemoryError, RecursionError, struct.error, zlib.error, zipfile.BadZipFile, tokenize.TokenError)  # fmt: skip
 
 _ALL_SUBJECTS = tuple(range(10))
 _ALL_SERIALS = tuple(range(8))
@@ -103,8 +112,8 @@ def _load_yaml(path: Path) -> Any:
             return yaml.load(f, Loader=_CalibrationLoader)
     except FileNotFoundError:
         raise DexYCBError(f"{path}: file not found") from None
-    except (OSError, yaml.YAMLError) as exc:
-        raise DexYCBError(f"{path}: cannot parse YAML ({exc})") from exc
+    except (OSError, ValueError, RecursionError, yaml.YAMLError) as exc:  # ValueError: not UTF-8
+        raise DexYCBError(f"{path}: cannot parse YAML ({type(exc).__name__}: {exc})") from exc
 
 
 def _require(data: Any, key: str, path: Path) -> Any:
@@ -121,13 +130,19 @@ def load_intrinsics(path: str | Path) -> np.ndarray:
         fx, fy, ppx, ppy = (float(color[k]) for k in ("fx", "fy", "ppx", "ppy"))
     except (KeyError, TypeError, ValueError) as exc:
         raise DexYCBError(f"{path}: key 'color' must hold numbers fx, fy, ppx, ppy ({exc!r})") from exc
+    limit = float(np.finfo(np.float32).max)
+    if not (all(abs(v) < limit for v in (fx, fy, ppx, ppy)) and fx > 0 and fy > 0):  # NaN fails too
+        raise DexYCBError(f"{path}: key 'color' must hold finite fx, fy > 0, ppx, ppy; got {fx}, {fy}, {ppx}, {ppy}")
     return np.array([[fx, 0.0, ppx], [0.0, fy, ppy], [0.0, 0.0, 1.0]], dtype=np.float32)
 
 
 def load_mano_betas(path: str | Path) -> np.ndarray:
     """MANO shape (10,) float32 from `calibration/mano_<name>/mano.yml`."""
     path = Path(path)
-    betas = np.asarray(_require(_load_yaml(path), "betas", path), dtype=np.float32)
+    try:
+        betas = np.asarray(_require(_load_yaml(path), "betas", path), dtype=np.float32)
+    except (TypeError, ValueError) as exc:
+        raise DexYCBError(f"{path}: key 'betas' must be 10 finite numbers ({exc})") from exc
     if betas.shape != (10,) or not np.isfinite(betas).all():
         raise DexYCBError(f"{path}: key 'betas' must be 10 finite numbers, got shape {betas.shape}")
     return betas
@@ -149,6 +164,10 @@ class SequenceInfo:
     mano_betas_valid: bool
 
 
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def load_sequence_meta(path: Path, subject: str, position: int, calib_dir: Path, betas_cache: dict) -> SequenceInfo:
     """Parse and validate one `meta.yml` (no label files are touched)."""
     meta = _load_yaml(path)
@@ -157,11 +176,13 @@ def load_sequence_meta(path: Path, subject: str, position: int, calib_dir: Path,
     grasp = _require(meta, "ycb_grasp_ind", path)
     sides = _require(meta, "mano_sides", path)
     calib = _require(meta, "mano_calib", path)
-    if not isinstance(num_frames, int) or num_frames < 0:
-        raise DexYCBError(f"{path}: key 'num_frames' must be a non-negative int, got {num_frames!r}")
-    if not isinstance(ycb_ids, list) or not all(isinstance(c, int) and 1 <= c <= 21 for c in ycb_ids):
+    if not _is_int(num_frames) or not 0 <= num_frames <= MAX_FRAMES_PER_SEQUENCE:
+        raise DexYCBError(
+            f"{path}: key 'num_frames' must be an int in 0..{MAX_FRAMES_PER_SEQUENCE}, got {num_frames!r}"
+        )
+    if not isinstance(ycb_ids, list) or not all(_is_int(c) and 1 <= c <= 21 for c in ycb_ids):
         raise DexYCBError(f"{path}: key 'ycb_ids' must be a list of class ids 1..21, got {ycb_ids!r}")
-    if not isinstance(grasp, int) or not 0 <= grasp < len(ycb_ids):
+    if not _is_int(grasp) or not 0 <= grasp < len(ycb_ids):
         raise DexYCBError(f"{path}: key 'ycb_grasp_ind' must index ycb_ids (0..{len(ycb_ids) - 1}), got {grasp!r}")
     if not isinstance(sides, list) or not sides or sides[0] not in ("right", "left"):
         raise DexYCBError(f"{path}: key 'mano_sides' must be a list starting with 'right' or 'left', got {sides!r}")
@@ -220,33 +241,55 @@ def read_labels(path: str | Path, num_objects: int) -> dict[str, np.ndarray]:
             missing = [k for k in expected if k not in npz.files]
             if missing:
                 raise DexYCBError(f"{path}: missing key(s) {missing}; expected {sorted(expected)}")
+            for key, shape in expected.items():  # headers first: a huge declared shape is never allocated
+                found_shape, dtype = _npz_member_header(npz, key)
+                if found_shape != shape:
+                    raise DexYCBError(f"{path}: key {key!r} has shape {found_shape}, expected {shape}")
+                if key == "seg" and dtype != np.uint8:
+                    raise DexYCBError(f"{path}: key 'seg' has dtype {dtype}, expected uint8")
+                if dtype.kind not in "fiu":
+                    raise DexYCBError(f"{path}: key {key!r} has dtype {dtype}, expected real numbers")
             labels = {k: npz[k] for k in expected}
     except FileNotFoundError:
         raise DexYCBError(f"{path}: file not found") from None
     except DexYCBError:
         raise
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as exc:
+    except DECODE_ERRORS as exc:
         raise DexYCBError(f"{path}: unreadable or truncated npz ({type(exc).__name__}: {exc})") from exc
-    for key, shape in expected.items():
-        if labels[key].shape != shape:
-            raise DexYCBError(f"{path}: key {key!r} has shape {labels[key].shape}, expected {shape}")
-        if key == "seg" and labels[key].dtype != np.uint8:
-            raise DexYCBError(f"{path}: key 'seg' has dtype {labels[key].dtype}, expected uint8")
+    for key in expected:
         if key != "seg" and not np.isfinite(labels[key]).all():
             raise DexYCBError(f"{path}: key {key!r} contains NaN or inf")
     return labels
 
 
+def _npz_member_header(npz: Any, key: str) -> tuple[tuple[int, ...], np.dtype]:
+    """(shape, dtype) of array `key` of an open npz, read from its .npy header only."""
+    with npz.zip.open(f"{key}.npy") as f:
+        major, _ = np.lib.format.read_magic(f)
+        read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+        shape, _, dtype = read_header(f)
+    return tuple(shape), np.dtype(dtype)
+
+
 def read_color(path: str | Path) -> np.ndarray:
-    """Decode a colour JPEG to (480, 640, 3) uint8 RGB; DexYCBError on a missing/corrupt file."""
+    """Decode a colour JPEG to (480, 640, 3) uint8 RGB; DexYCBError on a missing/corrupt file.
+    The size is checked from the header before decoding (no decompression bomb is decoded)."""
     path = Path(path)
     try:
-        with Image.open(path) as im:
-            image = np.asarray(im.convert("RGB"))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the size check below decides
+            with Image.open(path) as im:
+                if im.size != (IMAGE_WIDTH, IMAGE_HEIGHT):
+                    raise DexYCBError(f"{path}: image is {im.size[0]}x{im.size[1]} pixels, expected 640x480")
+                image = np.asarray(im.convert("RGB"))
     except FileNotFoundError:
         raise DexYCBError(f"{path}: file not found") from None
-    except (OSError, ValueError, SyntaxError) as exc:
-        raise DexYCBError(f"{path}: corrupt or truncated image ({exc})") from exc
+    except DexYCBError:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise DexYCBError(f"{path}: image is not 640x480 pixels ({exc})") from exc
+    except DECODE_ERRORS as exc:
+        raise DexYCBError(f"{path}: corrupt or truncated image ({type(exc).__name__}: {exc})") from exc
     if image.shape != (IMAGE_HEIGHT, IMAGE_WIDTH, 3):
         raise DexYCBError(f"{path}: image has shape {image.shape}, expected {(IMAGE_HEIGHT, IMAGE_WIDTH, 3)}")
     return image
@@ -278,6 +321,10 @@ class DexYCB:
     Index arrays (length N): `sequence_index` (into `sequences`), `serial_index` (into
     `serials`), `frame`, `scene_id`, `im_id`, `is_bop_target`, `is_grasp_target`.
     """
+
+    # amt.data.dataset.HandObjectDataset: every split name, and the joint order of the files
+    splits: tuple[str, ...] = tuple(SPLITS)
+    joint_order = "dexycb"
 
     def __init__(
         self,
@@ -366,6 +413,10 @@ class DexYCB:
             scene_id=int(self.scene_id[i]), im_id=f,
             is_bop_target=bool(self.is_bop_target[i]), is_grasp_target=bool(self.is_grasp_target[i]),
         )  # fmt: skip
+
+    def sample_intrinsics(self, i: int) -> np.ndarray:
+        """(3, 3) float32 colour intrinsics of sample i (no file is read)."""
+        return self.intrinsics[self.serials[self.serial_index[self._check_index(i)]]].copy()
 
     @property
     def records(self) -> Sequence[SampleMeta]:

@@ -8,7 +8,9 @@
   `.batches(...)` indexes it with device index tensors, so the training loop moves no data
   between host and device; normalisation runs on the device.
 
-Both take (rank, world_size) and then serve only samples `rank::world_size`.
+Both take (rank, world_size) and then serve only samples `rank::world_size`. Rows the cache
+build skipped (bad files, listed in its meta.json) are left out; `meta` lists the served samples
+of all ranks in order.
 Batch keys and shapes follow docs/architecture.md ("Batch contract") plus `index`, `image_id`.
 """
 
@@ -86,9 +88,11 @@ class CachedDataset(Dataset):
             raise ValueError(f"rank {rank} is outside [0, world_size={world_size})")
         cache = open_cache(folder, mmap=mode != "ram")
         self.folder, self.mode, self.normalize = Path(folder), mode, normalize
-        self.meta = cache.meta
+        self.meta = [cache.meta[r] for r in cache.rows]  # the samples (skipped rows left out), in order
         self.size = int(cache.images.shape[1])
-        self.indices = np.arange(len(cache))[rank::world_size]
+        self._positions = np.arange(len(cache.rows))[rank::world_size]  # into self.meta
+        self.indices = cache.rows[self._positions]  # cache rows served by this rank
+        self.skipped = len(cache) - len(cache.rows)  # rows the build skipped (bad files)
         self._cache: CacheArrays | None = None
         self._readers: dict[str, _RowReader] = {}
         if mode == "disk":
@@ -110,7 +114,7 @@ class CachedDataset(Dataset):
             image = self._cache.images[i]
             labels = {key: arr[i] for key, arr in self._cache.labels.items()}
         sample = _sample_tensors(image, labels, self.normalize)
-        sample["meta"] = self.meta[i]
+        sample["meta"] = self.meta[int(self._positions[item])]
         return sample
 
 
@@ -158,14 +162,18 @@ def batch_to_device(batch: dict[str, Any], device: torch.device | str, non_block
     return {k: v.to(device, non_blocking=non_blocking) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
-def _to_device_in_blocks(array: np.ndarray, device: torch.device, block_bytes: int = 1 << 28) -> torch.Tensor:
-    """Copy a (possibly memory-mapped, strided) array to `device` a block of rows at a time, so host
-    memory never holds more than one block (~256 MiB) beyond the page cache."""
-    out = torch.empty(array.shape, dtype=torch.from_numpy(np.empty(0, array.dtype)).dtype, device=device)
+def _to_device_in_blocks(
+    array: np.ndarray, device: torch.device, rows: np.ndarray, block_bytes: int = 1 << 28
+) -> torch.Tensor:
+    """Copy `array[rows]` of a (possibly memory-mapped) array to `device` a block of rows at a time,
+    so host memory never holds more than one block (~256 MiB) beyond the page cache."""
+    out = torch.empty(
+        (len(rows), *array.shape[1:]), dtype=torch.from_numpy(np.empty(0, array.dtype)).dtype, device=device
+    )
     row_bytes = max(1, array[:1].nbytes)
     step = max(1, block_bytes // row_bytes)
-    for start in range(0, len(array), step):
-        out[start : start + step] = torch.from_numpy(np.array(array[start : start + step]))
+    for start in range(0, len(rows), step):
+        out[start : start + step] = torch.from_numpy(np.asarray(array[rows[start : start + step]]))
     return out
 
 
@@ -185,12 +193,12 @@ class GPUCachedDataset:
         cache = open_cache(folder, mmap=True)
         self.device = torch.device(device)
         self.normalize = normalize
-        self.meta = cache.meta
+        self.meta = [cache.meta[r] for r in cache.rows]
         self.rank, self.world_size = rank, world_size
-        keep = np.arange(len(cache))[rank::world_size]
-        self.images = _to_device_in_blocks(cache.images[rank::world_size], self.device)  # (n, S, S, 3)
-        self.labels = {k: _to_device_in_blocks(v[rank::world_size], self.device) for k, v in cache.labels.items()}
-        self._global_index = keep
+        self._positions = np.arange(len(cache.rows))[rank::world_size]  # into self.meta
+        keep = cache.rows[self._positions]
+        self.images = _to_device_in_blocks(cache.images, self.device, keep)  # (n, S, S, 3)
+        self.labels = {k: _to_device_in_blocks(v, self.device, keep) for k, v in cache.labels.items()}
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
@@ -204,7 +212,7 @@ class GPUCachedDataset:
             batch[key] = value[idx]
         batch["image_id"] = batch["index"]
         if with_meta:
-            batch["meta"] = [self.meta[int(self._global_index[i])] for i in idx.tolist()]
+            batch["meta"] = [self.meta[int(self._positions[i])] for i in idx.tolist()]
         return batch
 
     def batches(

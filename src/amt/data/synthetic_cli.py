@@ -1,10 +1,12 @@
-"""`amt synth OUT --frames N`: write a synthetic dataset in the DexYCB layout."""
+"""`amt synth OUT --frames N [--format dexycb|folder]`: write a synthetic dataset in the DexYCB
+layout (default) or the plain-folder format (docs/datasets.md)."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
+from amt.data.synth_folder import generate_folder
 from amt.data.synthetic import generate
 
 
@@ -31,9 +33,16 @@ def main(argv: list[str]) -> int:
     )
     parser.add_argument("--left-fraction", type=float, default=0.0, help="share of sequences with a left hand")
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument(
+        "--format",
+        choices=("dexycb", "folder"),
+        default="dexycb",
+        help="output layout: DexYCB folders (default) or the plain-folder format (images + annotations.jsonl)",
+    )
     args = parser.parse_args(argv)
     try:
-        result = generate(
+        writer = generate_folder if args.format == "folder" else generate
+        result = writer(
             args.out,
             args.frames,
             seed=args.seed,

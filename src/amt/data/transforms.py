@@ -73,12 +73,11 @@ def crop_intrinsics_for_box(K: np.ndarray, box: tuple[int, int, int], size: int)
     """K (3, 3) of the full image -> K (3, 3) float32 of `crop_and_resize(image, box, size)`.
 
     With `align_corners=False` resampling, crop pixel u samples source x = x0 - 0.5 + (u + 0.5) / s
-    (s = size / side), i.e. u = (x - x0') * s with x0' = x0 - 0.5 + 0.5 / s: the box handed to
-    `amt.geometry.camera.crop_intrinsics` is shifted by that half-pixel term.
+    (s = size / side), i.e. u = (x - x0 + 0.5) * s - 0.5: exactly the mapping of
+    `amt.geometry.camera.crop_intrinsics`, which applies the half-pixel terms itself.
     """
     x0, y0, side = box
-    shift = -0.5 + 0.5 * side / size
-    box_t = torch.tensor([x0 + shift, y0 + shift, side, side], dtype=torch.float64)
+    box_t = torch.tensor([x0, y0, side, side], dtype=torch.float64)
     Kc = crop_intrinsics(torch.as_tensor(np.asarray(K), dtype=torch.float64), box_t, size)
     return Kc.numpy().astype(np.float32)
 

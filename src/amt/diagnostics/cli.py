@@ -5,8 +5,9 @@ last-block CLS attention, rollout, top object queries). Sections: prediction div
 (collapse), dead units per layer, gradient health (per-module grad norms, first module with a
 NaN/Inf), memory per training phase (CUDA peak on GPU, RSS on CPU), attention maps.
 
---data is a dataset root in the DexYCB layout (the split's cache is built when missing) or a
-cache folder (holding meta.json).
+--data is a dataset root in the DexYCB layout (the split's cache is built when missing, at the
+checkpoint's own crop size `image_size`) or a cache folder (holding meta.json), whose crop size
+must be the checkpoint's.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import torch
 from amt.checkpoint import CheckpointError, load_checkpoint
 from amt.data.cache import META_FILE, ensure_cache
 from amt.data.loaders import CachedDataset, batch_to_device, collate
+from amt.data.symmetry import ObjectSymmetries
 from amt.diagnostics.report import format_markdown, run_diagnostics, write_debug_report
 from amt.training.config import RunConfig
 from amt.training.losses import AMTLoss, LossConfig
@@ -58,12 +60,18 @@ def main(argv: list[str]) -> int:
         if (args.data / META_FILE).exists():  # --data is a cache folder
             cache = args.data
         else:
-            root, size = args.data.expanduser().resolve(), int(model.config.image_size)
-            cache = ensure_cache(root, args.split, size, workers=args.workers)
+            root = args.data.expanduser().resolve()
+            cache = ensure_cache(root, args.split, int(model.config.image_size), workers=args.workers)
     except (FileNotFoundError, ValueError, KeyError) as exc:
         print(f"amt debug: {args.data}: cannot open the data ({exc})", file=sys.stderr)
         return 1
     dataset = CachedDataset(cache, mode="memmap")
+    size = int(model.config.image_size)
+    if len(dataset) and dataset[0]["image"].shape[-1] != size:
+        print(f"amt debug: {cache}: {dataset[0]['image'].shape[-1]}-px crops, but {args.checkpoint} was trained "
+              f"on {size}-px crops (model.image_size); pass the dataset root to build a matching cache",
+              file=sys.stderr)  # fmt: skip
+        return 1
     loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, shuffle=False, collate_fn=collate)
     batches = []
     for batch in loader:
@@ -75,7 +83,8 @@ def main(argv: list[str]) -> int:
         return 1
     model.to(args.device)
     loss_cfg = RunConfig.from_resolved(config["train"]).loss if config.get("train") else LossConfig()
-    loss_fn = AMTLoss(loss_cfg).to(args.device)
+    train_root = (config.get("train") or {}).get("data", {}).get("root")
+    loss_fn = AMTLoss(loss_cfg, ObjectSymmetries.for_root(train_root)).to(args.device)
     # the memory profile's step: AdamW at lr 1e-6, so the weights barely move
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-6)
     result = run_diagnostics(

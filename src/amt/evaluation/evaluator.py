@@ -3,11 +3,13 @@
 Two steps, usable separately:
 
 * `collect_predictions(model, dataset, ...)` runs the model (no augmentation, inference mode)
-  and gathers predictions and ground truth of the whole split as numpy arrays
-  (`Predictions`), including the Hungarian matching of object queries to ground-truth slots.
+  and gathers predictions and ground truth of the whole split as numpy arrays (`Predictions`).
 * `compute_metrics(predictions, object_models, ...)` turns them into the report dict
   (docs/metrics.md): hand, objects, contacts, collapse ratio and,
   given the training split, the two honest baselines.
+
+Objects are scored by the BOP protocol (`amt.evaluation.objects`): per image and object id the
+model's top-scoring estimates; the ground truth never chooses which prediction is scored.
 
 `evaluate(...)` does both. Units: metres in the arrays, millimetres in reported errors.
 
@@ -30,11 +32,11 @@ from torch.utils.data import DataLoader, Dataset
 from amt.data.cache import open_cache
 from amt.data.loaders import batch_to_device, collate
 from amt.data.object_models import ObjectModels
-from amt.data.ycb import SYMMETRIC_IDS, YCB_CLASSES
+from amt.data.symmetry import ObjectSymmetries
 from amt.evaluation import metrics
+from amt.evaluation.objects import centre_positions, object_instances_with, object_metrics
 from amt.geometry.hand_skeleton import JOINT_NAMES
-from amt.geometry.rotations import geodesic_angle, quat_wxyz_to_matrix
-from amt.models.matching import match_objects
+from amt.geometry.rotations import quat_wxyz_to_matrix
 
 log = logging.getLogger(__name__)
 
@@ -58,10 +60,9 @@ class Predictions:
     `obj_R` (N,Q,3,3); `obj_prob` (N,Q,C+1) softmax, last = no object; `contact_points`
     (N,Q,3) m; `contact_prob` (N,Q). Ground truth under `gt` with the batch-contract names
     (`joints_3d`, `hand_valid`, `obj_R`, `obj_t`, `obj_class`, `obj_valid`, `grasped`,
-    `contact_points`, `contact_valid`, `K`, `joints_2d`). `match` (N,M): query index assigned to
-    each GT slot, -1 where the slot is padding or no query was assigned. `index`: the split's
-    sample index (toolkit image_id); `position`: position in the evaluated dataset;
-    `meta`: per-sample metadata dicts.
+    `contact_points`, `contact_valid`, `K`, `joints_2d`). `index`: the split's sample index
+    (toolkit image_id); `position`: position in the evaluated dataset; `meta`: per-sample
+    metadata dicts.
     """
 
     index: np.ndarray
@@ -74,7 +75,6 @@ class Predictions:
     obj_prob: np.ndarray
     contact_points: np.ndarray
     contact_prob: np.ndarray
-    match: np.ndarray
     gt: dict[str, np.ndarray] = field(default_factory=dict)
 
     def __len__(self) -> int:
@@ -84,8 +84,9 @@ class Predictions:
 @dataclass
 class TrainingStatistics:
     """What the baselines predict: the training split's mean root-relative pose (21,3) m, mean
-    object translation (3,) m over valid object slots, and mean translation (3,) m of the
-    grasped objects alone (None when the split has no grasp)."""
+    object position (3,) m over valid object slots, and mean position (3,) m of the grasped
+    objects alone (None when the split has no grasp). Positions are symmetry centres (the
+    translation for asymmetric classes; `training_statistics`)."""
 
     mean_root_relative_joints: np.ndarray
     mean_object_translation: np.ndarray
@@ -97,14 +98,6 @@ class TrainingStatistics:
 
 def _numpy(x: torch.Tensor) -> np.ndarray:
     return x.detach().float().cpu().numpy() if x.is_floating_point() else x.detach().cpu().numpy()
-
-
-def _match_slots(outputs: dict[str, torch.Tensor], batch: dict[str, Any], num_slots: int) -> np.ndarray:
-    """(B, M) query index assigned to each valid GT slot by the Hungarian matcher, -1 elsewhere."""
-    match = np.full((batch["obj_valid"].shape[0], num_slots), -1, dtype=np.int64)
-    for b, (pred_idx, gt_idx) in enumerate(match_objects(outputs, batch)):
-        match[b, np.asarray(gt_idx, dtype=np.int64)] = np.asarray(pred_idx, dtype=np.int64)
-    return match
 
 
 @torch.inference_mode()
@@ -139,9 +132,6 @@ def collect_predictions(
             "contact_points": outputs["contact_points"],
             "contact_prob": outputs["contact_prob"],
         }
-        cpu_outputs = {k: v.detach().float().cpu() for k, v in outputs.items() if isinstance(v, torch.Tensor)}
-        gt_batch = {k: batch[k] for k in _GT_KEYS}
-        values["match"] = torch.from_numpy(_match_slots(cpu_outputs, gt_batch, batch["obj_valid"].shape[1]))
         for key in _GT_KEYS:
             values["gt_" + key] = batch[key]
         for key, value in values.items():
@@ -162,13 +152,16 @@ def collect_predictions(
     return Predictions(index=np.concatenate(index), position=np.arange(start), meta=meta, gt=gt, **arrays)
 
 
-def training_statistics(train: Dataset | str | Path) -> TrainingStatistics:
-    """Mean root-relative hand pose and mean object translation of a training split.
+def training_statistics(train: Dataset | str | Path, symmetries: ObjectSymmetries | None = None) -> TrainingStatistics:
+    """Mean root-relative hand pose and mean object position of a training split.
 
     train: a cache folder, a `CachedDataset` (its label arrays are read without decoding
-    images), or any dataset of batch-contract samples (iterated).
+    images), or any dataset of batch-contract samples (iterated). Object positions are the
+    symmetry centres t + R c of `symmetries` (None: the fallback, c = 0: translations), the
+    quantity the evaluator's translation error compares.
     """
-    keys = ("joints_3d", "hand_valid", "obj_t", "obj_valid", "grasped")
+    sym = symmetries or ObjectSymmetries.from_tables()
+    keys = ("joints_3d", "hand_valid", "obj_t", "obj_R", "obj_class", "obj_valid", "grasped")
     if isinstance(train, (str, Path)):
         labels = {k: open_cache(train).labels[k] for k in keys}
     elif hasattr(train, "folder") and hasattr(train, "indices"):
@@ -179,8 +172,12 @@ def training_statistics(train: Dataset | str | Path) -> TrainingStatistics:
         labels = {k: np.stack([r[k] for r in rows]) for k in keys}
     joints = np.asarray(labels["joints_3d"], dtype=np.float64)
     hand_valid = np.asarray(labels["hand_valid"], dtype=bool)
-    obj_t = np.asarray(labels["obj_t"], dtype=np.float64)
     obj_valid = np.asarray(labels["obj_valid"], dtype=bool)
+    obj_t = np.zeros(obj_valid.shape + (3,))
+    obj_t[obj_valid] = centre_positions(
+        np.asarray(labels["obj_R"])[obj_valid], np.asarray(labels["obj_t"])[obj_valid],
+        np.asarray(labels["obj_class"])[obj_valid], sym,
+    )  # fmt: skip
     if not hand_valid.any() or not obj_valid.any():
         raise ValueError("evaluator: the training split has no valid hand or no valid object for the baselines")
     rr = joints[hand_valid] - joints[hand_valid][:, :1]
@@ -225,86 +222,10 @@ def _hand_metrics(pred: Predictions, pck_threshold_mm: float) -> tuple[dict, dic
     return table, details
 
 
-def _pose_error_summary(errors: np.ndarray, diameters: np.ndarray) -> dict[str, float | None]:
-    """errors (n,) metres with inf for misses -> mean (mm, over detected), AUC, <10% diameter."""
-    finite = np.isfinite(errors)
-    return {
-        "mean_mm": float(errors[finite].mean() * 1000) if finite.any() else None,
-        "auc": float(metrics.add_auc(errors, max_threshold=0.1)),
-        "acc_10pct_diameter": float(metrics.accuracy_within_diameter(errors, diameters, fraction=0.1)),
-    }
-
-
-def _object_instances(pred: Predictions, object_models: ObjectModels, num_points: int) -> dict[str, np.ndarray]:
-    """One row per valid GT object: sample, slot, matched query (-1 none), class, grasped,
-    detected, class_correct, errors in metres (`add`, `add_s`, `t_err`; inf when missed),
-    `r_err_deg`, `diameter` (m)."""
-    gt = pred.gt
-    none = pred.obj_prob.shape[-1] - 1
-    n, m = np.nonzero(gt["obj_valid"])
-    q = pred.match[n, m]
-    matched = q >= 0
-    qs = np.where(matched, q, 0)
-    top = np.where(matched, pred.obj_prob[n, qs].argmax(-1), none)
-    cls = gt["obj_class"][n, m].astype(np.int64)
-    detected = matched & (top != none)
-    R, t = pred.obj_R[n, qs].astype(np.float64), pred.obj_t[n, qs].astype(np.float64)
-    gt_R, gt_t = gt["obj_R"][n, m].astype(np.float64), gt["obj_t"][n, m].astype(np.float64)
-    r_err = np.degrees(geodesic_angle(torch.from_numpy(R), torch.from_numpy(gt_R)).numpy())
-    add, add_s = np.full(len(n), np.inf), np.full(len(n), np.inf)
-    for k in np.nonzero(detected)[0]:
-        points = object_models.points(int(cls[k]), n=num_points).astype(np.float64)
-        add[k] = metrics.add(R[k], t[k], gt_R[k], gt_t[k], points)
-        add_s[k] = metrics.add_s(R[k], t[k], gt_R[k], gt_t[k], points)
-    return {
-        "sample": n, "slot": m, "query": np.where(matched, q, -1), "class": cls,
-        "grasped": gt["grasped"][n] == m, "detected": detected, "class_correct": matched & (top == cls - 1),
-        "add": add, "add_s": add_s,
-        "t_err": np.where(matched, np.linalg.norm(t - gt_t, axis=-1), np.inf),
-        "r_err_deg": np.where(matched, r_err, np.inf),
-        "diameter": np.array([object_models.diameter(int(c)) for c in cls]),
-    }  # fmt: skip
-
-
-def object_instances(pred: Predictions, object_models: ObjectModels, num_points: int = 1024) -> dict[str, np.ndarray]:
-    """Per-GT-object rows behind the object metrics (see `_object_instances`): for curves and
-    galleries (`amt.evaluation.html_report`)."""
-    return _object_instances(pred, object_models, num_points)
-
-
-def _object_group(inst: dict[str, np.ndarray], mask: np.ndarray) -> dict[str, Any]:
-    sym = np.isin(inst["class"], list(SYMMETRIC_IDS))
-    add_minus_s = np.where(sym, inst["add_s"], inst["add"])
-    matched = mask & (inst["query"] >= 0)
-    diam = inst["diameter"][mask]
-    return {
-        "num_instances": int(mask.sum()),
-        "num_missed": int((mask & ~inst["detected"]).sum()),
-        "class_accuracy": float(inst["class_correct"][mask].mean()) if mask.any() else None,
-        "add": _pose_error_summary(inst["add"][mask], diam),
-        "add_s": _pose_error_summary(inst["add_s"][mask], diam),
-        "add(-s)": _pose_error_summary(add_minus_s[mask], diam),
-        "translation_error_mm": float(inst["t_err"][matched].mean() * 1000) if matched.any() else None,
-        "rotation_error_deg": float(inst["r_err_deg"][matched].mean()) if matched.any() else None,
-    }
-
-
-def _object_metrics(inst: dict[str, np.ndarray]) -> dict[str, Any]:
-    everything = np.ones(len(inst["class"]), dtype=bool)
-    return {
-        "all": _object_group(inst, everything),
-        "grasped": _object_group(inst, inst["grasped"].astype(bool)),
-        "per_object": {
-            YCB_CLASSES[c]: _object_group(inst, inst["class"] == c) for c in sorted(set(inst["class"].tolist()))
-        },
-        "symmetric_ids": sorted(SYMMETRIC_IDS),
-        "miss_rule": "a GT object is missed when no query is matched to it or its matched query predicts 'no object'",
-    }
-
-
 def _contact_metrics(pred: Predictions, inst: dict[str, np.ndarray], threshold: float) -> dict[str, Any]:
-    matched = inst["query"] >= 0
-    n, m, q = inst["sample"][matched], inst["slot"][matched], inst["query"][matched]
+    """Contacts of the evaluated estimates (detected GT objects) against their labels."""
+    detected = inst["detected"]
+    n, m, q = inst["sample"][detected], inst["slot"][detected], inst["query"][detected]
     label = pred.gt["contact_valid"][n, m]
     guess = pred.contact_prob[n, q] >= threshold
     tp, fp = int((guess & label).sum()), int((guess & ~label).sum())
@@ -327,29 +248,38 @@ def _contact_metrics(pred: Predictions, inst: dict[str, np.ndarray], threshold: 
     }
 
 
-def _baselines(pred: Predictions, inst: dict[str, np.ndarray], stats: TrainingStatistics) -> dict[str, Any]:
+def _baselines(
+    pred: Predictions, inst: dict[str, np.ndarray], stats: TrainingStatistics, sym: ObjectSymmetries
+) -> dict[str, Any]:
     valid = pred.gt["hand_valid"]
     gt_mm = pred.gt["joints_3d"][valid].astype(np.float64) * 1000
     mean_pose_mm = np.broadcast_to(stats.mean_root_relative_joints * 1000, gt_mm.shape)
     hand = metrics.hpe_metrics(mean_pose_mm, gt_mm, units="mm")["root-relative"]["mpjpe"]
-    matched = inst["query"] >= 0
-    gt_t = pred.gt["obj_t"][inst["sample"][matched], inst["slot"][matched]].astype(np.float64)
-    obj = np.linalg.norm(gt_t - stats.mean_object_translation, axis=-1).mean() * 1000 if matched.any() else None
-    grasped = matched & inst["grasped"].astype(bool)
-    grasped_err = None
-    if grasped.any() and stats.mean_grasped_translation is not None:
-        gt_g = pred.gt["obj_t"][inst["sample"][grasped], inst["slot"][grasped]].astype(np.float64)
-        grasped_err = float(np.linalg.norm(gt_g - stats.mean_grasped_translation, axis=-1).mean() * 1000)
+    n, m, det = inst["sample"], inst["slot"], inst["detected"]
+    gt_pos = centre_positions(pred.gt["obj_R"][n, m], pred.gt["obj_t"][n, m], inst["class"], sym)
+    err = np.linalg.norm(gt_pos - stats.mean_object_translation, axis=-1)
+    grasped = inst["grasped"].astype(bool)
+    g_err = None
+    if stats.mean_grasped_translation is not None:
+        g_err = np.linalg.norm(gt_pos - stats.mean_grasped_translation, axis=-1)
+
+    def mean_mm(values: np.ndarray | None, rows: np.ndarray) -> float | None:
+        return float(values[rows].mean() * 1000) if values is not None and rows.any() else None
+
     return {
         "hand_root_relative_mpjpe": float(hand),
-        "object_translation_error": None if obj is None else float(obj),
-        "object_translation_error_grasped": grasped_err,
+        "object_translation_error": mean_mm(err, np.ones_like(det)),
+        "object_translation_error_grasped": mean_mm(g_err, grasped),
+        "object_translation_error_detected": mean_mm(err, det),
+        "object_translation_error_grasped_detected": mean_mm(g_err, grasped & det),
         "description": (
             "hand: the training split's mean root-relative pose predicted for every sample "
-            f"({stats.num_hands} training hands); objects: the training split's mean object "
-            f"translation predicted for every matched GT object ({stats.num_objects} training objects); "
-            "grasped: the mean translation of the training split's grasped objects "
-            f"({stats.num_grasped}) predicted for every matched grasped GT object; mm"
+            f"({stats.num_hands} training hands); objects: the training split's mean object position "
+            f"({stats.num_objects} training objects) predicted for every GT object; grasped: the mean "
+            f"position of the training split's grasped objects ({stats.num_grasped}) for every grasped GT "
+            "object; '_detected': the same over the GT objects the model detected, the instances its own "
+            "translation error is averaged over (compare the model with these); positions are symmetry "
+            "centres (model origins for asymmetric classes), as in the model's error; mm"
         ),
     }
 
@@ -361,19 +291,25 @@ def compute_metrics(
     contact_threshold: float = 0.5,
     pck_threshold_mm: float = 20.0,
     num_model_points: int = 1024,
+    symmetries: ObjectSymmetries | None = None,
 ) -> dict[str, Any]:
-    """The report's numbers from collected predictions (see the module docstring)."""
+    """The report's numbers from collected predictions (see the module docstring).
+
+    symmetries: the objects' symmetries (None: computed from `object_models`); `train_stats`
+    must have been computed with the same ones (`training_statistics(..., symmetries)`).
+    """
+    sym = symmetries or ObjectSymmetries.from_models(object_models)
     hand, hand_details = _hand_metrics(pred, pck_threshold_mm)
-    inst = _object_instances(pred, object_models, num_model_points)
+    inst = object_instances_with(pred, object_models, num_model_points, sym)
     valid = pred.gt["hand_valid"]
     result: dict[str, Any] = {
         "num_samples": len(pred),
         "hand": hand,
         "hand_details": hand_details,
-        "objects": _object_metrics(inst),
+        "objects": object_metrics(pred, inst),
         "contacts": _contact_metrics(pred, inst, contact_threshold),
         "collapse_ratio": metrics.collapse_ratio(pred.joints_3d[valid], pred.gt["joints_3d"][valid]),
-        "baselines": _baselines(pred, inst, train_stats) if train_stats is not None else None,
+        "baselines": _baselines(pred, inst, train_stats, sym) if train_stats is not None else None,
     }
     result["model_vs_baselines"] = {
         "hand_root_relative_mpjpe": hand["root-relative"]["mpjpe"],
@@ -401,8 +337,10 @@ def evaluate(
     submission files and overlays.
     """
     pred = collect_predictions(model, dataset, batch_size=batch_size, device=device, num_workers=num_workers)
-    stats = training_statistics(train_dataset) if train_dataset is not None else None
-    result = compute_metrics(pred, ObjectModels(models_dir), stats, contact_threshold=contact_threshold)
+    object_models = ObjectModels(models_dir)
+    sym = ObjectSymmetries.from_models(object_models)
+    stats = training_statistics(train_dataset, sym) if train_dataset is not None else None
+    result = compute_metrics(pred, object_models, stats, contact_threshold=contact_threshold, symmetries=sym)
     result["predictions"] = pred
     log.info(
         "evaluated %d samples: root-relative MPJPE %.2f mm, collapse ratio %.3f",

@@ -29,7 +29,8 @@ from amt.data.object_models import ObjectModels
 from amt.data.transforms import denormalize_images
 from amt.data.ycb import SYMMETRIC_IDS, YCB_CLASSES
 from amt.evaluation import metrics
-from amt.evaluation.evaluator import ALIGNMENTS, Predictions, joints_mm, object_instances
+from amt.evaluation.evaluator import ALIGNMENTS, Predictions, joints_mm
+from amt.evaluation.objects import object_instances
 from amt.evaluation.report import overlay_pair
 
 log = logging.getLogger(__name__)
@@ -162,15 +163,20 @@ def _objects_section(objects: dict[str, Any], inst: dict[str, np.ndarray] | None
     groups = [("all", objects["all"]), ("grasped", objects["grasped"]), *objects["per_object"].items()]
     rows = []
     for name, g in groups:
-        row = [name, g["num_instances"], g["num_missed"]]
+        row = [name, g["num_instances"], g["num_missed"], _f(g.get("recall"), 100)]
         for key in ("add", "add_s", "add(-s)"):
             row += [g[key]["mean_mm"], _f(g[key]["auc"], 100), _f(g[key]["acc_10pct_diameter"], 100)]
         rows.append(row + [g["translation_error_mm"], g["rotation_error_deg"]])
-    headers = ["object", "n", "missed"]
+    headers = ["object", "n", "missed", "recall (%)"]
     for key in ("ADD", "ADD-S", "ADD(-S)"):
         headers += [f"{key} (mm)", f"{key} AUC", f"{key} <10%d (%)"]
     out = "<h2>Objects</h2>" + _table(rows, headers + ["t err (mm)", "R err (deg)"])
     out += f"<p>Symmetric objects (ADD-S in ADD(-S)): {sorted(SYMMETRIC_IDS)}. {html.escape(objects['miss_rule'])}.</p>"
+    det = objects["all"].get("detection") or {}
+    out += (
+        f"<p>Detection: {det.get('num_estimates')} estimates, precision {_f(det.get('precision'), 100)} %, "
+        f"recall {_f(det.get('recall'), 100)} %. Protocol: {html.escape(objects.get('protocol', '-'))}.</p>"
+    )
     if inst is not None and len(inst["class"]):
         out += _img(png_data_uri(add_figure(inst, "add", "ADD")), "ADD curves")
         out += _img(png_data_uri(add_figure(inst, "add_s", "ADD-S")), "ADD-S curves")
@@ -181,7 +187,7 @@ def _contacts_section(c: dict[str, Any]) -> str:
     keys = ("accuracy", "precision", "recall", "f1", "majority_class_rate", "contact_point_error_mm")
     rows = [[k, c[k]] for k in keys]
     return (
-        f"<h2>Contacts ({c['num_objects']} matched objects)</h2>"
+        f"<h2>Contacts ({c['num_objects']} detected objects)</h2>"
         + _table(rows, ["contact", "value"])
         + f"<p>{html.escape(c['forces'])}.</p>"
     )
@@ -194,11 +200,15 @@ def _baselines_section(result: dict[str, Any]) -> str:
     mvb = result["model_vs_baselines"]
     rows = [
         ["root-relative MPJPE (mm)", mvb["hand_root_relative_mpjpe"], base["hand_root_relative_mpjpe"]],
-        ["object translation error (mm)", mvb["object_translation_error"], base["object_translation_error"]],
+        [
+            "object translation error (mm)",
+            mvb["object_translation_error"],
+            base.get("object_translation_error_detected"),
+        ],
         [
             "grasped-object translation error (mm)",
             mvb.get("object_translation_error_grasped"),
-            base.get("object_translation_error_grasped"),
+            base.get("object_translation_error_grasped_detected"),
         ],
     ]
     return (

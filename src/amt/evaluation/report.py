@@ -83,21 +83,35 @@ def _fmt(value: float | None, digits: int = 2) -> str:
 
 
 def object_table(objects: dict[str, Any]) -> str:
-    """ADD / ADD-S / ADD(-S): mean (mm, detected only), AUC (x100), <10% diameter (%)."""
+    """Per group: instances, misses, recall (%), then ADD / ADD-S / ADD(-S): mean (mm, detected
+    only), AUC (x100), <10% diameter (%); position and rotation errors of the detected (BOP
+    protocol, docs/metrics.md "Objects")."""
     rows = []
     groups = [("all", objects["all"]), ("grasped", objects["grasped"])]
     groups += [(name, g) for name, g in objects["per_object"].items()]
     for name, g in groups:
-        row = [name, g["num_instances"], g["num_missed"]]
+        recall = g.get("recall")
+        row = [name, g["num_instances"], g["num_missed"], _fmt(None if recall is None else 100 * recall, 1)]
         for key in ("add", "add_s", "add(-s)"):
             row += [_fmt(g[key]["mean_mm"]), _fmt(100 * g[key]["auc"]), _fmt(100 * g[key]["acc_10pct_diameter"])]
         row += [_fmt(g["translation_error_mm"]), _fmt(g["rotation_error_deg"])]
         rows.append(row)
-    headers = ["object", "n", "missed"]
+    headers = ["object", "n", "missed", "recall %"]
     for key in ("ADD", "ADD-S", "ADD(-S)"):
         headers += [f"{key} (mm)", f"{key} AUC", f"{key} <10%d"]
     headers += ["t err (mm)", "R err (deg)"]
     return tabulate(rows, headers=headers, tablefmt="pipe", stralign="left", numalign="right")
+
+
+def _detection_line(objects: dict[str, Any]) -> str:
+    """One line: the claimed estimates' detection precision and recall, and the protocol."""
+    det = objects["all"].get("detection") or {}
+    precision, recall = det.get("precision"), det.get("recall")
+    return (
+        f"Detection: {det.get('num_estimates', '-')} estimates, precision "
+        f"{_fmt(None if precision is None else 100 * precision, 1)}%, recall "
+        f"{_fmt(None if recall is None else 100 * recall, 1)}%. Protocol: {objects.get('protocol', '-')}."
+    )
 
 
 def contact_table(contacts: dict[str, Any]) -> str:
@@ -108,19 +122,20 @@ def contact_table(contacts: dict[str, Any]) -> str:
 
 
 def baseline_rows(result: dict[str, Any]) -> list[tuple[str, float | None, float | None]]:
-    """(metric, model, baseline) pairs in mm for the hand and object baselines."""
+    """(metric, model, baseline) pairs in mm for the hand and object baselines; the object
+    baselines over the same (detected) objects as the model's errors (BOP protocol)."""
     base = result.get("baselines") or {}
     return [
         ("root-relative MPJPE (mm)", result["hand"]["root-relative"]["mpjpe"], base.get("hand_root_relative_mpjpe")),
         (
             "object translation error (mm)",
             result["objects"]["all"]["translation_error_mm"],
-            base.get("object_translation_error"),
+            base.get("object_translation_error_detected", base.get("object_translation_error")),
         ),
         (
             "grasped-object translation error (mm)",
             result["objects"]["grasped"]["translation_error_mm"],
-            base.get("object_translation_error_grasped"),
+            base.get("object_translation_error_grasped_detected", base.get("object_translation_error_grasped")),
         ),
     ]
 
@@ -145,6 +160,7 @@ def format_tables(result: dict[str, Any]) -> str:
         f"collapse ratio (std of predicted / GT root-relative joints): {result['collapse_ratio']:.3f}",
         "## Objects",
         object_table(result["objects"]),
+        _detection_line(result["objects"]),
         "## Contacts",
         contact_table(result["contacts"]),
         f"Forces: {result['contacts']['forces']}.",

@@ -14,7 +14,7 @@ Two BOP flavours exist and must not be mixed up:
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,7 @@ import numpy as np
 
 from amt.data.dexycb import DexYCB, read_labels
 from amt.data.ycb import BOP_OFFSETS_MM
+from amt.evaluation.ho3d import write_ho3d_submission
 from amt.evaluation.metrics import hpe_metrics
 
 logger = logging.getLogger(__name__)
@@ -188,3 +189,13 @@ def read_bop_csv(path: str | Path) -> list[dict[str, Any]]:
             except ValueError as exc:
                 raise ValueError(f"{path}:{lineno}: {exc}") from exc
     return rows
+
+
+def submission_writer(format: str) -> Callable[..., Path]:
+    """The benchmark-file writer of a dataset format (`amt.data.dataset.open_dataset` names):
+    dexycb -> `write_hpe_submission` (HPE text file), ho3d -> `amt.evaluation.ho3d.
+    write_ho3d_submission` (pred.json + pred.zip). Other formats have no benchmark: ValueError."""
+    writers: dict[str, Callable[..., Path]] = {"dexycb": write_hpe_submission, "ho3d": write_ho3d_submission}
+    if format not in writers:
+        raise ValueError(f"data format {format!r} has no benchmark submission; formats with one: {sorted(writers)}")
+    return writers[format]

@@ -11,7 +11,8 @@ Everything is measured in the same process on the same device:
 - one training step (forward, `amt.training.losses.AMTLoss`, backward, AdamW) on a fake
   batch-contract batch (`amt.testing.random_batch`), or on a cache folder (GPUCachedDataset on CUDA);
 - peak memory: CUDA max allocated per phase; on CPU the process's peak RSS so far.
-Weights are random: speed does not depend on them.
+Weights are random unless `--checkpoint` names a checkpoint (its config sets the input size): speed
+does not depend on them.
 """
 
 from __future__ import annotations
@@ -34,8 +35,9 @@ import torch
 import torch.utils.flop_counter as fc
 from torch import nn
 
+from amt.checkpoint import CheckpointError, load_model
 from amt.data.loaders import GPUCachedDataset
-from amt.inference.export import example_inputs
+from amt.inference.export import InputSpec, example_inputs
 from amt.inference.fastpath import FastPath, FastPathConfig, autocast_dtype
 from amt.models import build_model
 from amt.testing import random_batch
@@ -56,7 +58,8 @@ class BenchConfig:
     """device: 'cpu' or 'cuda'; batches: inference batch sizes; iters/warmup: timed/untimed calls
     (None: 5/2 on CPU, 50/10 on CUDA); train_batch: training batch (default: largest of batches);
     threads: CPU intra-op threads (None: torch's default); matmul_n: ceiling matmul size
-    (None: 2048 on CPU, 8192 on CUDA)."""
+    (None: 2048 on CPU, 8192 on CUDA); checkpoint: a checkpoint folder to time instead of the
+    random-weight `preset` (its config decides the input size, e.g. 96 px for the demo's model)."""
 
     device: str = "cpu"
     preset: str = "tiny"
@@ -71,6 +74,7 @@ class BenchConfig:
     compile: bool = False
     cuda_graph: bool = True
     cache: str | None = None
+    checkpoint: str | None = None
 
 
 def _sdpa_cpu_flops(q, k, v, *args, out_shape=None, **kwargs) -> int:
@@ -174,10 +178,11 @@ class BackboneOnly(nn.Module):
         return (out["cls"], out["patches"], *out["taps"])
 
 
-def _train_batches(cfg: BenchConfig, device: torch.device, batch: int):
-    """Endless batches: from the cache (GPUCachedDataset on the device) or one synthetic batch."""
+def _train_batches(cfg: BenchConfig, device: torch.device, batch: int, size: int):
+    """Endless batches: from the cache (GPUCachedDataset on the device) or one synthetic batch of
+    `size`-pixel images."""
     if cfg.cache is None:
-        fixed = random_batch(batch, device=device)
+        fixed = random_batch(batch, image_size=size, device=device)
         while True:
             yield fixed
     data = GPUCachedDataset(cfg.cache, device)
@@ -194,7 +199,7 @@ def bench_train(
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-5, fused=device.type == "cuda")
     train_step = TrainStep(model, AMTLoss().to(device), opt, autocast_dtype=autocast_dtype(cfg.autocast, device))
-    batches = _train_batches(cfg, device, batch)
+    batches = _train_batches(cfg, device, batch, InputSpec.of(model).size)
 
     def step() -> None:
         train_step(next(batches))
@@ -216,8 +221,8 @@ def bench_train(
     }
 
 
-def _bench_callable(runner: FastPath, device: torch.device, batch: int, iters: int, warmup: int) -> float:
-    image, K = (t.to(device) for t in example_inputs(batch))
+def _bench_callable(runner: FastPath, device: torch.device, batch: int, iters: int, warmup: int, size: int) -> float:
+    image, K = (t.to(device) for t in example_inputs(batch, size))
     return time_call(lambda: runner.run_flat(image, K), device, iters, warmup)
 
 
@@ -232,22 +237,26 @@ def run(cfg: BenchConfig) -> dict:
     warmup = cfg.warmup if cfg.warmup is not None else (10 if device.type == "cuda" else 2)
     dtype = autocast_dtype(cfg.autocast, device)
     compute_dtype = dtype or torch.float32
-    model = build_model(cfg.preset).to(device).eval()
+    if cfg.checkpoint is not None:
+        model = load_model(cfg.checkpoint).to(device).eval()
+    else:
+        model = build_model(cfg.preset).to(device).eval()
+    size = InputSpec.of(model).size
     n_params = sum(p.numel() for p in model.parameters())
     ceiling = matmul_ceiling(device, compute_dtype, cfg.matmul_n or (8192 if device.type == "cuda" else 2048))
     fp_cfg = FastPathConfig(autocast=cfg.autocast, compile=cfg.compile, cuda_graph=cfg.cuda_graph)
     whole = FastPath(model, device, fp_cfg)
     bare = FastPath(whole.model, device, fp_cfg, flat=BackboneOnly(whole.model))
-    image1, K1 = (t.to(device) for t in example_inputs(1))
+    image1, K1 = (t.to(device) for t in example_inputs(1, size))
     with torch.inference_mode():
         flops_model = count_flops(lambda: whole.model({"image": image1, "K": K1}))
         flops_backbone = count_flops(lambda: whole.model.backbone(image1))
     rows = []
     for b in cfg.batches:
         _reset_peak(device)
-        t_model = _bench_callable(whole, device, b, iters, warmup)
+        t_model = _bench_callable(whole, device, b, iters, warmup, size)
         mem = peak_memory_mb(device)
-        t_back = _bench_callable(bare, device, b, iters, warmup)
+        t_back = _bench_callable(bare, device, b, iters, warmup, size)
         row = {
             "batch": b,
             "latency_ms": t_model * 1e3,
@@ -273,9 +282,11 @@ def run(cfg: BenchConfig) -> dict:
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "machine": _machine(device),
         "config": asdict(cfg),
-        "preset": cfg.preset,
+        "preset": getattr(model.config, "preset", cfg.preset),
+        "checkpoint": cfg.checkpoint,
+        "image_size": size,
         "parameters": n_params,
-        "weights": "random (speed does not depend on the values)",
+        "weights": "random (speed does not depend on the values)" if cfg.checkpoint is None else "checkpoint",
         "compute_dtype": str(compute_dtype).removeprefix("torch."),
         "flops_per_image_backbone": flops_backbone,
         "ceiling": ceiling,
@@ -306,7 +317,8 @@ def format_table(result: dict) -> str:
     """Markdown tables of a `run` result."""
     c = result["ceiling"]
     lines = [
-        f"preset {result['preset']} ({result['parameters'] / 1e6:.1f}M params, {result['weights']}), "
+        f"preset {result['preset']} ({result['parameters'] / 1e6:.1f}M params, {result['weights']}, "
+        f"{result.get('image_size', 224)} px), "
         f"{result['machine']['device']} {result['machine'].get('gpu', '')}, {result['compute_dtype']}, "
         f"{result['machine']['torch_threads']} threads",
         f"matmul ceiling ({c['n']}^3 {c['dtype']}): {c['flops_per_s'] / 1e9:.1f} GFLOP/s "
@@ -350,6 +362,7 @@ def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="amt bench", description=__doc__.split("\n")[0])
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--preset", default="tiny", help="tiny, vits14, vitb14, vitl14, vitg14")
+    p.add_argument("--checkpoint", default=None, help="time this checkpoint folder instead of a random --preset")
     p.add_argument(
         "--batch", type=_int_list, default=None, help="inference batch sizes (default 1,8 on CPU; 1,256 on CUDA)"
     )
@@ -369,11 +382,11 @@ def main(argv: list[str]) -> int:
     cfg = BenchConfig(
         device=args.device, preset=args.preset, batches=batches, train=args.train, train_batch=args.train_batch,
         iters=args.iters, warmup=args.warmup, threads=args.threads, matmul_n=args.matmul_n, autocast=args.autocast,
-        compile=args.compile, cuda_graph=not args.no_cuda_graph, cache=args.cache,
+        compile=args.compile, cuda_graph=not args.no_cuda_graph, cache=args.cache, checkpoint=args.checkpoint,
     )  # fmt: skip
     try:
         result = run(cfg)
-    except (BenchError, KeyError) as exc:
+    except (BenchError, CheckpointError, KeyError) as exc:
         print(f"amt bench: {exc}", file=sys.stderr)
         return 2
     print(format_table(result))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import sys
 from pathlib import Path
 
@@ -18,6 +19,7 @@ import numpy as np
 import torch
 
 from amt.checkpoint import CheckpointError, load_model
+from amt.data.cache import MAX_CROP_FACTOR
 from amt.data.object_models import ObjectModels
 from amt.data.transforms import CropConfig
 from amt.data.ycb import YCB_CLASSES
@@ -26,6 +28,7 @@ from amt.inference.detector import MediaPipeHandDetector
 from amt.inference.export import ExportParityError, export
 from amt.inference.fastpath import FastPathConfig
 from amt.inference.frames import (
+    MAX_IMAGE_PIXELS,
     Frame,
     FrameSourceError,
     is_video,
@@ -53,12 +56,24 @@ class BoxFileError(ValueError):
     """A --boxes JSON file is unreadable or holds a malformed box."""
 
 
+MAX_COORDINATE = 1e6  # |pixel coordinate| accepted in a hand box (anything larger is a typo or junk)
+
+
+def _box_ok(values: tuple[float, ...]) -> bool:
+    return (
+        len(values) == 4
+        and all(math.isfinite(v) and abs(v) <= MAX_COORDINATE for v in values)
+        and values[2] > values[0]
+        and values[3] > values[1]
+    )
+
+
 def parse_bbox(text: str) -> tuple[float, float, float, float]:
     try:
         values = tuple(float(v) for v in text.split(","))
     except ValueError:
         values = ()
-    if len(values) != 4 or not (values[2] > values[0] and values[3] > values[1]):
+    if not _box_ok(values):
         raise argparse.ArgumentTypeError(f"--bbox {text!r}: expected x0,y0,x1,y1 pixels with x0 < x1, y0 < y1")
     return values  # type: ignore[return-value]
 
@@ -67,16 +82,22 @@ def load_box_file(path: Path) -> dict[str, tuple[float, float, float, float]]:
     """JSON {filename: [x0, y0, x1, y1]} -> dict; errors name the file and the key."""
     try:
         data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise BoxFileError(f"{path}: cannot read box file: {exc}") from exc
+    except (OSError, ValueError, RecursionError) as exc:  # ValueError: bad JSON or not UTF-8
+        raise BoxFileError(f"{path}: cannot read box file: {type(exc).__name__}: {exc}") from exc
     if not isinstance(data, dict):
         raise BoxFileError(f"{path}: expected a JSON object {{filename: [x0, y0, x1, y1]}}")
     boxes = {}
     for key, value in data.items():
-        if not (isinstance(value, list) and len(value) == 4 and all(isinstance(v, (int, float)) for v in value)):
-            raise BoxFileError(f"{path}: key {key!r}: expected [x0, y0, x1, y1] numbers, got {value!r}")
-        if not (value[2] > value[0] and value[3] > value[1]):
-            raise BoxFileError(f"{path}: key {key!r}: expected x0 < x1 and y0 < y1, got {value}")
+        numbers = isinstance(value, list) and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in value
+        )
+        if not (numbers and len(value) == 4):
+            raise BoxFileError(f"{path}: key {key!r}: expected [x0, y0, x1, y1] numbers, got {value!r:.200}")
+        if not _box_ok(tuple(float(v) for v in value)):
+            raise BoxFileError(
+                f"{path}: key {key!r}: expected finite pixels (|v| <= {MAX_COORDINATE:g}) with x0 < x1 and y0 < y1, "
+                f"got {value}"
+            )
         boxes[key] = tuple(float(v) for v in value)
     return boxes
 
@@ -112,6 +133,12 @@ def _predict_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--video-out", type=Path, help="also write the overlays as a video (.gif, or .mp4 with imageio-ffmpeg)"
+    )
+    p.add_argument(
+        "--max-pixels",
+        type=int,
+        default=MAX_IMAGE_PIXELS,
+        help=f"skip images with more pixels than this, checked before decoding (default {MAX_IMAGE_PIXELS})",
     )
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument(
@@ -162,6 +189,23 @@ class _CropChooser:
         return None, "centred (no hand box)"
 
 
+def _check_box(box: tuple[int, int, int] | None, width: int, height: int) -> None:
+    """ValueError when a crop box is absurdly large for the image (its crop would not fit in memory)."""
+    if box is not None and box[2] > MAX_CROP_FACTOR * max(width, height):
+        raise ValueError(
+            f"crop box side {box[2]} px is more than {MAX_CROP_FACTOR}x the {width}x{height} image; check the hand box"
+        )
+
+
+def _check_finite(pred) -> None:
+    """ValueError when the model produced NaN / inf (e.g. weights that overflow): nothing to draw or report."""
+    values = [pred.joints_3d, pred.joints_2d, pred.joint_conf, pred.mano_shape]
+    values += [np.r_[o.quat_wxyz, o.translation, o.center_2d, o.score] for o in pred.objects]
+    values += [np.r_[c.point, c.point_2d, c.force, c.prob] for c in pred.contacts]
+    if not all(np.isfinite(np.asarray(v, dtype=np.float64)).all() for v in values):
+        raise ValueError("the model's output holds NaN or inf (check the checkpoint's weights)")
+
+
 def _intrinsics_for(args: argparse.Namespace, width: int, height: int) -> Intrinsics:
     if args.K:
         return parse_K(args.K)
@@ -179,7 +223,7 @@ def predict_main(argv: list[str]) -> int:
         choose_box = _CropChooser(args, crop)
         if args.K or args.calib:
             _intrinsics_for(args, 0, 0)
-        frames = iter_frames(args.input)
+        frames = iter_frames(args.input, args.max_pixels)
         fps = args.fps or (video_fps(args.input) if is_video(args.input) else 30.0)
         bounds = _model_bounds(args.models) if args.models else None
         if args.video_out:
@@ -208,9 +252,16 @@ def predict_main(argv: list[str]) -> int:
             continue
         h, w = frame.image.shape[:2]
         intrinsics = _intrinsics_for(args, w, h)
-        intrinsics_used.add(intrinsics.source)
         box, source = choose_box(frame)
-        pred = predictor.predict(frame.image, intrinsics, box, crop_source=source)
+        try:
+            _check_box(box, w, h)
+            pred = predictor.predict(frame.image, intrinsics, box, crop_source=source)
+            _check_finite(pred)
+        except ValueError as exc:  # this frame only (e.g. a box far larger than the image): skip it
+            log.error("skipping %s: %s", frame.name, exc)
+            skipped.append({"frame": frame.name, "source": frame.source, "error": str(exc)})
+            continue
+        intrinsics_used.add(intrinsics.source)
         if smoother is not None:
             pred = smoother(pred)
         record = {"frame": frame.name, "source": frame.source, "index": frame.index, **pred.to_json()}

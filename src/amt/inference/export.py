@@ -1,7 +1,8 @@
 """ONNX and TorchScript export of an AMT model, with an automatic parity check.
 
-The exported graph takes `image` (B, 3, 224, 224) float32 ImageNet-normalised and `K`
-(B, 3, 3) float32 crop intrinsics, and returns the output contract's tensors as a flat tuple in
+The exported graph takes `image` (B, 3, S, S) float32 normalised crops, S the checkpoint's
+`image_size` (`InputSpec.of(model)`: 224 for the pretrained presets, 96 for the demo's
+`tiny_conv`), and `K` (B, 3, 3) float32 crop intrinsics, and returns the output contract's tensors as a flat tuple in
 `OUTPUT_NAMES` order (the `aux` dict is not exported). After export the file is loaded back
 (onnxruntime / torch.jit.load) and compared with the PyTorch model on random inputs; the
 largest absolute difference per output is returned and an `ExportParityError` is raised above
@@ -13,11 +14,13 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from amt.data.transforms import IMAGENET_MEAN, IMAGENET_STD, CropConfig, normalize_images
 from amt.extras import require
 
 log = logging.getLogger(__name__)
@@ -37,6 +40,34 @@ OUTPUT_NAMES: tuple[str, ...] = (
 INPUT_NAMES: tuple[str, ...] = ("image", "K")
 ONNX_OPSET = 18
 DEFAULT_TOLERANCE = 1e-4
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """What a model expects as input: square crops of `size` pixels, normalised with per-channel
+    `mean` and `std` (RGB, fractions of 255)."""
+
+    size: int
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+
+    @classmethod
+    def of(cls, model: Any, default_size: int = CropConfig().size) -> InputSpec:
+        """From `model.config` (`image_size`, optional `image_mean` / `image_std`); a model
+        without a config gets `default_size` and ImageNet's normalisation."""
+        config = getattr(model, "config", None)
+        size = int(getattr(config, "image_size", default_size))
+        mean = tuple(getattr(config, "image_mean", IMAGENET_MEAN))
+        std = tuple(getattr(config, "image_std", IMAGENET_STD))
+        return cls(size, mean, std)  # type: ignore[arg-type]
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 (B, 3, H, W) RGB -> float32 normalised with this spec."""
+        if self.mean == IMAGENET_MEAN and self.std == IMAGENET_STD:
+            return normalize_images(images)  # the exact arithmetic of the training cache
+        mean = torch.tensor(self.mean, device=images.device).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, device=images.device).view(1, 3, 1, 1)
+        return (images.float() / 255.0 - mean) / std
 
 
 class ExportParityError(RuntimeError):
@@ -111,8 +142,12 @@ def _run_torchscript(path: Path, batches: list[tuple[torch.Tensor, torch.Tensor]
         return [[t.numpy() for t in module(img, K)] for img, K in batches]
 
 
-def parity(model: nn.Module, path: Path, fmt: str, batch_sizes: tuple[int, ...], size: int = 224) -> dict[str, float]:
-    """Max abs difference per output between PyTorch and the exported file on random inputs."""
+def parity(
+    model: nn.Module, path: Path, fmt: str, batch_sizes: tuple[int, ...], size: int | None = None
+) -> dict[str, float]:
+    """Max abs difference per output between PyTorch and the exported file on random inputs of
+    `size` pixels (None: the model's `image_size`)."""
+    size = size if size is not None else InputSpec.of(model).size
     wrapper = FlatOutputs(model).eval()
     batches = [example_inputs(b, size, seed=100 + i) for i, b in enumerate(batch_sizes)]
     run = _run_onnx if fmt == "onnx" else _run_torchscript
@@ -136,10 +171,11 @@ def export(
     fmt: str = "onnx",
     dynamic_batch: bool = False,
     tolerance: float = DEFAULT_TOLERANCE,
-    size: int = 224,
+    size: int | None = None,
 ) -> ExportResult:
     """Export `model` (on CPU, eval mode) to `path` as 'onnx' or 'torchscript', then check parity.
 
+    size: the input crop side (None: the model's `image_size`, `InputSpec.of(model)`).
     The graph is traced at batch 2 when `dynamic_batch` (checked at batches 1 and 3, sizes it was
     not traced with), else at batch 1 (checked at batch 1). Raises ExportParityError when any
     output differs by more than `tolerance` (absolute).
@@ -149,6 +185,7 @@ def export(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     model = model.to("cpu").eval()
+    size = size if size is not None else InputSpec.of(model).size
     wrapper = FlatOutputs(model).eval()
     inputs = example_inputs(2 if dynamic_batch else 1, size)
     if fmt == "onnx":  # fail before the slow trace when the extra is missing (torch.onnx needs onnx)

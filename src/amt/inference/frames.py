@@ -1,22 +1,28 @@
 """Frame sources for `amt predict`: one image, a folder of images, or a video file.
 
-Every frame comes out as (H, W, 3) uint8 RGB whatever the file held (grayscale, RGBA,
-palette, 16-bit). A file that cannot be decoded yields a `Frame` with `error` set instead
-of raising, so one bad file never stops a batch.
+Every frame comes out as (H, W, 3) uint8 RGB whatever the file held: grayscale, palette and
+CMYK are converted, 16/32-bit and float images rescaled to 8 bits, alpha composited over white,
+and the EXIF orientation applied (the image as a viewer shows it). An image of more than
+`MAX_IMAGE_PIXELS` pixels (64 megapixels, e.g. 8000 x 8000; `amt predict --max-pixels`) is
+refused from its header, before decoding, so a decompression bomb costs nothing. A file that
+cannot be decoded yields a `Frame` with `error` set instead of raising, so one bad file never
+stops a batch.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import logging
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import imageio.v3 as iio
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
+from amt.data.dexycb import DECODE_ERRORS
 from amt.extras import missing_extra_message
 
 log = logging.getLogger(__name__)
@@ -25,6 +31,7 @@ IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", 
 # GIF is read as a video (pillow plugin), so animated GIFs work without ffmpeg.
 FFMPEG_VIDEO_EXTENSIONS = frozenset({".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v"})
 VIDEO_EXTENSIONS = FFMPEG_VIDEO_EXTENSIONS | {".gif"}
+MAX_IMAGE_PIXELS = 64_000_000  # width x height above which an image is refused (decompression bombs)
 
 
 class FrameSourceError(ValueError):
@@ -47,16 +54,51 @@ class Frame:
     error: str | None = None
 
 
-def load_rgb(path: str | Path) -> np.ndarray:
-    """Decode an image file to (H, W, 3) uint8 RGB. Raises OSError/ValueError when corrupt."""
-    with Image.open(path) as im:
+class ImageTooLargeError(ValueError):
+    """An image declares more pixels than the limit (a decompression bomb or a huge scan)."""
+
+
+def _upright(im: Image.Image) -> Image.Image:
+    """The image rotated / mirrored as its EXIF orientation says; unchanged when EXIF is unreadable."""
+    try:
+        return ImageOps.exif_transpose(im)
+    except DECODE_ERRORS as exc:
+        log.warning("%s: ignoring an unreadable EXIF orientation (%s)", im.filename or "image", exc)
+        return im
+
+
+def load_rgb(path: str | Path, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
+    """Decode an image file to (H, W, 3) uint8 RGB (see the module docstring for the conversions).
+
+    Raises ImageTooLargeError when width x height > max_pixels (checked before decoding), and
+    OSError/ValueError (or another of `DECODE_ERRORS`) when the file is corrupt.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # max_pixels decides
+        try:
+            im = Image.open(path)
+        except Image.DecompressionBombError as exc:
+            raise ImageTooLargeError(f"{path}: above the limit of {max_pixels} pixels ({exc})") from exc
+    with im:
+        w, h = im.size
+        if w * h > max_pixels:
+            raise ImageTooLargeError(
+                f"{path}: {w}x{h} = {w * h} pixels is above the limit of {max_pixels} "
+                "(a decompression bomb or a huge scan; raise it with --max-pixels)"
+            )
         im.load()
-        if im.mode in ("I;16", "I;16B", "I;16L", "I"):
-            # 16/32-bit grayscale: rescale to 8 bits instead of letting PIL clip.
-            arr = np.asarray(im, dtype=np.float64)
-            top = arr.max() if arr.size and arr.max() > 0 else 1.0
-            arr = np.clip(arr / top * 255.0, 0, 255).astype(np.uint8)
+        im = _upright(im)
+        if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+            # 16/32-bit integer or float grayscale: rescale to 8 bits instead of letting PIL clip.
+            arr = np.nan_to_num(np.asarray(im, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+            low = min(float(arr.min()), 0.0) if arr.size else 0.0
+            top = float(arr.max()) - low if arr.size and arr.max() > low else 1.0
+            arr = np.clip((arr - low) / top * 255.0, 0, 255).astype(np.uint8)
             return np.repeat(arr[..., None], 3, axis=-1)
+        if im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (im.mode == "P" and "transparency" in im.info):
+            rgba = im.convert("RGBA")
+            white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+            return np.asarray(Image.alpha_composite(white, rgba).convert("RGB"), dtype=np.uint8).copy()
         return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
 
 
@@ -64,11 +106,13 @@ def is_video(path: Path) -> bool:
     return path.suffix.lower() in VIDEO_EXTENSIONS
 
 
-def _image_frame(path: Path, index: int) -> Frame:
+def _image_frame(path: Path, index: int, max_pixels: int = MAX_IMAGE_PIXELS) -> Frame:
     try:
-        return Frame(path.stem, str(path), index, image=load_rgb(path))
-    except (OSError, ValueError, SyntaxError) as exc:  # PIL raises all three on corrupt data
-        return Frame(path.stem, str(path), index, error=f"cannot decode image {path}: {exc}")
+        return Frame(path.stem, str(path), index, image=load_rgb(path, max_pixels))
+    except ImageTooLargeError as exc:
+        return Frame(path.stem, str(path), index, error=str(exc))
+    except DECODE_ERRORS as exc:  # what PIL, zlib and struct raise on corrupt data
+        return Frame(path.stem, str(path), index, error=f"cannot decode image {path}: {type(exc).__name__}: {exc}")
 
 
 def require_video_backend(path: Path) -> None:
@@ -108,8 +152,9 @@ def iter_video(path: Path) -> Iterator[Frame]:
         )
 
 
-def iter_frames(path: str | Path) -> Iterator[Frame]:
+def iter_frames(path: str | Path, max_pixels: int = MAX_IMAGE_PIXELS) -> Iterator[Frame]:
     """Frames of an image file, a folder of images (sorted by name, non-images ignored) or a video.
+    An image above `max_pixels` pixels becomes an error frame.
 
     The path is checked before this returns (FrameSourceError when it cannot be read at all);
     frames are decoded lazily.
@@ -122,14 +167,14 @@ def iter_frames(path: str | Path) -> Iterator[Frame]:
         ignored = sum(1 for p in path.iterdir() if p.is_file()) - len(files)
         if ignored:
             log.info("%s: ignoring %d file(s) that are not images", path, ignored)
-        return (_image_frame(file, i) for i, file in enumerate(files))
+        return (_image_frame(file, i, max_pixels) for i, file in enumerate(files))
     if not path.exists():
         raise FrameSourceError(f"{path}: no such file or folder")
     if is_video(path):
         require_video_backend(path)
         return iter_video(path)
     if path.suffix.lower() in IMAGE_EXTENSIONS:
-        return iter([_image_frame(path, 0)])
+        return iter([_image_frame(path, 0, max_pixels)])
     raise FrameSourceError(
         f"{path}: unknown input type {path.suffix!r}; expected an image "
         f"({', '.join(sorted(IMAGE_EXTENSIONS))}), a folder or a video ({', '.join(sorted(VIDEO_EXTENSIONS))})"

@@ -54,8 +54,8 @@ def parse_K(text: str) -> Intrinsics:
         values = [float(v) for v in text.split(",")]
     except ValueError:
         values = []
-    if len(values) != 4 or values[0] <= 0 or values[1] <= 0:
-        raise IntrinsicsError(f"--K {text!r}: expected four numbers fx,fy,cx,cy with fx, fy > 0")
+    if len(values) != 4 or not all(math.isfinite(v) for v in values) or values[0] <= 0 or values[1] <= 0:
+        raise IntrinsicsError(f"--K {text!r}: expected four finite numbers fx,fy,cx,cy with fx, fy > 0")
     return Intrinsics(*values, source="--K")
 
 

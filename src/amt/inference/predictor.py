@@ -4,13 +4,19 @@
 intrinsics and a hand box in image pixels (None: a centred square crop), crops and normalises
 exactly as the training cache does (`amt.data.transforms`), runs the model with the crop's K,
 and returns a `FramePrediction`: 3D results in the camera frame of the full image (metres;
-cropping changes K, not 3D) and 2D results in full-image pixels.
+cropping changes K, not 3D) and 2D results in full-image pixels (the projection of the 3D
+joints with the full image's K).
+
+The crop side and the normalisation come from the model's own config (`amt.inference.export.
+InputSpec.of(model)`:
+`image_size`, and `image_mean` / `image_std` when a config carries them, else ImageNet's, what
+every AMT cache uses), so a 96-px checkpoint is fed 96-px crops.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -18,9 +24,10 @@ import torch
 from torch import nn
 
 from amt.checkpoint import load_model
-from amt.data.transforms import CropConfig, crop_and_resize, crop_intrinsics_for_box, normalize_images, square_box
+from amt.data.transforms import CropConfig, crop_and_resize, crop_intrinsics_for_box, square_box
 from amt.data.ycb import NUM_CLASSES, YCB_CLASSES
 from amt.geometry.camera import project
+from amt.inference.export import InputSpec
 from amt.inference.fastpath import FastPath, FastPathConfig
 from amt.inference.intrinsics import Intrinsics
 
@@ -173,7 +180,8 @@ def decode(
 class Predictor:
     """Runs an AMT model on full images (see module docstring).
 
-    score_threshold: minimum object score kept; crop: crop size/margin (must match training);
+    score_threshold: minimum object score kept; crop: margin and minimum side of the crop box
+    (its `size` is replaced by the model's `image_size`: the crop side the model was trained on);
     fastpath: FastPath settings (CUDA graphs and bf16 apply on CUDA only by default).
     """
 
@@ -185,7 +193,10 @@ class Predictor:
         crop: CropConfig | None = None,
         fastpath: FastPathConfig | None = None,
     ) -> None:
-        self.crop = crop or CropConfig()
+        self.input_spec = InputSpec.of(model)
+        if crop is not None and crop.size not in (self.input_spec.size, CropConfig().size):
+            log.warning("crop size %d ignored: the model was trained on %d-px crops", crop.size, self.input_spec.size)
+        self.crop = replace(crop or CropConfig(), size=self.input_spec.size)
         self.score_threshold = score_threshold
         self.runner = FastPath(model, device, fastpath)
 
@@ -205,7 +216,7 @@ class Predictor:
         K = intrinsics.K
         crop = crop_and_resize(image, box, self.crop.size)
         Kc = crop_intrinsics_for_box(K, box, self.crop.size)
-        x = normalize_images(torch.from_numpy(crop).permute(2, 0, 1)[None])
+        x = self.input_spec.normalize(torch.from_numpy(crop).permute(2, 0, 1)[None])
         out = self.runner(x, torch.from_numpy(Kc)[None])
         hand, objects, contacts = decode(out, K, self.score_threshold)
         return FramePrediction(

@@ -2,7 +2,8 @@
 pixel-aligned refinement -> contact head, plus save_pretrained / from_pretrained.
 
 Output contract (docs/architecture.md): the keys of `OUTPUT_KEYS` plus `aux`; metres, camera
-frame of the crop. `aux` holds `refine_steps` (list of dicts joints_3d / obj_t / obj_quat),
+frame of the crop. `aux` holds `refine_steps` (list of dicts joints_3d / obj_t / obj_R / obj_quat, one per
+refinement step; the final outputs are the last step's),
 `joints_3d_coarse`, `hand_points` (B,P,3), `obj_R` (B,Q,3,3), `contact_logit` (B,Q), and with
 `return_attention=True` `backbone_attentions` (list over tap blocks of (B,H,1+N,1+N)),
 `object_cross_attention` (B,H,Q,T) of the last decoder layer and `memory_shapes` (the (h, w)
@@ -17,6 +18,7 @@ from typing import Any
 
 import torch
 import yaml
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -36,6 +38,24 @@ log = logging.getLogger(__name__)
 CONFIG_FILE, WEIGHTS_FILE = "config.yaml", "model.safetensors"
 OUTPUT_KEYS = ("joints_3d", "joints_3d_coarse", "joint_conf", "mano_shape", "obj_t", "obj_quat", "obj_logits",
                "contact_points", "contact_prob", "contact_force")  # fmt: skip
+
+
+MAX_CONFIG_NUMBER = 8192  # bound on every number in a config.yaml (sizes, layer counts): no real model is near it
+
+
+class ModelFileError(ValueError):
+    """A model folder's config.yaml or model.safetensors cannot be loaded; the message names the file."""
+
+
+class ModelFileMissing(ModelFileError, FileNotFoundError):
+    """config.yaml or model.safetensors (or the folder) does not exist."""
+
+
+class WeightsMismatch(ModelFileError, KeyError):
+    """model.safetensors lacks weights the config's model has, or holds others."""
+
+    def __str__(self) -> str:  # the message, not KeyError's repr of it
+        return str(self.args[0]) if self.args else ""
 
 
 class AMT(nn.Module):
@@ -164,32 +184,67 @@ class AMT(nn.Module):
     @classmethod
     def from_pretrained(cls, folder: str | Path, map_location: str | torch.device = "cpu") -> AMT:
         """Restore a model saved by `save_pretrained` (a training checkpoint folder too). Strict:
-        a missing or unexpected weight, or a shape mismatch, is an error naming the key."""
+        a missing or unexpected weight, a shape mismatch, an unreadable file, a config that cannot
+        build a model, or a NaN/inf weight is a `ModelFileError` naming the file (and the key).
+        The shapes are compared on a "meta" model (no memory) before anything is allocated, so a
+        config declaring huge dimensions is refused without trying to build it."""
         folder = Path(folder)
         config_path, weights_path = folder / CONFIG_FILE, folder / WEIGHTS_FILE
         for path in (folder, config_path, weights_path):
             if not path.exists():
-                raise FileNotFoundError(
+                raise ModelFileMissing(
                     f"checkpoint incomplete: {path} does not exist (expected {CONFIG_FILE} + {WEIGHTS_FILE})"
                 )
-        with config_path.open() as f:
-            values = yaml.safe_load(f) or {}
-        with no_sigma_init():  # u, v and gamma come from the checkpoint
-            model = cls(ModelConfig.from_dict(values, source=str(config_path)), load_backbone_weights=False)
-        state = load_file(str(weights_path), device=str(map_location))
-        own = model.state_dict()
-        missing = sorted(set(own) - set(state))
-        unexpected = sorted(set(state) - set(own))
+        try:
+            with config_path.open() as f:
+                values = yaml.safe_load(f) or {}
+            if not isinstance(values, dict):
+                raise TypeError(f"expected a mapping of model config keys, got {type(values).__name__}")
+            for key, value in values.items():
+                for v in value if isinstance(value, list) else [value]:
+                    if isinstance(v, (int, float)) and not (abs(v) <= MAX_CONFIG_NUMBER):  # NaN fails too
+                        raise ValueError(f"key {key!r}: {value!r} is not a number in +-{MAX_CONFIG_NUMBER}")
+            config = ModelConfig.from_dict(values, source=str(config_path))
+            with no_sigma_init(), torch.device("meta"):  # shapes only: nothing is allocated
+                meta_model = cls(config, load_backbone_weights=False)
+            own = {k: tuple(v.shape) for k, v in meta_model.state_dict().items()}
+            tensors = [*meta_model.parameters(), *meta_model.buffers()]  # non-persistent buffers too
+            needed = sum(t.numel() * t.element_size() for t in tensors)
+            if needed > 2 * weights_path.stat().st_size + (1 << 30):
+                raise ValueError(f"the model it describes needs {needed / 2**30:.1f} GiB, far more than its weights")
+        except (KeyError, FileNotFoundError) as exc:
+            raise ModelFileError(f"{config_path}: {exc}") from exc
+        except Exception as exc:  # why: any failure to build from an untrusted config is the file's fault
+            raise ModelFileError(f"{config_path}: cannot build a model from it ({type(exc).__name__}: {exc})") from exc
+        try:
+            with safe_open(str(weights_path), framework="pt") as f:
+                shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118 -- safe_open has no __iter__
+        except Exception as exc:  # why: safetensors raises its own SafetensorError besides OSError
+            raise ModelFileError(
+                f"{weights_path}: not a readable safetensors file ({type(exc).__name__}: {exc})"
+            ) from exc
+        missing = sorted(set(own) - set(shapes))
+        unexpected = sorted(set(shapes) - set(own))
         if missing:
-            raise KeyError(f"{weights_path}: missing weight(s) {missing[:10]}")
+            raise WeightsMismatch(f"{weights_path}: missing weight(s) {missing[:10]}")
         if unexpected:
-            raise KeyError(f"{weights_path}: unexpected weight(s) {unexpected[:10]}")
+            raise WeightsMismatch(f"{weights_path}: unexpected weight(s) {unexpected[:10]}")
+        for key, shape in shapes.items():
+            if shape != own[key]:
+                raise ModelFileError(f"{weights_path}: {key} has shape {shape}, the model expects {own[key]}")
+        try:
+            state = load_file(str(weights_path), device=str(map_location))
+        except Exception as exc:  # why: as above
+            raise ModelFileError(f"{weights_path}: cannot read the weights ({type(exc).__name__}: {exc})") from exc
         for key, value in state.items():
-            if value.shape != own[key].shape:
-                raise ValueError(
-                    f"{weights_path}: {key} has shape {tuple(value.shape)}, the model expects {tuple(own[key].shape)}"
-                )
-        model.load_state_dict(state, strict=True)
+            if value.is_floating_point() and not torch.isfinite(value).all():
+                raise ModelFileError(f"{weights_path}: {key} holds NaN or inf")
+        with no_sigma_init():  # u, v and gamma come from the checkpoint
+            model = cls(config, load_backbone_weights=False)
+        try:
+            model.load_state_dict(state, strict=True)
+        except RuntimeError as exc:  # e.g. a dtype that cannot be copied into the parameter
+            raise ModelFileError(f"{weights_path}: {exc}") from exc
         log.info("loaded %s (%s preset)", folder, model.config.preset)
         return model.to(map_location)
 

@@ -2,7 +2,11 @@
 
 Class logits follow the output contract: `obj_logits` is (B, Q, C + 1) with logit index
 `class_id - 1` for YCB ids 1..C and the last index (`NO_OBJECT`) for "no object".
-The matching is used by the losses and by the evaluator, so both score the same pairs.
+The matching is used by the losses (the evaluator scores the model's own top-scoring estimates
+instead, docs/metrics.md). Its rotation and position costs are the symmetry-aware errors of
+`amt.data.symmetry` (the same function as the loss), so a symmetric object predicted exactly up
+to its symmetry costs nothing, and non-finite outputs give a finite (arbitrary) assignment
+instead of an error: the loss then returns a non-finite total and the step is skipped.
 """
 
 from __future__ import annotations
@@ -14,10 +18,13 @@ from typing import NamedTuple
 import torch
 from scipy.optimize import linear_sum_assignment
 
+from amt.data.symmetry import ObjectSymmetries, symmetric_pose_error
 from amt.data.ycb import NUM_CLASSES
-from amt.geometry.rotations import geodesic_angle, quat_wxyz_to_matrix
+from amt.geometry.rotations import quat_wxyz_to_matrix
 
 NO_OBJECT: int = NUM_CLASSES  # index of the "no object" logit
+# stands in for non-finite costs (NaN / inf outputs): larger than any finite cost of sane outputs
+_NONFINITE_COST = 1e6
 
 
 @dataclass
@@ -25,8 +32,10 @@ class MatchCost:
     """Weights of the three matching costs.
 
     class_weight multiplies -p(gt class) (probability, in [-1, 0]); translation_weight
-    multiplies the Euclidean distance in metres; rotation_weight multiplies the geodesic
-    angle in radians. Defaults: 0.1 m costs 1.0, 1 rad costs 0.5, a zero-probability class 1.0.
+    multiplies the distance between the predicted and true symmetry centres in metres (the
+    translation error for asymmetric classes); rotation_weight multiplies the symmetry-aware
+    geodesic angle in radians (`amt.data.symmetry.symmetric_pose_error`). Defaults: 0.1 m costs
+    1.0, 1 rad costs 0.5, a zero-probability class 1.0.
     """
 
     class_weight: float = 1.0
@@ -65,19 +74,41 @@ def _check_keys(d: Mapping, keys: tuple[str, ...], what: str) -> None:
         raise KeyError(f"match_objects: {what} dict lacks {missing}; expected keys {list(keys)}")
 
 
+def pair_costs(
+    prob: torch.Tensor,
+    pred_R: torch.Tensor,
+    pred_t: torch.Tensor,
+    gt_R: torch.Tensor,
+    gt_t: torch.Tensor,
+    gt_class: torch.Tensor,
+    cost: MatchCost,
+    sym: ObjectSymmetries,
+) -> torch.Tensor:
+    """(Q, n) matching cost of Q predictions (class probabilities (Q, C+1), rotations (Q, 3, 3),
+    translations (Q, 3) m) against n ground-truth objects ((n, 3, 3), (n, 3) m, YCB ids (n,)):
+    `MatchCost`'s weighted sum; non-finite entries become a large finite constant."""
+    c_class = -prob[:, gt_class - 1]  # (Q, n)
+    c_rot, c_trans = symmetric_pose_error(pred_R[:, None], pred_t[:, None], gt_R[None], gt_t[None], gt_class[None], sym)
+    total = cost.class_weight * c_class + cost.translation_weight * c_trans + cost.rotation_weight * c_rot
+    return torch.nan_to_num(total, nan=_NONFINITE_COST, posinf=_NONFINITE_COST, neginf=-_NONFINITE_COST)
+
+
 @torch.no_grad()
 def match_objects(
     outputs: Mapping[str, torch.Tensor],
     batch: Mapping[str, torch.Tensor],
     cost: MatchCost | None = None,
+    symmetries: ObjectSymmetries | None = None,
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Optimal one-to-one assignment of queries to valid GT slots, per sample.
 
     outputs: `obj_logits` (B, Q, C+1), `obj_t` (B, Q, 3) metres, `obj_quat` (B, Q, 4) wxyz
     (or `obj_R` (B, Q, 3, 3), top level or in `aux`, used when present).
     batch: `obj_class` (B, M) int64, `obj_t` (B, M, 3), `obj_R` (B, M, 3, 3), `obj_valid` (B, M).
+    symmetries: the object symmetries (None: `ObjectSymmetries.from_tables()`, c = 0).
     Returns B pairs `(pred_idx, gt_idx)` of int64 CPU tensors with equal length
     min(Q, number of valid slots); `gt_idx` indexes the M slots (invalid slots never appear).
+    Non-finite costs are replaced by a large constant, so NaN outputs never raise.
     """
     _check_keys(outputs, ("obj_logits", "obj_t", "obj_quat"), "outputs")
     _check_keys(batch, ("obj_class", "obj_t", "obj_R", "obj_valid"), "batch")
@@ -85,6 +116,7 @@ def match_objects(
     prob = outputs["obj_logits"].detach().float().softmax(-1)
     pred_t = outputs["obj_t"].detach().float()
     pred_R = predicted_rotation(outputs).detach().float()
+    sym = (symmetries or ObjectSymmetries.from_tables()).to(pred_t.device, torch.float32)
     result: list[tuple[torch.Tensor, torch.Tensor]] = []
     for b in range(prob.shape[0]):
         slots = torch.nonzero(batch["obj_valid"][b], as_tuple=False).flatten()
@@ -98,12 +130,8 @@ def match_objects(
                 f"match_objects: batch['obj_class'][{b}] has a valid slot with id outside 1..{NUM_CLASSES}: "
                 f"{batch['obj_class'][b, slots].tolist()}"
             )
-        gt_t = batch["obj_t"][b, slots].to(pred_t)
-        gt_R = batch["obj_R"][b, slots].to(pred_R)
-        c_class = -prob[b][:, cls]  # (Q, n)
-        c_trans = torch.cdist(pred_t[b], gt_t)  # (Q, n)
-        c_rot = geodesic_angle(pred_R[b][:, None], gt_R[None])  # (Q, n)
-        total = cost.class_weight * c_class + cost.translation_weight * c_trans + cost.rotation_weight * c_rot
+        gt = (batch["obj_R"][b, slots].to(pred_R), batch["obj_t"][b, slots].to(pred_t), cls + 1)
+        total = pair_costs(prob[b], pred_R[b], pred_t[b], *gt, cost, sym)
         rows, cols = linear_sum_assignment(total.cpu().numpy())
         result.append((torch.as_tensor(rows, dtype=torch.int64), slots.cpu()[torch.as_tensor(cols, dtype=torch.int64)]))
     return result

@@ -3,9 +3,11 @@
 Each step projects the current 3D joints and object points (centre + the ends of the three
 object axes, +-`refine_axis_length`) with the crop K into every pyramid level's own pixel
 grid, bilinearly samples the features there, and predicts residual updates of the joints and
-the object poses. Pixel u of a level with stride s (image pixels per cell) sits at grid
-coordinate u / s - 0.5 (cell centres at integers), normalised for `grid_sample`
-(align_corners=False) over that level's width / height.
+the object poses. Pixel convention (OpenCV, as `amt.data.transforms` and the crop K): pixel i's
+centre is at u = i, so the image spans [-0.5, W - 0.5]. Cell j of a level with stride s (image
+pixels per cell) covers image pixels j s .. j s + s - 1, its centre at u = j s + (s - 1) / 2; so
+u sits at grid coordinate (u + 0.5) / s - 0.5 (cell centres at integers), normalised for
+`grid_sample` (align_corners=False) over that level's width / height.
 """
 
 from __future__ import annotations
@@ -27,9 +29,10 @@ ROTATION_STEP = 0.1  # 6D units per unit
 
 def pixel_to_grid(uv: torch.Tensor, stride: float, size: tuple[int, int]) -> torch.Tensor:
     """uv: (..., 2) image pixels -> (..., 2) `grid_sample` coordinates (align_corners=False)
-    of a feature map with `stride` image pixels per cell and `size` = (h, w) cells."""
+    of a feature map with `stride` image pixels per cell and `size` = (h, w) cells. Pixel
+    centres at integer u (module docstring): the image edge u = -0.5 maps to -1."""
     h, w = size
-    cell = uv / stride - 0.5  # grid coordinates, cell centres at integers
+    cell = (uv + 0.5) / stride - 0.5  # grid coordinates, cell centres at integers
     if h == w:  # a Python scalar: no host-to-device copy per call (CUDA-graph friendly)
         return (cell + 0.5) * (2.0 / w) - 1.0
     return (cell + 0.5) * uv.new_tensor([2.0 / w, 2.0 / h]) - 1.0
@@ -140,5 +143,7 @@ class Refiner(nn.Module):
         history = []
         for step in self.steps:
             joints, obj_t, obj_R, obj_tokens = step(joints, obj_t, obj_R, obj_tokens, hand, levels, strides, K)
-            history.append({"joints_3d": joints, "obj_t": obj_t, "obj_quat": matrix_to_quat_wxyz(obj_R)})
+            history.append(
+                {"joints_3d": joints, "obj_t": obj_t, "obj_R": obj_R, "obj_quat": matrix_to_quat_wxyz(obj_R)}
+            )
         return joints, obj_t, obj_R, obj_tokens, history

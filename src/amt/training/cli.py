@@ -8,8 +8,10 @@ import sys
 
 from omegaconf import OmegaConf
 
+from amt.checkpoint import CheckpointError
 from amt.training.config import load_run_config
 from amt.training.distributed import cleanup, init_distributed
+from amt.training.preemption import EXIT_PREEMPTED, TrainingPreempted
 from amt.training.trainer import train
 
 log = logging.getLogger(__name__)
@@ -22,13 +24,20 @@ Overrides use Hydra syntax and are passed verbatim, e.g.
   amt train data.root=/data/dexycb training.batch_size=64 training.learning_rate=5e-4
   amt train experiment=paper data.root=$DEX_YCB_DIR
   amt train --config-name tiny data.root=runs/synth training.max_steps=200
-  amt train model.hidden_dim=768 checkpoint.resume_from=runs/default/checkpoints/last
-  torchrun --nproc_per_node=4 -m amt train data.root=... training.batch_size=256
+  amt train model.hidden_dim=768 checkpoint.resume_from=runs/other/checkpoints/best
+  torchrun --nproc_per_node=4 --max-restarts=3 -m amt train data.root=... training.batch_size=256
+  torchrun --nnodes=2 --nproc_per_node=8 --rdzv-backend=c10d --rdzv-endpoint=HOST:29500 \
+      --rdzv-id=JOB --max-restarts=3 -m amt train ...      # on every node
   amt train @runs/sweeps/NAME/best_overrides.txt training.output_dir=runs/best   # arguments from a file
 
 training.batch_size is the global batch of one optimizer step (split over processes and
-gradient-accumulation steps). An existing non-empty training.output_dir is never reused unless
-training.overwrite=true or checkpoint.resume_from is given.
+gradient-accumulation steps).
+
+Resume: checkpoint.resume_from=auto (the default) continues training.output_dir's newest complete
+checkpoint, so rerunning the same command (or torchrun --max-restarts) resumes a killed run; any
+other existing non-empty folder is refused unless training.overwrite=true. SIGTERM or SIGUSR1:
+every rank saves at the next step boundary, then the command exits with code 75 (resume with the
+same command); checkpoint.every_minutes (default 30) bounds what a hard kill loses.
 """
 
 
@@ -64,6 +73,13 @@ def train_main(argv: list[str]) -> int:
         trainer = train(cfg, ctx)
         if ctx.is_main:
             print(f"finished {trainer.step} steps ({trainer.skipped_steps} skipped); run folder {trainer.run_dir}")
+    except TrainingPreempted as exc:
+        if ctx.is_main:
+            print(f"amt train: stopped by {exc}", file=sys.stderr)
+        return EXIT_PREEMPTED
+    except (CheckpointError, FileExistsError) as exc:  # a refused folder: the one line, no traceback
+        print(f"amt train: {exc}", file=sys.stderr)
+        return 2
     finally:
         cleanup(ctx)
     return 0

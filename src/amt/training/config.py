@@ -40,7 +40,9 @@ CONFIG_MODULE = "amt.config"
 class DataConfig:
     """Where training data comes from. Caches are built on first use when missing."""
 
-    root: str | None = None  # DexYCB-layout root (real or `amt synth` output)
+    root: str | None = None  # dataset root (real or `amt synth` output), read as `format`
+    # how `root` is read (amt.data.dataset.open_dataset): dexycb | ho3d | folder | python:module.Class
+    format: str = "dexycb"
     split: str = "s0_train"
     val_split: str | None = "s0_val"  # None: no validation
     cache_dir: str | None = None  # default <root>/cache/<split>_<image_size> (as `amt cache`)
@@ -116,9 +118,14 @@ class TrainingConfig:
 
 @dataclass
 class CheckpointConfig:
-    resume_from: str | None = None  # a checkpoint folder, or a run folder (uses checkpoints/last)
-    every_epochs: int = 1  # periodic checkpoints (0: only last/best)
-    every_steps: int = 0  # additional periodic checkpoints by step (0: off)
+    # auto: continue the run folder's newest complete checkpoint if there is one (else a fresh run);
+    # a checkpoint or run folder: resume from it; null: never resume (amt.training.checkpointing)
+    resume_from: str | None = "auto"
+    every_epochs: int = 1  # periodic checkpoints, kept (0: only last/best)
+    every_steps: int = 0  # additional periodic checkpoints by step, kept (0: off)
+    # also save (as `last`, replaced by the next) when this long has passed since the last save,
+    # which bounds the work a hard kill loses (0: off)
+    every_minutes: float = 30.0
     best_metric: str = "hand.root-relative.mpjpe"  # dotted key into the evaluator's result
     best_mode: str = "min"  # min | max
 

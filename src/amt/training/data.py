@@ -12,11 +12,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from amt.data.cache import META_FILE, build_cache, cache_folder, open_cache
+from amt.data.cache import CacheError, EmptySplitError, cache_folder, cache_problem, ensure_cache, open_cache
 from amt.data.loaders import CachedDataset, GPUCachedDataset, collate
 from amt.evaluation.evaluator import evaluate
 from amt.training.config import DataConfig
-from amt.training.distributed import DistContext, barrier
+from amt.training.distributed import DistContext, barrier, broadcast_object
 from amt.training.rng import epoch_order, mix_seed
 from amt.training.sequence import SequenceSampler
 
@@ -25,23 +25,39 @@ log = logging.getLogger(__name__)
 Evaluator = Callable[[nn.Module, Any], dict]  # (model, dataset) -> nested metrics dict
 
 
-def resolve_cache(data: DataConfig, split: str, cache_dir: str | None, ctx: DistContext) -> Path:
-    """The cache folder of `split`, built from `data.root` when missing (rank 0 builds)."""
+def resolve_cache(
+    data: DataConfig, split: str, cache_dir: str | None, ctx: DistContext, optional: bool = False
+) -> Path | None:
+    """The cache folder of `split`, built from `data.root` when missing or incomplete (rank 0
+    builds: an unfinished build resumes, a damaged cache is rebuilt). CacheError when there is no
+    complete cache and no `data.root` to build it. optional: a split with no samples in
+    `data.root` logs a warning and gives None (used for the validation split) instead of raising
+    EmptySplitError."""
     if cache_dir is None:
         if data.root is None:
-            raise ValueError("config: set data.root (a DexYCB-layout folder) or data.cache_dir (a built cache)")
+            raise ValueError(
+                "config: set data.root (a dataset folder read as data.format) or data.cache_dir (a built cache)"
+            )
         folder = cache_folder(data.root, split, data.image_size)
     else:
         folder = Path(cache_dir)
-    if not (folder / META_FILE).exists():
-        if data.root is None:
-            raise FileNotFoundError(
-                f"{folder}: no cache here ({META_FILE} missing) and data.root is not set to build it"
-            )
-        if ctx.is_main:
-            log.info("building the %s cache of %s in %s", split, data.root, folder)
-            build_cache(data.root, split, folder, size=data.image_size, workers=data.cache_workers)
-        barrier(ctx)
+    problem = cache_problem(folder)
+    if problem is None:
+        return folder
+    if data.root is None:
+        raise CacheError(f"{problem}; data.root is not set, so it cannot be built")
+    empty: EmptySplitError | None = None
+    if ctx.is_main:
+        try:
+            ensure_cache(data.root, split, data.image_size, folder, workers=data.cache_workers, format=data.format)
+        except EmptySplitError as exc:
+            if not optional:
+                raise
+            empty = exc
+    if broadcast_object(empty is not None, ctx):
+        log.warning("%s; validation is skipped (set data.val_split=null to silence this)", empty)
+        return None
+    barrier(ctx)
     return folder
 
 
@@ -106,7 +122,9 @@ class TrainBatches:
 
 def cache_samples(data: DataConfig, ctx: DistContext) -> Callable[[int], dict[str, Any]]:
     """samples(b): the first b samples of the training cache (repeated when it is smaller)."""
-    dataset = CachedDataset(resolve_cache(data, data.split, data.cache_dir, ctx), data.cache_mode)
+    folder = resolve_cache(data, data.split, data.cache_dir, ctx)
+    assert folder is not None  # optional=False: an empty split raised
+    dataset = CachedDataset(folder, data.cache_mode)
     return lambda b: collate([dataset[i % len(dataset)] for i in range(b)])
 
 

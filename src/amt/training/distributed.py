@@ -55,7 +55,18 @@ def init_distributed(device: str = "auto") -> DistContext:
     if world_size > 1 and not dist.is_initialized():
         backend = "nccl" if dev.type == "cuda" else "gloo"
         # rank 0 validates alone while the others wait: allow long validations before timing out
-        dist.init_process_group(backend=backend, rank=rank, world_size=world_size, timeout=timedelta(hours=2))
+        timeout = timedelta(hours=2)
+        restart = os.environ.get("TORCHELASTIC_RESTART_COUNT")
+        if restart is not None and "MASTER_ADDR" in os.environ:
+            # torchrun keeps its store across worker restarts, so a restarted group would read the
+            # killed workers' addresses (gloo: connection refused): one key prefix per restart
+            agent_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+            store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world_size,
+                                  is_master=rank == 0 and not agent_store, timeout=timeout)  # fmt: skip
+            store = dist.PrefixStore(f"amt/restart_{restart}", store)
+            dist.init_process_group(backend=backend, store=store, rank=rank, world_size=world_size, timeout=timeout)
+        else:
+            dist.init_process_group(backend=backend, rank=rank, world_size=world_size, timeout=timeout)
         log.info("rank %d/%d joined the %s process group on %s", rank, world_size, backend, dev)
     return DistContext(rank=rank, world_size=world_size, local_rank=local_rank, device=dev)
 

@@ -7,6 +7,13 @@ computed in float32, gradients accumulated over micro-batches (each loss divided
 number; DDP synchronises on the last only), then the global gradient norm (clipped when
 `grad_clip > 0`) and the non-finite check. The optimizer update stays with the caller (the
 trainer may skip it); calling a `TrainStep` on one batch is the plain step with its update.
+
+Non-finite handling: a step is bad when the loss, any floating model output (a NaN in a head
+whose term happens to be masked or weighted 0 still means the weights have gone bad) or the
+gradient norm is not finite, on any rank (the flag is all-reduced, so every rank takes the same
+decision and none waits in a collective the others skipped). The backward still runs on a bad
+step, so DDP's gradient all-reduce happens on every rank alike; the caller skips the update.
+The loss never raises on NaN outputs (`amt.training.losses`).
 """
 
 from __future__ import annotations
@@ -37,6 +44,26 @@ def to_float32(x: Any) -> Any:
     return x
 
 
+def outputs_finite(outputs: Any) -> bool:
+    """True when every floating tensor in `outputs` (nested dicts / lists) is finite; one
+    device-to-host synchronisation for all of them."""
+    flags: list[torch.Tensor] = []
+
+    def visit(x: Any) -> None:
+        if isinstance(x, torch.Tensor):
+            if x.is_floating_point() and x.numel():
+                flags.append(torch.isfinite(x.detach()).all())
+        elif isinstance(x, dict):
+            for v in x.values():
+                visit(v)
+        elif isinstance(x, (list, tuple)):
+            for v in x:
+                visit(v)
+
+    visit(outputs)
+    return bool(torch.stack(flags).all()) if flags else True
+
+
 def autocast_dtype_for(precision: str, device: torch.device) -> torch.dtype | None:
     """`training.precision` (auto | bf16 | fp32) -> the autocast dtype (None: no autocast).
     auto is bf16 on CUDA, fp32 elsewhere."""
@@ -53,7 +80,7 @@ class StepResult:
     loss: float  # mean of the micro-batch losses
     terms: dict[str, float]  # the same for each loss term
     grad_norm: float | None  # global norm before clipping (None when neither clipped nor monitored)
-    nonfinite: bool  # a non-finite loss (on any rank) or gradient norm
+    nonfinite: bool  # a non-finite loss or model output (on any rank) or gradient norm
     outputs: dict[str, Any] = field(repr=False, default_factory=dict)
     batch: dict[str, Any] = field(repr=False, default_factory=dict)
 
@@ -115,7 +142,7 @@ class TrainStep:
                 total, terms, outputs = self.forward(batch)
                 (total / accum).backward()
             value = float(total.detach())
-            nonfinite |= not math.isfinite(value)
+            nonfinite |= not math.isfinite(value) or not outputs_finite(outputs)
             loss_sum += value / accum
             for name, term in terms.items():
                 term_sums[name] = term_sums.get(name, 0.0) + float(term.detach()) / accum

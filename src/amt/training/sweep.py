@@ -261,7 +261,8 @@ class Sweep:
         trial.set_user_attr("overrides", overrides)
         run_dir = self.out / "trials" / f"{trial.number:04d}"
         cfg = load_run_config(
-            self.config_name, overrides + [f"training.output_dir={run_dir}", "training.overwrite=true"]
+            self.config_name,
+            overrides + [f"training.output_dir={run_dir}", "training.overwrite=true", "checkpoint.resume_from=null"],
         )
         metrics = Trainer(cfg, callbacks=[PruningCallback(trial, self.space.metric)]).fit()
         if self.space.metric not in metrics:

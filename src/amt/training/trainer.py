@@ -8,7 +8,12 @@ Run folder (`training.output_dir`):
 
     config.yaml                 the resolved run config
     tensorboard/                scalars (train/*, val/*)
-    checkpoints/<name>/         name = last | best | epoch_0005 | step_001000 (`amt.checkpoint`)
+    checkpoints/step_NNNNNN/    one folder per saved step; last, best, epoch_NNNN: names (symlinks)
+                                pointing at one (`training.checkpointing`, `amt.checkpoint`)
+
+Reliability: `checkpoint.resume_from=auto` continues the run folder's newest complete checkpoint;
+SIGTERM / SIGUSR1 save at the next step boundary and raise `TrainingPreempted` (`amt train` exits
+75); `checkpoint.every_minutes` bounds the work a hard kill loses (`training.preemption`).
 
 The parts live next to the loop: the step (`training.step`), data (`training.data`), optimiser
 and schedule (`training.optim`), loggers (`training.loggers`), checkpoint files
@@ -30,20 +35,22 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from amt.checkpoint import CHECKPOINTS, TRAINER_STATE, find_checkpoint, load_trainer_state, write_checkpoint
 from amt.data.augment import BatchAugment
 from amt.data.loaders import CachedDataset, batch_to_device
+from amt.data.symmetry import ObjectSymmetries
 from amt.models import AMT
 from amt.training.batch_size import resolve_batch_size
 from amt.training.callbacks import Callback, StepInfo, callbacks_from_config
+from amt.training.checkpointing import resolve_resume, restore, save
 from amt.training.config import RunConfig
 from amt.training.data import Evaluator, TrainBatches, default_evaluator, resolve_cache
-from amt.training.distributed import DistContext, all_reduce_mean, any_rank, barrier, broadcast_object, gather_object
+from amt.training.distributed import DistContext, all_reduce_mean, any_rank, broadcast_object
 from amt.training.ema import ModelEMA
-from amt.training.loggers import RunLoggers, check_output_dir, flatten_metrics, prediction_spread, summarize_metrics
+from amt.training.loggers import RunLoggers, flatten_metrics, prediction_spread, summarize_metrics
 from amt.training.losses import AMTLoss
 from amt.training.optim import build_optimizer, head_lr
-from amt.training.rng import mix_seed, rng_state, seed_global_rngs, set_rng_state
+from amt.training.preemption import SaveClock, StopSignals, TrainingPreempted
+from amt.training.rng import mix_seed, seed_global_rngs
 from amt.training.schedule import StageSchedule
 from amt.training.sequence import ClipAugment
 from amt.training.step import TrainStep, autocast_dtype_for
@@ -72,11 +79,8 @@ class Trainer:
         t = cfg.training
         self.device = self.ctx.device
         self.callbacks = list(callbacks) + callbacks_from_config(cfg)
-        self.resume_path = find_checkpoint(cfg.checkpoint.resume_from) if cfg.checkpoint.resume_from else None
         self.run_dir = Path(t.output_dir)
-        if self.ctx.is_main:
-            check_output_dir(self.run_dir, t.overwrite, self.resume_path is not None)
-        barrier(self.ctx)
+        self.resume_path = resolve_resume(cfg, self.run_dir, self.ctx)  # auto, a path, or None (fresh)
 
         if t.batch_size == "auto":
             t.batch_size = resolve_batch_size(cfg, self.ctx)
@@ -101,9 +105,9 @@ class Trainer:
         self.total_steps = t.max_steps if t.max_steps is not None else t.epochs * self.steps_per_epoch
         self.val_dataset = None
         if cfg.data.val_split is not None and evaluator is not None and self.ctx.is_main:
-            val_folder = resolve_cache(cfg.data, cfg.data.val_split, cfg.data.val_cache_dir, DistContext())
-            self.val_dataset = CachedDataset(val_folder, cfg.data.cache_mode)
-            if evaluator == "default":
+            val_folder = resolve_cache(cfg.data, cfg.data.val_split, cfg.data.val_cache_dir, DistContext(), True)
+            self.val_dataset = CachedDataset(val_folder, cfg.data.cache_mode) if val_folder else None
+            if evaluator == "default" and val_folder:
                 evaluator = default_evaluator(val_folder, t.batch_size // self.ctx.world_size, self.device)
         self.evaluator = evaluator if callable(evaluator) else None
         self.validation_enabled = bool(
@@ -112,7 +116,8 @@ class Trainer:
 
         torch.manual_seed(t.seed)  # identical initial weights on every rank
         self.model = (model if model is not None else AMT(cfg.model)).to(self.device)
-        self.loss_fn = AMTLoss(cfg.loss).to(self.device)
+        # symmetry centres from the data's object meshes (the loss and its matching use them)
+        self.loss_fn = AMTLoss(cfg.loss, ObjectSymmetries.for_root(cfg.data.root)).to(self.device)
         self.stages = StageSchedule(t.stages, self.total_steps)
         for stage in t.stages:
             self.loss_fn.set_stage_multipliers(stage.loss_multipliers)  # fail early on unknown term names
@@ -146,7 +151,7 @@ class Trainer:
         self.last_validation: dict[str, float] = {}
         seed_global_rngs(mix_seed(t.seed, self.ctx.rank, 0x5EED))
         if self.resume_path is not None:
-            self._load(self.resume_path)
+            restore(self, self.resume_path)
         self.loggers = RunLoggers(cfg, self.run_dir, self.ctx.is_main)
 
     # -- public -------------------------------------------------------------------------------
@@ -173,6 +178,9 @@ class Trainer:
         for cb in self.callbacks:
             cb.on_train_start(self)
         bar = self.loggers.progress_bar(self.total_steps, self.step)
+        signals = StopSignals().install()
+        self.save_clock = SaveClock(self.cfg.checkpoint.every_minutes, self.ctx, signals)
+        self.final_saved = False
         try:
             while self.step < self.total_steps:
                 epoch = self.epoch
@@ -183,13 +191,11 @@ class Trainer:
                     if bar is not None:
                         bar.update(1)
                         bar.set_postfix(loss=f"{info.loss:.4f}", stage=info.stage, refresh=False)
-                    every = self.cfg.checkpoint.every_steps
-                    if every and self.step % every == 0 and self.step < self.total_steps:
-                        self.save_checkpoint(f"step_{self.step:06d}")
-                if self.step % self.steps_per_epoch == 0 and self.step < self.total_steps:
-                    self._end_of_epoch(self.epoch)
-            self._end_of_training()
+                    self._after_step(signals)
+            if not self.final_saved:  # a finished run resumed: validate and save again
+                self._after_step(signals)
         finally:
+            signals.restore()
             if bar is not None:
                 bar.close()
             self.loggers.close()
@@ -263,30 +269,11 @@ class Trainer:
             cb.on_validation_end(self, metrics)
         return metrics
 
-    def save_checkpoint(self, name: str) -> Path:
-        """Write checkpoints/<name> (rank 0; every rank must call this: RNG states are gathered)."""
-        rng_states = gather_object(rng_state(), self.ctx)
-        folder = self.run_dir / CHECKPOINTS / name
-        if self.ctx.is_main:
-            state = {
-                "model": self.model.state_dict(),
-                "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(),
-                "ema": self.ema.state_dict() if self.ema is not None else None,
-                "loss": self.loss_fn.state_dict(),
-                "rng": rng_states,
-                "step": self.step,
-                "epoch": self.epoch,
-                "data_position": self.step - self.epoch * self.steps_per_epoch,
-                "steps_per_epoch": self.steps_per_epoch,
-                "skipped_steps": self.skipped_steps,
-                "best_value": self.best_value,
-                "world_size": self.ctx.world_size,
-                "config": self.cfg.resolved,
-            }
-            write_checkpoint(folder, self.eval_model, self.cfg.to_yaml(), state)
-            log.info("saved checkpoint %s (step %d)", folder, self.step)
-        barrier(self.ctx)
+    def save_checkpoint(self, names: Sequence[str] = ("last",), keep: bool = True) -> Path:
+        """Save checkpoints/step_<step> and point `names` at it (every rank must call this)."""
+        folder = save(self, list(names), keep)
+        if hasattr(self, "save_clock"):
+            self.save_clock.saved()
         return folder
 
     # -- internals ----------------------------------------------------------------------------
@@ -300,65 +287,39 @@ class Trainer:
             batch = self.augment(batch, generator=gen)
         return batch
 
-    def _load(self, folder: Path) -> None:
-        state = load_trainer_state(folder)
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        if self.ema is not None:
-            if state["ema"] is None:
-                raise ValueError(f"{folder / TRAINER_STATE}: key 'ema' is empty but training.ema.enabled is true")
-            self.ema.load_state_dict(state["ema"])
-        self.loss_fn.load_state_dict(state["loss"])
-        if state["steps_per_epoch"] != self.steps_per_epoch:
-            raise ValueError(
-                f"{folder / TRAINER_STATE}: steps_per_epoch {state['steps_per_epoch']} != {self.steps_per_epoch} "
-                "now (dataset, batch size or world size changed): the data position cannot be restored"
-            )
-        self.step = int(state["step"])
-        self.skipped_steps = int(state["skipped_steps"])
-        self.best_value = state["best_value"]
-        rng = state["rng"]
-        if len(rng) == self.ctx.world_size:
-            set_rng_state(rng[self.ctx.rank])
-        else:
-            log.warning(
-                "%s: saved by %d ranks, resumed on %d: RNG states re-seeded", folder, len(rng), self.ctx.world_size
-            )
-        changed = {
-            k
-            for k in set(state["config"]) | set(self.cfg.resolved)
-            if state["config"].get(k) != self.cfg.resolved.get(k)
-        }
-        if changed - {"checkpoint", "training"}:
-            log.warning("resuming with a config that differs from the checkpoint's in %s", sorted(changed))
-        log.info("resumed from %s at step %d (epoch %d)", folder, self.step, self.epoch)
-
-    def _end_of_epoch(self, epochs_done: int) -> None:
+    def _after_step(self, signals: StopSignals) -> None:
+        """At a step boundary: validation, then at most one save (periodic, best, timed, final or
+        signalled) under all its names; after a signal's save, raise `TrainingPreempted`."""
         t, c = self.cfg.training, self.cfg.checkpoint
-        if t.val_every_epochs and epochs_done % t.val_every_epochs == 0:
-            self._validate_and_keep_best()
-        if c.every_epochs and epochs_done % c.every_epochs == 0:
-            self.save_checkpoint(f"epoch_{epochs_done:04d}")
+        done, epochs = self.step >= self.total_steps, self.step // self.steps_per_epoch
+        epoch_end = not done and self.step % self.steps_per_epoch == 0
+        names, keep = [], bool(c.every_steps and self.step % c.every_steps == 0 and not done)
+        if done or (epoch_end and t.val_every_epochs and epochs % t.val_every_epochs == 0):
+            names += ["best"] if self._validate_and_keep_best() else []
+        if epoch_end and c.every_epochs and epochs % c.every_epochs == 0:
+            names, keep = [*names, f"epoch_{epochs:04d}"], True
+        stop, timed = self.save_clock.poll()
+        if keep or names or done or stop or timed:
+            folder = self.save_checkpoint([*names, "last"], keep)
+            self.final_saved = done
+            if stop and not done:
+                raise TrainingPreempted(self.step, folder, signals.received or "a stop signal on another rank")
 
-    def _end_of_training(self) -> None:
-        self._validate_and_keep_best()
-        self.save_checkpoint("last")
-
-    def _validate_and_keep_best(self) -> None:
+    def _validate_and_keep_best(self) -> bool:
+        """Validate; True when the metric improved on the best so far (then saved as `best`)."""
         if not self.validation_enabled:
-            return
+            return False
         metrics = self.validate()
         c = self.cfg.checkpoint
         value = metrics.get(c.best_metric)
         if value is None or not math.isfinite(value):
-            return
+            return False
         better = self.best_value is None or (
             value < self.best_value if c.best_mode == "min" else value > self.best_value
         )
         if better:
             self.best_value = value
-            self.save_checkpoint("best")
+        return better
 
     def _log_step(self, info: StepInfo) -> None:
         values = {"loss": info.loss, **{f"loss/{k}": v for k, v in info.terms.items()}}

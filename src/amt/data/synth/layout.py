@@ -60,9 +60,13 @@ class SequencePlan:
         return f"{self.subject_name.split('-')[0]}_synthetic_subject-{self.subject + 1:02d}"
 
 
+SYNTHETIC_MARKER = "SYNTHETIC"  # file in the root of `amt synth --format folder` output
+
+
 def is_synthetic(root: Path) -> bool:
-    """A tree written by `amt synth`: its MANO calibration folders are `mano_<date>_synthetic_...`."""
-    return any((Path(root) / "calibration").glob("mano_*_synthetic_*"))
+    """A tree written by `amt synth`: its MANO calibration folders are `mano_<date>_synthetic_...`
+    (DexYCB layout), or its root holds SYNTHETIC_MARKER (plain-folder layout)."""
+    return any((Path(root) / "calibration").glob("mano_*_synthetic_*")) or (Path(root) / SYNTHETIC_MARKER).is_file()
 
 
 def sequence_name(subject: int, position: int) -> str:

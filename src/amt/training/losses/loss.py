@@ -16,7 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from amt.data.object_tables import core_radius_table, symmetry_table
+from amt.data.object_tables import core_radius_table
+from amt.data.symmetry import ObjectSymmetries, symmetric_pose_error
 from amt.geometry.camera import project
 from amt.geometry.hand_skeleton import BEND_LIMIT_DEG, BONE_RANGE, NOMINAL_BONE_LENGTH_M, NUM_JOINTS
 from amt.geometry.hand_surface import skeleton_surface_points
@@ -38,7 +39,7 @@ from amt.training.losses.terms import (
     hand_joint_loss,
     joint_weights,
     masked_mean,
-    rotation_error,
+    nan_safe_bce,
     sequence_length,
     valid_labels,
 )
@@ -50,16 +51,26 @@ class AMTLoss(nn.Module):
     """Weighted sum of the eleven terms; see docs/losses.md.
 
     With `cfg.dynamic_weighting` the module owns one learnable log-variance per term
-    (`log_vars`, (11,)): add `loss.parameters()` to the optimiser.
+    (`log_vars`, (11,)): add `loss.parameters()` to the optimiser. symmetries: the objects'
+    symmetry rotations, centres and axes (`ObjectSymmetries.from_models` / `for_root`; None: the
+    fallback `from_tables()`, rotations about the model origins), used by the matching and the
+    object terms alike.
+
+    Non-finite outputs never raise: the total is then non-finite and the training step marks
+    the step bad (`amt.training.step`).
     """
 
-    def __init__(self, cfg: LossConfig | None = None) -> None:
+    def __init__(self, cfg: LossConfig | None = None, symmetries: ObjectSymmetries | None = None) -> None:
         super().__init__()
         # a copy: the schedule's stage multipliers change the module's config, never the caller's
         self.cfg = copy.deepcopy(cfg) if cfg is not None else LossConfig()
         self.log_vars = nn.Parameter(torch.zeros(len(TERM_NAMES))) if self.cfg.dynamic_weighting else None
         self.register_buffer("core_radius", core_radius_table(), persistent=False)  # index = YCB id
-        self.register_buffer("symmetries", symmetry_table(), persistent=False)
+        sym = symmetries or ObjectSymmetries.from_tables()
+        self.symmetry_source = sym.source
+        self.register_buffer("sym_rotations", sym.rotations, persistent=False)
+        self.register_buffer("sym_centres", sym.centres, persistent=False)
+        self.register_buffer("sym_axes", sym.axes, persistent=False)
         self.register_buffer("nominal_bone", torch.tensor(NOMINAL_BONE_LENGTH_M), persistent=False)
         self.register_buffer("bend_limit", torch.tensor(list(BEND_LIMIT_DEG.values())).deg2rad(), persistent=False)
 
@@ -70,18 +81,23 @@ class AMTLoss(nn.Module):
             raise ValueError(f"AMTLoss.set_stage_multipliers: unknown terms {unknown}; expected {TERM_NAMES}")
         self.cfg.stage_multipliers = dict(multipliers)
 
+    @property
+    def symmetries(self) -> ObjectSymmetries:
+        """The symmetry tables on the module's device."""
+        return ObjectSymmetries(self.sym_rotations, self.sym_centres, self.sym_axes, self.symmetry_source)
+
     def weight(self, name: str) -> float:
         return float(getattr(self.cfg, name)) * float(self.cfg.stage_multipliers.get(name, 1.0))
 
     def forward(
         self, outputs: Mapping[str, torch.Tensor], batch: Mapping[str, torch.Tensor]
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        matched = gather_matched(match_objects(outputs, batch, self.cfg.match), outputs["obj_t"].device)
+        matches = match_objects(outputs, batch, self.cfg.match, self.symmetries)
+        matched = gather_matched(matches, outputs["obj_t"].device)
         terms: dict[str, torch.Tensor] = {}
         terms["hand_coarse"] = self._hand_coarse(outputs, batch, terms)
         terms["hand_refined"] = self._hand_refined(outputs, batch, terms)
-        terms["object_position"] = self._object_position(outputs, batch, matched)
-        terms["object_rotation"] = self._object_rotation(outputs, batch, matched)
+        terms["object_position"], terms["object_rotation"] = self._object_pose(outputs, batch, matched)
         terms["object_class"] = self._object_class(outputs, batch, matched)
         terms["contact"] = self._contact(outputs, batch, matched)
         terms["physics"] = self._physics(outputs, batch, matched, terms)
@@ -119,8 +135,9 @@ class AMTLoss(nn.Module):
         return joints + self.cfg.shape_weight * shape
 
     def _hand_refined(self, outputs, batch, terms: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Final joints and every refinement step, plus the joint-confidence calibration."""
-        preds = [outputs["joints_3d"]] + [s["joints_3d"] for s in self._steps(outputs)]
+        """Every refinement step's joints (the final output is the last step's), equally
+        weighted, plus the joint-confidence calibration."""
+        preds = self._per_step(outputs, [s["joints_3d"] for s in self._steps(outputs)], outputs["joints_3d"])
         joints = torch.stack([self._hand(p, batch) for p in preds]).mean()
         if "joint_conf" not in outputs:
             return joints
@@ -133,33 +150,42 @@ class AMTLoss(nn.Module):
         detached: the confidence learns to report the error, not to change it)."""
         err = (joints.detach() - valid_labels(batch["joints_3d"], batch["hand_valid"]).to(joints)).norm(dim=-1)
         target = torch.exp(-err / self.cfg.confidence_scale_m)
-        bce = F.binary_cross_entropy(conf.clamp(1e-6, 1 - 1e-6), target, reduction="none").mean(-1)
-        return masked_mean(bce, batch["hand_valid"])
+        return masked_mean(nan_safe_bce(conf, target).mean(-1), batch["hand_valid"])
 
     @staticmethod
     def _steps(outputs) -> list[Mapping[str, torch.Tensor]]:
         return list(outputs.get("aux", {}).get("refine_steps", []))
 
+    @staticmethod
+    def _per_step(outputs, per_step: list, final):
+        """One prediction per refinement step, equally weighted (deep supervision): the final
+        output is the last step's estimate, so it stands in for that step (counting both would
+        weight the last step twice); without steps, the final output alone."""
+        return per_step[:-1] + [final]
+
     # objects --------------------------------------------------------------------------------
-    def _object_predictions(self, outputs, key: str) -> list[torch.Tensor]:
-        """The final prediction of `key` and every refinement step's (deep supervision)."""
-        return [outputs[key]] + [s[key] for s in self._steps(outputs) if key in s]
-
-    def _object_position(self, outputs, batch, m: MatchedIndices) -> torch.Tensor:
-        if m.batch.numel() == 0:
-            return graph_zero(outputs["obj_t"])
-        gt = batch["obj_t"][m.batch, m.slot].to(outputs["obj_t"])
-        errs = [(p[m.batch, m.query] - gt).norm(dim=-1).mean() for p in self._object_predictions(outputs, "obj_t")]
-        return torch.stack(errs).mean()
-
-    def _object_rotation(self, outputs, batch, m: MatchedIndices) -> torch.Tensor:
-        if m.batch.numel() == 0:
-            return graph_zero(outputs["obj_quat"])
-        gt = batch["obj_R"][m.batch, m.slot].to(outputs["obj_quat"])
+    def _object_pose_errors(self, outputs, batch, m: MatchedIndices) -> tuple[torch.Tensor, torch.Tensor]:
+        """(position (metres), rotation (radians)) errors of the matched pairs, each the mean over
+        the refinement steps (`_per_step`), symmetry-aware about the symmetry centres
+        (`amt.data.symmetry.symmetric_pose_error`: zero for every visually identical pose)."""
+        gt_R = batch["obj_R"][m.batch, m.slot].to(outputs["obj_t"])
+        gt_t = batch["obj_t"][m.batch, m.slot].to(outputs["obj_t"])
         cls = batch["obj_class"][m.batch, m.slot].to(m.batch.device)
-        preds = [outputs] + [s for s in self._steps(outputs) if "obj_R" in s or "obj_quat" in s]
-        errs = [rotation_error(predicted_rotation(p)[m.batch, m.query], gt, cls, self.symmetries).mean() for p in preds]
-        return torch.stack(errs).mean()
+        steps = [s for s in self._steps(outputs) if "obj_t" in s and ("obj_R" in s or "obj_quat" in s)]
+        rot, pos = [], []
+        for p in self._per_step(outputs, steps, outputs):
+            r, d = symmetric_pose_error(
+                predicted_rotation(p)[m.batch, m.query], p["obj_t"][m.batch, m.query], gt_R, gt_t, cls, self.symmetries
+            )
+            rot.append(r.mean())
+            pos.append(d.mean())
+        return torch.stack(pos).mean(), torch.stack(rot).mean()
+
+    def _object_pose(self, outputs, batch, m: MatchedIndices) -> tuple[torch.Tensor, torch.Tensor]:
+        """(object_position (m), object_rotation (rad)) terms; graph-attached zeros without pairs."""
+        if m.batch.numel() == 0:
+            return graph_zero(outputs["obj_t"]), graph_zero(outputs["obj_quat"])
+        return self._object_pose_errors(outputs, batch, m)
 
     def _class_targets(self, outputs, batch, m: MatchedIndices) -> torch.Tensor:
         logits = outputs["obj_logits"]

@@ -7,11 +7,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-import roma
 import torch
 import torch.nn.functional as F
 
-from amt.data.object_tables import CONTINUOUS_SYMMETRY_AXIS, symmetry_table
+from amt.data.symmetry import ObjectSymmetries, symmetric_rotation_error
 from amt.geometry.hand_skeleton import BEND_LIMIT_DEG, BONES, NUM_JOINTS, PARENTS, TIP_JOINTS
 
 
@@ -70,30 +69,22 @@ def hand_joint_loss(
     return masked_mean(absolute + relative, valid)
 
 
-def _geodesic(R1: torch.Tensor, R2: torch.Tensor) -> torch.Tensor:
-    """`amt.geometry.rotations.geodesic_angle` with roma's clamping below 1, so the gradient
-    stays finite for predictions 180 deg away (the angle saturates 2.8e-3 rad below pi)."""
-    return roma.rotmat_geodesic_distance(R1, R2, clamping=1.0 - 1e-6)
-
-
 def rotation_error(
-    pred_R: torch.Tensor, gt_R: torch.Tensor, class_id: torch.Tensor, table: torch.Tensor | None = None
+    pred_R: torch.Tensor, gt_R: torch.Tensor, class_id: torch.Tensor, symmetries: ObjectSymmetries | None = None
 ) -> torch.Tensor:
-    """(N, 3, 3) x2, (N,) YCB ids -> (N,) radians, symmetry-aware.
+    """(N, 3, 3) x2, (N,) YCB ids -> (N,) radians, symmetry-aware: `amt.data.symmetry.
+    symmetric_rotation_error` (min over the class's discrete symmetries, the axis angle for a
+    continuous one; the plain geodesic angle for asymmetric classes). symmetries: None for
+    `ObjectSymmetries.from_tables()` (the rotation error does not depend on the centres)."""
+    return symmetric_rotation_error(pred_R, gt_R, class_id, symmetries or ObjectSymmetries.from_tables())
 
-    Discrete symmetries: the smallest geodesic angle to any equivalent ground truth
-    `gt_R @ S_k` (`table` = `symmetry_table()`, the identity only for asymmetric classes).
-    Continuous symmetry about a model axis a: the angle between `pred_R a` and `gt_R a`, the
-    exact minimum over all rotations about a.
-    """
-    table = symmetry_table() if table is None else table
-    sym = table.to(pred_R)[class_id]  # (N, S, 3, 3)
-    error = _geodesic(pred_R[:, None], gt_R[:, None] @ sym).amin(dim=1)
-    for cid, axis in CONTINUOUS_SYMMETRY_AXIS.items():
-        a, b = pred_R[..., axis], gt_R[..., axis]
-        aligned = torch.atan2(torch.linalg.cross(a, b).norm(dim=-1), (a * b).sum(-1))
-        error = torch.where(class_id == cid, aligned, error)
-    return error
+
+def nan_safe_bce(prob: torch.Tensor, target: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """Element-wise binary cross-entropy (nats) of probabilities `prob` (clamped to [eps, 1 - eps])
+    against targets in [0, 1]. Unlike `F.binary_cross_entropy` it never raises (nor asserts on
+    CUDA) for a NaN input or target: the value is NaN and the training step is skipped."""
+    p = prob.clamp(eps, 1 - eps)
+    return -(target * p.log() + (1 - target) * (1 - p).log())
 
 
 def focal_bce(

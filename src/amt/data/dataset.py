@@ -1,0 +1,117 @@
+"""The dataset interface every reader implements, and `open_dataset` (docs/datasets.md).
+
+A `HandObjectDataset` is a sized, indexable split of one dataset whose items are the reader
+sample dict of docs/architecture.md ("Reader sample"): what `amt.data.cache.make_record`
+consumes. Every reader converts on read, so a sample is always in the project's conventions:
+camera frame x right / y down / z forward (OpenCV), metres, pixels, DexYCB joint order.
+
+`open_dataset(format, root, split)` resolves a format name: `dexycb` (`amt.data.dexycb`),
+`ho3d` (`amt.data.ho3d`), `folder` (`amt.data.folder`, the plain-folder format for your own
+data) or `python:package.module.Class` (any class taking `(root, split, load_image=...)`).
+The cache builder, the trainer (`data.format`), the evaluator and the submission writers go
+through it, so nothing downstream special-cases a dataset.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from amt.data.dexycb import DexYCB, DexYCBError
+from amt.data.folder import FolderDataset, FolderError
+from amt.data.ho3d import HO3D, HO3DError
+
+# Joint order of every sample (readers convert): 0 wrist, then thumb, index, middle, ring,
+# little, each base to tip (amt.geometry.hand_skeleton.JOINT_NAMES).
+SAMPLE_JOINT_ORDER = "dexycb"
+
+# The keys a reader sample must hold for the cache builder (docs/datasets.md "Sample").
+SAMPLE_KEYS: tuple[str, ...] = (
+    "index", "subject", "sequence", "serial", "frame", "color_file", "label_file", "K",
+    "ycb_ids", "grasp_index", "obj_pose", "obj_pose_valid", "pose_m", "mano_betas",
+    "mano_betas_valid", "joint_3d", "joint_2d", "hand_valid", "side", "is_left",
+)  # fmt: skip
+
+
+# A sample's files are bad (each names the file): what the cache builder may skip.
+READER_ERRORS: tuple[type[ValueError], ...] = (DexYCBError, FolderError, HO3DError)
+
+
+class DatasetError(ValueError):
+    """A dataset cannot be opened (unknown format, bad class); the message says which and why."""
+
+
+@runtime_checkable
+class HandObjectDataset(Protocol):
+    """One split of a hand-object dataset (docs/datasets.md).
+
+    Attributes: `root` (Path), `split` (str), `splits` (every split name the format knows),
+    `models_dir` (Path of `<class name>/textured_simple.obj` object meshes, metres, or None),
+    `joint_order` (the order of the files on disk; samples are always converted to
+    `SAMPLE_JOINT_ORDER`), `load_image` (bool: decode `color` in samples; settable).
+    """
+
+    root: Path
+    split: str
+    splits: tuple[str, ...]
+    models_dir: Path | None
+    joint_order: str
+    load_image: bool
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        """The reader sample (SAMPLE_KEYS, plus `color` (H, W, 3) uint8 RGB when load_image)."""
+        ...
+
+    def sample_intrinsics(self, i: int) -> np.ndarray:
+        """(3, 3) float32 colour intrinsics of sample i (pixels), without reading its labels."""
+        ...
+
+
+FORMATS: dict[str, type] = {"dexycb": DexYCB, "ho3d": HO3D, "folder": FolderDataset}
+PYTHON_PREFIX = "python:"
+
+
+def dataset_class(format: str) -> type:
+    """The reader class of a format name: dexycb | ho3d | folder | python:package.module.Class."""
+    if format in FORMATS:
+        return FORMATS[format]
+    if not format.startswith(PYTHON_PREFIX):
+        raise DatasetError(
+            f"unknown data format {format!r}; expected one of {sorted(FORMATS)} or python:package.module.Class"
+        )
+    target = format[len(PYTHON_PREFIX) :]
+    module_name, _, class_name = target.rpartition(".")
+    if not module_name or not class_name:
+        raise DatasetError(f"data format {format!r}: expected python:package.module.Class")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise DatasetError(f"data format {format!r}: cannot import {module_name!r} ({exc})") from exc
+    cls = getattr(module, class_name, None)
+    if not isinstance(cls, type):
+        raise DatasetError(f"data format {format!r}: {module_name} has no class {class_name!r}")
+    return cls
+
+
+def open_dataset(format: str, root: str | Path, split: str, load_image: bool = True, **kwargs: Any) -> Any:
+    """Open `split` of the dataset at `root` in `format` (see the module docstring).
+
+    Returns a `HandObjectDataset`; a `python:` class that does not implement the protocol is a
+    DatasetError naming the missing members. Reader errors (DexYCBError, FolderError,
+    HO3DError: all ValueError) propagate with the file they concern.
+    """
+    cls = dataset_class(format)
+    dataset = cls(root, split, load_image=load_image, **kwargs)
+    if not isinstance(dataset, HandObjectDataset):
+        missing = [
+            name
+            for name in ("root", "split", "splits", "models_dir", "joint_order", "load_image", "sample_intrinsics")
+            if not hasattr(dataset, name)
+        ]
+        raise DatasetError(f"data format {format!r}: {cls.__name__} lacks {missing} of amt.data.HandObjectDataset")
+    return dataset
