@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/amt demo --out runs/demo
+	$(BIN)/amt demo --strict --out runs/demo
 
 test: lint
 	$(BIN)/python -m pytest -q -n 2 tests

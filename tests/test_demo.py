@@ -10,17 +10,27 @@ import pytest
 from amt.demo import MARKER, main, prepare_out
 
 
-def test_demo_runs_end_to_end_and_refuses_to_overwrite(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_demo_runs_end_to_end_and_refuses_to_overwrite(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the demo's data never depends on files outside the repository: without --models it neither
+    # reads $AMT_YCB_MODELS nor searches parent folders (this value would raise if it were read)
+    monkeypatch.setenv("AMT_YCB_MODELS", str(tmp_path / "no_such_models"))
     out = tmp_path / "demo"
     argv = ["--out", str(out), "--frames", "80", "--steps", "2", "--batch-size", "8", "--workers", "1"]
     assert main(argv) == 0
     printed = capsys.readouterr().out
-    assert "Learning checks" in printed and "baseline" in printed
+    assert "Learning checks" in printed and "baseline" in printed and "matmul ceiling" in printed
     report = json.loads((out / "eval" / "report.json").read_text())
     assert report["synthetic_data"] is True
     assert [c["name"] for c in report["demo"]["checks"]] == [
-        "root-relative MPJPE (mm)", "grasped-object translation error (mm)", "contact accuracy", "collapse ratio",
+        "root-relative MPJPE (mm)", "grasped-object recall", "grasped-object class accuracy",
+        "grasped-object translation error (mm)", "contact F1", "collapse ratio",
     ]  # fmt: skip
+    marker = json.loads((out / MARKER).read_text())
+    for ceiling in (report["demo"]["matmul_ceiling"], marker["matmul_ceiling"]):
+        assert ceiling["start"]["flops_per_s"] > 0 and ceiling["end"]["dtype"] == "float32"
+    assert marker["timings"]["total_s"] > 0
     assert report["baselines"]["hand_root_relative_mpjpe"] > 0
     assert report["baselines"]["object_translation_error"] > 0
     assert report["baselines"]["object_translation_error_grasped"] > 0
@@ -34,6 +44,18 @@ def test_demo_runs_end_to_end_and_refuses_to_overwrite(tmp_path: Path, capsys: p
     assert main(argv) == 2
     assert "not empty" in capsys.readouterr().err
     assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
+
+
+def test_strict_fails_on_a_failed_check_and_a_bad_models_folder_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    result = {"demo": {"all_checks_passed": False}}
+    monkeypatch.setattr("amt.demo.run_demo", lambda out, cfg, force=False: result)
+    assert main(["--out", str(tmp_path / "a")]) == 0  # without --strict a failed check is reported only
+    assert main(["--out", str(tmp_path / "b"), "--strict"]) == 1
+    assert "learning checks failed" in capsys.readouterr().err
+    assert main(["--out", str(tmp_path / "c"), "--models", str(tmp_path / "missing")]) == 2
+    assert "--models" in capsys.readouterr().err
 
 
 def test_force_never_deletes_files_of_a_folder_the_demo_did_not_make(tmp_path: Path) -> None:

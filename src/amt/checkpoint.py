@@ -16,7 +16,12 @@ then the folder is fsynced, renamed to `<name>` and the parent fsynced. The name
 and `epoch_0005` are symlinks to a step folder, replaced with one `os.replace` (`point_alias`).
 So at every instant each name points to a complete folder, and a kill between any two system
 calls leaves at most `*.tmp` entries, which `remove_leftovers` deletes at the next start.
-`newest_checkpoint` picks the complete folder with the highest step.
+`newest_checkpoint` picks the complete folder with the highest step. A save first checks the
+free space (`check_free_space`) and on any write error (a full disk: ENOSPC) deletes its
+`*.tmp` folder and raises CheckpointError, so the previous checkpoints stay as they were.
+`prune_checkpoints(keep_last=K)` keeps the newest K periodic folders plus every folder a name
+other than `epoch_*` points to (`best`, `last`); the `epoch_*` names of the others go with them.
+(Over 450 lines: the folder format, its atomic writing and its pruning are one idea.)
 
 Loading never unpickles (safetensors, JSON, `yaml.safe_load`); an old-format folder (a pickled
 `trainer.pt`, no complete.json) is refused, naming `amt convert-checkpoint` (`convert_legacy`).
@@ -24,6 +29,7 @@ Loading never unpickles (safetensors, JSON, `yaml.safe_load`); an old-format fol
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -63,10 +69,12 @@ __all__ = [
     "TRAIN_CONFIG",
     "WEIGHTS_FILE",
     "CheckpointError",
+    "check_free_space",
     "convert_legacy",
     "decode_state",
     "encode_state",
     "find_checkpoint",
+    "folder_bytes",
     "is_complete",
     "load_checkpoint",
     "load_model",
@@ -319,12 +327,36 @@ def _write_state(folder: Path, state: dict[str, Any], step: int, keep: bool) -> 
     fsync_path(folder)
 
 
+def folder_bytes(folder: Path) -> int:
+    """Total size in bytes of the files directly in `folder` (a checkpoint folder)."""
+    return sum(p.stat().st_size for p in Path(folder).iterdir() if p.is_file())
+
+
+def check_free_space(directory: Path, needed: int) -> None:
+    """CheckpointError unless the file system of `directory` has `needed` bytes free."""
+    free = shutil.disk_usage(directory).free
+    if free < needed:
+        raise CheckpointError(
+            f"{directory}: {free / 1e9:.2f} GB free, a checkpoint needs about {needed / 1e9:.2f} GB; nothing was "
+            "written and the previous checkpoints are intact. Free space there (or lower checkpoint.keep_last) and "
+            "resume (checkpoint.resume_from=auto)"
+        )
+
+
 def write_checkpoint(
-    folder: Path, model: nn.Module, train_config_yaml: str, trainer_state: dict[str, Any], step: int, keep: bool = True
+    folder: Path,
+    model: nn.Module,
+    train_config_yaml: str,
+    trainer_state: dict[str, Any],
+    step: int,
+    keep: bool = True,
+    needed_bytes: int = 0,
 ) -> Path:
     """Write the checkpoint folder `folder` (a new name, e.g. checkpoints/step_000123) atomically
     and durably. A complete folder already there (the same step saved again) is kept as it is.
-    keep=False marks a folder `prune_checkpoints` may delete once no name points to it."""
+    keep=False marks a folder `prune_checkpoints` may delete once no name points to it.
+    needed_bytes: the expected size; CheckpointError before writing when less is free. A write
+    error (OSError, e.g. ENOSPC) removes the partial `*.tmp` folder and raises CheckpointError."""
     folder = Path(folder)
     if folder.is_dir() and not folder.is_symlink() and is_complete(folder):
         return folder
@@ -332,9 +364,18 @@ def write_checkpoint(
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.parent.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(tmp)
-    (tmp / TRAIN_CONFIG).write_text(train_config_yaml)
-    _write_state(tmp, trainer_state, step, keep)
+    check_free_space(tmp.parent, needed_bytes)
+    try:
+        model.save_pretrained(tmp)
+        (tmp / TRAIN_CONFIG).write_text(train_config_yaml)
+        _write_state(tmp, trainer_state, step, keep)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        full = exc.errno == errno.ENOSPC
+        raise CheckpointError(
+            f"{folder}: {'the disk is full' if full else 'writing failed'} ({exc}); the partial folder was removed "
+            "and the previous checkpoints are intact" + (": free space there and resume" if full else "")
+        ) from exc
     if folder.exists():  # an incomplete folder under the final name (copied by hand): replace it
         shutil.rmtree(folder)
     os.rename(tmp, folder)
@@ -357,16 +398,29 @@ def point_alias(checkpoints: Path, alias: str, target: str) -> None:
     fsync_path(checkpoints)
 
 
-def prune_checkpoints(checkpoints: Path) -> list[str]:
-    """Delete complete folders saved with keep=False that no name points to any more (renamed to
-    `*.tmp` first, so a kill mid-delete leaves only a leftover). Returns the deleted names."""
-    named = {os.readlink(p) for p in checkpoints.iterdir() if p.is_symlink()}
-    deleted = []
+def prune_checkpoints(checkpoints: Path, keep_last: int = 0) -> list[str]:
+    """Delete complete folders saved with keep=False that no name points to any more, and
+    (keep_last > 0) the periodic (keep=True) folders older than the newest keep_last that no name
+    but `epoch_*` points to (those names are removed first). Folders are renamed to `*.tmp`
+    before deletion, so a kill mid-delete leaves only a leftover. Returns the deleted names."""
+    links = {p.name: os.readlink(p) for p in checkpoints.iterdir() if p.is_symlink()}
+    named = set(links.values())
+    protected = {target for name, target in links.items() if not name.startswith("epoch_")}
+    markers = {}
     for entry in sorted(checkpoints.iterdir()):
-        if entry.is_symlink() or entry.name in named or entry.name.endswith(TMP_SUFFIX):
-            continue
-        marker = _read_marker(entry)
-        if marker is not None and marker.get("keep") is False:
+        if not entry.is_symlink() and not entry.name.endswith(TMP_SUFFIX):
+            marker = _read_marker(entry)
+            if marker is not None:
+                markers[entry.name] = marker
+    periodic = sorted((m["step"], name) for name, m in markers.items() if m.get("keep") is not False)
+    expired = {name for _, name in periodic[: max(0, len(periodic) - keep_last)]} - protected if keep_last else set()
+    for name, target in links.items():
+        if target in expired:
+            (checkpoints / name).unlink()  # an epoch_* name of a folder about to go
+    deleted = []
+    for name, marker in markers.items():
+        entry = checkpoints / name
+        if name in expired or (name not in named and marker.get("keep") is False):
             doomed = entry.with_name(entry.name + ".del" + TMP_SUFFIX)
             os.rename(entry, doomed)
             shutil.rmtree(doomed)

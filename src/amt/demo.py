@@ -1,11 +1,15 @@
-"""`amt demo [--out DIR] [--frames N] [--steps N]`: the whole pipeline on CPU in minutes.
+"""`amt demo [--out DIR] [--frames N] [--steps N] [--models DIR] [--strict]`: the whole pipeline
+on CPU in minutes.
 
-1. synthesise a DexYCB-layout dataset (amt.data.synthetic.generate) into DIR/data;
+1. synthesise a DexYCB-layout dataset (amt.data.synthetic.generate) into DIR/data, with textured
+   primitives unless --models names a YCB models folder (nothing outside the repository is used);
 2. build the s0_train and held-out s0_test caches (different sequences, hence scenes);
 3. train the tiny preset through the trainer (DIR/train, checkpoints + TensorBoard);
 4. evaluate the saved checkpoint on s0_test (DIR/eval: report.json, report.md, PCK plot,
    submission files, training curves, overlays of predictions next to ground truth);
-5. print the model's numbers next to the honest baselines and the learning checks.
+5. print the model's numbers next to the honest baselines and the learning checks (--strict:
+   exit status 1 when one fails), and the CPU's fp32 matmul ceiling next to the wall time (also
+   in DIR/demo.json), measured before and after the run as `amt bench` does.
 
 An existing non-empty DIR is refused unless --force; with --force a previous demo folder
 (marked by DIR/demo.json) has its demo outputs replaced, and any other folder gets the demo in
@@ -26,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from tabulate import tabulate
 
 from amt.checkpoint import load_checkpoint
@@ -35,6 +40,7 @@ from amt.data.synthetic import generate
 from amt.evaluation.evaluator import evaluate
 from amt.evaluation.report import format_tables, overlay_pair, plot_training_curves, provenance, write_report
 from amt.evaluation.submission import bop_ids
+from amt.inference.bench import matmul_ceiling
 from amt.training.callbacks import Callback
 from amt.training.config import load_run_config
 from amt.training.trainer import Trainer
@@ -44,6 +50,7 @@ log = logging.getLogger(__name__)
 MARKER = "demo.json"
 OUTPUTS = ("data", "train", "eval")  # what the demo writes under DIR (besides MARKER)
 TRAIN_SPLIT, TEST_SPLIT = "s0_train", "s0_test"
+CEILING_N = 2048  # the CPU matmul size `amt bench` uses for its ceiling (2 x 2048^3 FLOPs, ~0.1 s each)
 
 
 # The tiny preset trained from scratch (amt.models.config.VARIANTS): a convolutional stem
@@ -52,12 +59,17 @@ TRAIN_SPLIT, TEST_SPLIT = "s0_train", "s0_test"
 # few thousand crops (docs/experiments.md "Training from scratch").
 DEMO_MODEL = "tiny_conv"
 
+# The learning checks' bounds (`learning_checks`, README "The demo").
+HAND_FACTOR = OBJECT_FACTOR = 0.5  # model error <= this x its baseline's
+MIN_RECALL, MIN_CLASS_ACCURACY, MIN_CONTACT_F1, MIN_COLLAPSE = 0.8, 0.5, 0.5, 0.5
+
 
 @dataclass
 class DemoConfig:
-    """Demo settings. The defaults pass the learning checks on 2 CPU cores in about 14 minutes
-    (README "The demo": the last full run, its timings and its thin margins); what each default
-    was measured against is in docs/experiments.md "The demo's data, crop size and steps".
+    """Demo settings. README "The demo" has the last full run with these defaults, its timings and
+    which learning checks it passed (the stricter checks of issue 16 need the heads to learn
+    faster); what each default was measured against is in docs/experiments.md "The demo's data,
+    crop size and steps".
 
     frames: synthetic images (8 camera views per scene; s0_test takes ~16% of the scenes). More
     distinct scenes were the cheapest gain, cheaper than more steps.
@@ -67,6 +79,9 @@ class DemoConfig:
     gains), so 20 only catches spikes; 1.0 rescaled every step and slowed learning.
     augment: batch augmentation during training. Off by default: within the demo's step budget
     it made the held-out error worse (the test frames are not augmented).
+    models: a DexYCB-style `models/` folder of YCB meshes to synthesise with; None (default):
+    textured primitives, so the demo's data never depends on files outside the repository
+    (no search of $AMT_YCB_MODELS or parent folders, unlike `amt synth`).
     """
 
     frames: int = 4800
@@ -79,6 +94,7 @@ class DemoConfig:
     seed: int = 0
     workers: int = 2
     overlays: int = 8
+    models: str | None = None
 
 
 @dataclass(frozen=True)
@@ -91,50 +107,64 @@ class Check:
 
 
 def learning_checks(result: dict[str, Any]) -> list[Check]:
-    """The demo's acceptance: clear wins over the baselines on held-out frames, no collapse.
+    """The demo's acceptance (issue 16): clear wins over the baselines on held-out frames, on every
+    head, that a model detecting nothing cannot pass.
 
-    The object check is on the grasped object, against the mean translation of the training
-    split's grasped objects: the crops are hand-centred, and on the demo's held-out frames only
-    ~15 % of the other objects have their centre inside the crop, so their translation is mostly
-    not observable from the input (the all-object error is still reported, see `checks_table`).
-    Both numbers follow the evaluator's BOP protocol: the model's top-scoring estimate of the
-    grasped object's class is scored, never the query nearest the ground truth, and the baseline
-    is averaged over the same (detected) objects; a grasped object with no estimate of its class
-    is a miss (the check fails when none is detected; the recall is printed next to it).
+    - hand: root-relative MPJPE <= 0.5 x the mean-pose baseline;
+    - grasped object, by the evaluator's BOP protocol (the model's top-scoring estimate of the
+      grasped object's class is scored, never the query nearest the ground truth): recall >= 0.8
+      (share of grasped objects with an estimate of their class), class accuracy >= 0.5 over all
+      grasped instances (`amt.evaluation.objects.grasp_class_accuracy`: the model's most-in-contact
+      estimate names the grasped class; no estimate counts as wrong), translation error <= 0.5 x
+      the mean grasped-translation baseline averaged over the same (detected) objects;
+    - contacts: F1 >= 0.5 (accuracy alone is passed by "no contact" everywhere, the majority class);
+    - collapse ratio > 0.5.
+    The object checks are on the grasped object: the crops are hand-centred and on the demo's
+    held-out frames only ~15 % of the other objects have their centre inside the crop (the
+    all-object numbers are still printed, see `checks_table`). A missing number fails its check.
     """
     base = result["baselines"]
     hand = result["hand"]["root-relative"]["mpjpe"]
-    obj = result["objects"]["grasped"]["translation_error_mm"]
+    grasped = result["objects"]["grasped"]
+    obj, recall, class_acc = grasped["translation_error_mm"], grasped.get("recall"), grasped.get("class_accuracy")
     obj_base = base.get("object_translation_error_grasped_detected")
-    contacts = result["contacts"]
-    hand_bound = 0.6 * base["hand_root_relative_mpjpe"]
-    obj_bound = 0.6 * obj_base if obj_base is not None else None
-    acc, majority = contacts["accuracy"], contacts["majority_class_rate"]
+    f1 = result["contacts"]["f1"]
     collapse = result["collapse_ratio"]
+    hand_bound = HAND_FACTOR * base["hand_root_relative_mpjpe"]
+    obj_bound = OBJECT_FACTOR * obj_base if obj_base is not None else None
+
+    def at_least(value: float | None, bound: float) -> bool:
+        return value is not None and bool(np.isfinite(value)) and value >= bound
+
     return [
-        Check("root-relative MPJPE (mm)", hand, hand_bound, hand <= hand_bound, "<= 0.6 x mean-pose baseline"),
+        Check("root-relative MPJPE (mm)", hand, hand_bound, bool(hand <= hand_bound),
+              f"<= {HAND_FACTOR} x mean-pose baseline"),
+        Check("grasped-object recall", recall, MIN_RECALL, at_least(recall, MIN_RECALL), f">= {MIN_RECALL}"),
+        Check("grasped-object class accuracy", class_acc, MIN_CLASS_ACCURACY,
+              at_least(class_acc, MIN_CLASS_ACCURACY), f">= {MIN_CLASS_ACCURACY} over all grasped objects"),
         Check("grasped-object translation error (mm)", obj, obj_bound,
-              obj is not None and obj_bound is not None and obj <= obj_bound, "<= 0.6 x mean-translation baseline"),
-        Check("contact accuracy", acc, majority, acc is not None and acc > majority, "> majority-class rate"),
-        Check("collapse ratio", collapse, 0.5, bool(np.isfinite(collapse)) and collapse > 0.5, "> 0.5"),
+              obj is not None and obj_bound is not None and obj <= obj_bound,
+              f"<= {OBJECT_FACTOR} x mean-translation baseline"),
+        Check("contact F1", f1, MIN_CONTACT_F1, at_least(f1, MIN_CONTACT_F1), f">= {MIN_CONTACT_F1}"),
+        Check("collapse ratio", collapse, MIN_COLLAPSE, bool(np.isfinite(collapse)) and collapse > MIN_COLLAPSE,
+              f"> {MIN_COLLAPSE}"),
     ]  # fmt: skip
 
 
 def checks_table(checks: list[Check], result: dict[str, Any]) -> str:
-    base = result["baselines"]
+    """Markdown table of the checks next to their baselines, plus reported (unchecked) numbers."""
+    base, contacts = result["baselines"], result["contacts"]
     baseline = {
         "root-relative MPJPE (mm)": base["hand_root_relative_mpjpe"],
         "grasped-object translation error (mm)": base.get("object_translation_error_grasped_detected"),
-        "contact accuracy": result["contacts"]["majority_class_rate"],
-        "collapse ratio": None,
     }
     rows = [
-        [c.name, _fmt(c.value), _fmt(baseline[c.name]), f"{c.rule} ({_fmt(c.bound)})", "PASS" if c.passed else "FAIL"]
+        [c.name, _fmt(c.value), _fmt(baseline.get(c.name)), f"{c.rule} ({_fmt(c.bound)})",
+         "PASS" if c.passed else "FAIL"]
         for c in checks
-    ]
-    recall = result["objects"]["grasped"].get("recall")
-    rows.append(["grasped-object recall (BOP protocol)", _fmt(recall), "-",
-                 "reported: share of grasped objects with an estimate of their class", "-"])  # fmt: skip
+    ]  # fmt: skip
+    rows.append(["contact accuracy", _fmt(contacts["accuracy"]), _fmt(contacts["majority_class_rate"]),
+                 "reported: the baseline is the majority-class rate", "-"])  # fmt: skip
     all_obj = result["objects"]["all"]["translation_error_mm"]
     rows.append(["all-object translation error (mm)", _fmt(all_obj), _fmt(base.get("object_translation_error_detected")),
                  "reported, not checked (most non-grasped objects lie outside the hand crop)", "-"])  # fmt: skip
@@ -226,10 +256,15 @@ def run_demo(out: Path, cfg: DemoConfig, force: bool = False) -> dict[str, Any]:
     out = prepare_out(out, force)
     (out / MARKER).write_text(json.dumps({"command": "amt demo", "config": asdict(cfg)}, indent=2) + "\n")
     timings: dict[str, float] = {}
+    # The machine's speed that day, for reading the wall time (issue 16: 108-321 GFLOP/s measured
+    # on the same 2-core machine): measured before and after the run, outside the timings.
+    ceiling = {"start": machine_ceiling()}
     start = time.perf_counter()
 
     t = time.perf_counter()
-    data = generate(out / "data", cfg.frames, seed=cfg.seed, workers=cfg.workers).root
+    data = generate(
+        out / "data", cfg.frames, seed=cfg.seed, models=cfg.models, workers=cfg.workers, primitives=cfg.models is None
+    ).root
     timings["synthesise_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -251,6 +286,7 @@ def run_demo(out: Path, cfg: DemoConfig, force: bool = False) -> dict[str, Any]:
     checks = learning_checks(result)
     timings["evaluate_s"] = time.perf_counter() - t
     timings["total_s"] = time.perf_counter() - start
+    ceiling["end"] = machine_ceiling()
     result["demo"] = {
         "config": asdict(cfg),
         "train_samples": len(CachedDataset(caches[TRAIN_SPLIT])),
@@ -258,7 +294,12 @@ def run_demo(out: Path, cfg: DemoConfig, force: bool = False) -> dict[str, Any]:
         "checks": [asdict(c) for c in checks],
         "all_checks_passed": all(c.passed for c in checks),
         "timings": timings,
+        "matmul_ceiling": ceiling,
     }
+    (out / MARKER).write_text(
+        json.dumps({"command": "amt demo", "config": asdict(cfg), "timings": timings, "matmul_ceiling": ceiling,
+                    "all_checks_passed": result["demo"]["all_checks_passed"]}, indent=2) + "\n"
+    )  # fmt: skip
     eval_dir = out / "eval"
     info = provenance(checkpoint, model_config, data, TEST_SPLIT, synthetic_data=True)
     write_report(result, eval_dir, info, bop_ids=bop_ids(data, TEST_SPLIT, result["predictions"].index))
@@ -270,7 +311,20 @@ def run_demo(out: Path, cfg: DemoConfig, force: bool = False) -> dict[str, Any]:
     print(checks_table(checks, result))
     print(f"\nwall time {timings['total_s']:.0f} s (" + ", ".join(f"{k[:-2]} {v:.0f} s" for k, v in timings.items()
                                                       if k != "total_s") + f"); outputs in {out}")  # fmt: skip
+    print(f"machine: fp32 matmul ceiling {format_ceiling(ceiling)} "
+          f"(the wall time scales with it; README \"The demo\")")  # fmt: skip
     return result
+
+
+def machine_ceiling() -> dict:
+    """The CPU's fp32 matmul ceiling, as `amt bench` measures it: {"n", "dtype", "flops_per_s"}."""
+    return matmul_ceiling(torch.device("cpu"), torch.float32, CEILING_N)
+
+
+def format_ceiling(ceiling: dict[str, dict]) -> str:
+    """ "112.3 GFLOP/s (118.0 at the end)" from `{"start": ..., "end": ...}` ceilings."""
+    start, end = ceiling["start"]["flops_per_s"] / 1e9, ceiling["end"]["flops_per_s"] / 1e9
+    return f"{start:.1f} GFLOP/s ({end:.1f} at the end)"
 
 
 def _draw_overlays(pred: Any, images: Any, eval_dir: Path, count: int) -> None:
@@ -296,6 +350,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--augment", action="store_true", help="augment training batches (off by default, see DemoConfig)")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--workers", type=int, default=d.workers, help="processes for synthesis and caching")
+    p.add_argument("--models", type=Path, default=None,
+                   help="DexYCB-style models/ folder of YCB meshes (default: textured primitives, so the demo "
+                        "needs nothing outside the repository)")  # fmt: skip
     p.add_argument("--force", action="store_true", help="write into a non-empty --out (see above)")
     p.add_argument("--strict", action="store_true", help="exit with status 1 when a learning check fails")
     return p
@@ -304,7 +361,12 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     cfg = DemoConfig(frames=args.frames, steps=args.steps, batch_size=args.batch_size, learning_rate=args.lr,
-                     image_size=args.image_size, augment=args.augment, seed=args.seed, workers=args.workers)  # fmt: skip
+                     image_size=args.image_size, augment=args.augment, seed=args.seed, workers=args.workers,
+                     models=str(args.models) if args.models is not None else None)  # fmt: skip
+    if args.models is not None and not args.models.is_dir():
+        print(f"amt demo: --models {args.models}: not a folder (expected <name>/textured_simple.obj inside)",
+              file=sys.stderr)  # fmt: skip
+        return 2
     try:
         result = run_demo(args.out, cfg, force=args.force)
     except FileExistsError as exc:

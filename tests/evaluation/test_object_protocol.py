@@ -7,26 +7,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import trimesh
 from scipy.cluster.vq import kmeans2
 from scipy.spatial.transform import Rotation
 
-from amt.data.object_models import MESH_FILE, ObjectModels
-from amt.data.ycb import NUM_CLASSES, YCB_CLASSES
+from amt.data.ycb import NUM_CLASSES
 from amt.evaluation.evaluator import Predictions, TrainingStatistics, compute_metrics
 from amt.evaluation.objects import select_estimates
 
 N_IMAGES, SLOTS = 300, 2
-
-
-@pytest.fixture(scope="module")
-def object_models(tmp_path_factory: pytest.TempPathFactory) -> ObjectModels:
-    """Centred 6 x 4 x 3 cm boxes for every class (only ADD / diameters need them here)."""
-    root = tmp_path_factory.mktemp("models")
-    for name in YCB_CLASSES.values():
-        (root / name).mkdir()
-        trimesh.creation.box(extents=(0.06, 0.04, 0.03)).export(root / name / MESH_FILE)
-    return ObjectModels(root)
 
 
 def _scene(seed: int = 0) -> dict[str, np.ndarray]:

@@ -6,6 +6,7 @@ import itertools
 
 import pytest
 import torch
+from scipy.optimize import linear_sum_assignment
 
 from amt.data.symmetry import ObjectSymmetries, symmetric_pose_error
 from amt.data.ycb import BOP_OFFSETS_MM
@@ -15,6 +16,8 @@ from amt.models.matching import (
     MatchCost,
     gather_matched,
     match_objects,
+    pair_costs,
+    predicted_rotation,
     unmatched_query_mask,
 )
 
@@ -155,3 +158,32 @@ def test_non_finite_outputs_do_not_raise(key: str):
     outputs[key][1, 0] = float("inf")
     indices = match_objects(outputs, batch)
     assert [len(p) for p, _ in indices] == [3, 3]
+
+
+def _per_sample_matching(outputs, batch, cost, sym):
+    """The reference: one cost matrix per sample over its valid slots, its own host transfer and
+    Hungarian assignment (the implementation before the batch was done in one transfer)."""
+    prob, pred_R = outputs["obj_logits"].softmax(-1), predicted_rotation(outputs)
+    result = []
+    for b in range(prob.shape[0]):
+        slots = torch.nonzero(batch["obj_valid"][b]).flatten()
+        gt = (batch["obj_R"][b, slots], batch["obj_t"][b, slots], batch["obj_class"][b, slots])
+        total = pair_costs(prob[b], pred_R[b], outputs["obj_t"][b], *gt, cost, sym)
+        rows, cols = linear_sum_assignment(total.numpy())
+        result.append((rows.tolist(), slots[cols].tolist()))
+    return result
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_batched_matching_equals_per_sample_hungarian(seed: int):
+    gen = torch.Generator().manual_seed(100 + seed)
+    b = 6
+    valid = (torch.rand(b, M, generator=gen) < 0.6).tolist()
+    valid[0] = [False] * M  # an empty sample
+    valid[1] = [True] * M
+    batch, outputs = _batch(b, valid, gen), _outputs(b, gen)
+    batch["obj_class"][~torch.tensor(valid)] = 0  # padding ids of invalid slots never matter
+    outputs["obj_t"][2, 1] = float("nan")  # non-finite outputs are handled alike
+    cost, sym = MatchCost(), ObjectSymmetries.from_tables()
+    got = [(p.tolist(), g.tolist()) for p, g in match_objects(outputs, batch, cost, sym)]
+    assert got == _per_sample_matching(outputs, batch, cost, sym)

@@ -57,7 +57,14 @@ from amt.data.contacts import ContactConfig, contact_labels, hand_surface, pose_
 from amt.data.dataset import READER_ERRORS, open_dataset
 from amt.data.dexycb import DexYCBError
 from amt.data.object_models import ObjectModels
-from amt.data.transforms import CropConfig, crop_and_resize, crop_intrinsics_for_box, square_box, to_crop_pixels
+from amt.data.transforms import (
+    CropConfig,
+    crop_and_resize,
+    crop_intrinsics_for_box,
+    mirror_record,
+    square_box,
+    to_crop_pixels,
+)
 from amt.geometry.mano import ManoLayer
 from amt.jsonio import fsync_path, write_json_atomic
 
@@ -169,6 +176,10 @@ def make_record(
 
     Objects fill slots in `ycb_ids` order, padded to MAX_OBJECTS; a slot without a pose in this
     frame has obj_valid False. Joints of a frame without a hand are zeros.
+
+    A left hand (`is_left`) is stored mirrored to a right hand (`amt.data.transforms.mirror_record`:
+    flipped crop, mirrored K, joints, object poses and contacts); `is_left` stays True so that
+    predictions can be mirrored back (`amt.evaluation.evaluator`).
     """
     size = crop.size
     ycb_ids = [int(c) for c in sample["ycb_ids"]]
@@ -219,6 +230,8 @@ def make_record(
         found = contact_labels(hand, obj_points, contact.threshold_mm)
         labels["contact_points"][:n] = found.points
         labels["contact_valid"][:n] = found.in_contact
+    if bool(sample["is_left"]):  # stored as its mirror image, a right hand (docs/data.md, "Handedness")
+        image, labels = mirror_record(image, labels)
     meta = {k: sample[k] for k in ("subject", "sequence", "serial")}
     meta["frame"] = int(sample["frame"])
     return image, labels, meta

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 MAX_OBJECTS = 10
-CACHE_VERSION = 2  # 2: completion marker, file sizes/checksums and skipped rows in meta.json
+CACHE_VERSION = 3  # 2: completion marker, checksums, skipped rows; 3: left hands stored mirrored
 IMAGES_FILE = "images.u8"
 META_FILE = "meta.json"
 BUILD_FILE = "build.json"

@@ -6,7 +6,11 @@
 - `CachedDataset(folder, mode="ram")`: everything read into host memory once.
 - `GPUCachedDataset(folder, device)`: the whole cache as tensors on `device` (images uint8);
   `.batches(...)` indexes it with device index tensors, so the training loop moves no data
-  between host and device; normalisation runs on the device.
+  between host and device; normalisation runs on the device. `shard_bytes` says what a rank's
+  shard would occupy before anything is copied, and `max_bytes` refuses a shard over a budget
+  (`amt.training.data` plans the budget from `free_device_memory`).
+- `Prefetcher(iterable)`: reads batches ahead in a background thread (the host-memory fallback
+  when a cache does not fit on the device).
 
 Both take (rank, world_size) and then serve only samples `rank::world_size`. Rows the cache
 build skipped (bad files, listed in its meta.json) are left out; `meta` lists the served samples
@@ -17,7 +21,9 @@ Batch keys and shapes follow docs/architecture.md ("Batch contract") plus `index
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+import queue
+import threading
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -53,10 +59,25 @@ class _RowReader:
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_fd": None, "_pid": -1}
 
-    def read(self, i: int) -> np.ndarray:
+    def read_rows(self, rows: np.ndarray) -> np.ndarray:
+        """Rows `rows` as one (len(rows), *shape) array, each read into it with one `os.preadv`."""
+        out = np.empty((len(rows), *self.shape), dtype=self.dtype)
+        fd = self._open()
+        for j, i in enumerate(rows):
+            if (
+                os.preadv(fd, [memoryview(out[j : j + 1]).cast("B")], self.offset + int(i) * self.row_bytes)
+                != self.row_bytes
+            ):
+                raise IndexError(f"{self.path}: row {i} is beyond the end of the file")
+        return out
+
+    def _open(self) -> int:
         if self._fd is None or self._pid != os.getpid():
             self._fd, self._pid = os.open(self.path, os.O_RDONLY), os.getpid()
-        buf = os.pread(self._fd, self.row_bytes, self.offset + i * self.row_bytes)
+        return self._fd
+
+    def read(self, i: int) -> np.ndarray:
+        buf = os.pread(self._open(), self.row_bytes, self.offset + i * self.row_bytes)
         if len(buf) != self.row_bytes:
             raise IndexError(f"{self.path}: row {i} is beyond the end of the file")
         return np.frombuffer(buf, dtype=self.dtype).reshape(self.shape)
@@ -117,6 +138,41 @@ class CachedDataset(Dataset):
         sample["meta"] = self.meta[int(self._positions[item])]
         return sample
 
+    def __getitems__(self, items: list[int]) -> list[dict[str, Any]]:
+        """Samples `items` (torch's DataLoader batched fetch), read as one batch: one fancy-index
+        per array (memmap, ram) or one positioned read per row straight into the batch array
+        (disk). The per-sample dicts equal `__getitem__`'s; they are views of one batch, which
+        `collate` returns without stacking again."""
+        rows = np.asarray([int(self.indices[i]) for i in items], dtype=np.int64)
+        if self._cache is None:
+            images = self._readers["image"].read_rows(rows)
+            labels = {key: self._readers[key].read_rows(rows) for key in LABEL_SPECS}
+        else:
+            images = np.asarray(self._cache.images[rows])
+            labels = {key: np.asarray(arr[rows]) for key, arr in self._cache.labels.items()}
+        imgs = torch.from_numpy(images).permute(0, 3, 1, 2)  # (B, 3, S, S) uint8
+        batch: dict[str, Any] = {"image": normalize_images(imgs) if self.normalize else imgs.contiguous()}
+        batch.update({key: torch.from_numpy(value) for key, value in labels.items()})
+        batch["image_id"] = batch["index"].clone()
+        batch["meta"] = [self.meta[int(self._positions[item])] for item in items]
+        return _BatchSamples(batch)
+
+
+class _BatchSamples(Sequence):
+    """Per-sample dicts that are views of one batch dict (`.batch`), from `__getitems__`; made
+    only when asked for (`collate` takes `.batch` as it is)."""
+
+    def __init__(self, batch: dict[str, Any]) -> None:
+        self.batch = batch
+
+    def __len__(self) -> int:
+        return len(self.batch["meta"])
+
+    def __getitem__(self, j: int) -> dict[str, Any]:  # type: ignore[override]
+        if not -len(self) <= j < len(self):
+            raise IndexError(j)
+        return {key: value[j] for key, value in self.batch.items()}
+
 
 def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
     """List of sample dicts -> batch dict: tensors stacked on a new first axis, `meta` a list.
@@ -124,6 +180,8 @@ def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
     Stacks through numpy: on CPU, `np.stack` copies uint8 images several times faster than
     `torch.stack` does.
     """
+    if isinstance(samples, _BatchSamples):  # read as one batch already (`CachedDataset.__getitems__`)
+        return dict(samples.batch)
     batch: dict[str, Any] = {}
     for key in samples[0]:
         values = [s[key] for s in samples]
@@ -177,16 +235,40 @@ def _to_device_in_blocks(
     return out
 
 
+class CacheBudgetError(MemoryError):
+    """A rank's cache shard does not fit in the device-memory budget it was given."""
+
+
+def free_device_memory(device: torch.device | str) -> int:
+    """Bytes free on `device`: the CUDA allocator's view for a GPU, available host memory for
+    the CPU (tests monkeypatch this to inject a memory limit)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    return int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+
+
+def _row_bytes(array: np.ndarray) -> int:
+    return int(np.prod(array.shape[1:], dtype=np.int64)) * array.dtype.itemsize
+
+
 class GPUCachedDataset:
-    """A whole cache resident on `device`: images (N, S, S, 3) uint8, labels as tensors.
+    """A rank's shard of a cache resident on `device`: images (n, S, S, 3) uint8, labels as tensors.
 
     `.batches()` yields batch dicts built by indexing with device index tensors; the shuffle
     permutation is drawn once per epoch, so the loop does no host-device copies. Per-sample
     `meta` is left out unless `with_meta=True` (that one needs the indices on the host).
+    max_bytes: CacheBudgetError (before anything is copied) when the shard needs more.
     """
 
     def __init__(
-        self, folder: str | Path, device: torch.device | str, rank: int = 0, world_size: int = 1, normalize: bool = True
+        self,
+        folder: str | Path,
+        device: torch.device | str,
+        rank: int = 0,
+        world_size: int = 1,
+        normalize: bool = True,
+        max_bytes: int | None = None,
     ) -> None:
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is outside [0, world_size={world_size})")
@@ -197,8 +279,30 @@ class GPUCachedDataset:
         self.rank, self.world_size = rank, world_size
         self._positions = np.arange(len(cache.rows))[rank::world_size]  # into self.meta
         keep = cache.rows[self._positions]
+        need = self._bytes(cache, len(keep))
+        if max_bytes is not None and need > max_bytes:
+            raise CacheBudgetError(
+                f"{folder}: rank {rank}'s cache shard needs {need / 1e9:.3f} GB on {self.device}, over the budget "
+                f"of {max_bytes / 1e9:.3f} GB (data.gpu_cache_max_gb)"
+            )
         self.images = _to_device_in_blocks(cache.images, self.device, keep)  # (n, S, S, 3)
         self.labels = {k: _to_device_in_blocks(v, self.device, keep) for k, v in cache.labels.items()}
+
+    @staticmethod
+    def _bytes(cache: CacheArrays, rows: int) -> int:
+        return rows * (_row_bytes(cache.images) + sum(_row_bytes(v) for v in cache.labels.values()))
+
+    @classmethod
+    def shard_bytes(cls, folder: str | Path, rank: int = 0, world_size: int = 1) -> int:
+        """Bytes the shard `rank::world_size` of the cache `folder` occupies once placed (nothing is read)."""
+        cache = open_cache(folder, mmap=True)
+        return cls._bytes(cache, len(range(rank, len(cache.rows), world_size)))
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes this dataset's tensors occupy on its device."""
+        tensors = [self.images, *self.labels.values()]
+        return sum(t.numel() * t.element_size() for t in tensors)
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
@@ -234,3 +338,57 @@ class GPUCachedDataset:
         stop = n - n % batch_size if drop_last else n
         for start in range(0, stop, batch_size):
             yield self.get(order[start : start + batch_size], with_meta=with_meta)
+
+
+class _Failure:
+    """An error of the prefetch thread, carried to the consumer."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+
+class Prefetcher:
+    """Iterates `iterable` with up to `depth` items read ahead by a background thread, so a
+    batch is read (and pinned, by a DataLoader with pin_memory=True) while the previous one
+    trains. The items and their order are those of `iterable`; its errors are raised here."""
+
+    _END = object()
+
+    def __init__(self, iterable: Iterable[Any], depth: int = 2) -> None:
+        self.iterable, self.depth = iterable, depth
+
+    def __iter__(self) -> Iterator[Any]:
+        items: queue.Queue = queue.Queue(maxsize=self.depth)
+        stop = threading.Event()
+
+        def put(item: Any) -> bool:
+            while not stop.is_set():
+                try:
+                    items.put(item, timeout=0.1)
+                    return True
+                except queue.Full:
+                    continue
+            return False
+
+        def produce() -> None:
+            try:
+                for item in self.iterable:
+                    if not put(item):
+                        return
+                put(self._END)
+            except Exception as exc:  # noqa: BLE001 (any error is handed to the consumer and raised there)
+                put(_Failure(exc))
+
+        thread = threading.Thread(target=produce, name="amt-prefetch", daemon=True)
+        thread.start()
+        try:
+            while True:
+                item = items.get()
+                if item is self._END:
+                    return
+                if isinstance(item, _Failure):
+                    raise item.error
+                yield item
+        finally:
+            stop.set()
+            thread.join(timeout=5)

@@ -31,7 +31,12 @@ def main(argv: list[str]) -> int:
         default=None,
         help="MANO_RIGHT.pkl (MANO_LEFT.pkl beside it for left hands) or their folder; default: procedural hand",
     )
-    parser.add_argument("--left-fraction", type=float, default=0.0, help="share of sequences with a left hand")
+    parser.add_argument(
+        "--left-fraction",
+        type=float,
+        default=0.0,
+        help="share of sequences with a left hand (cached as their mirror image; default 0)",
+    )
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument(
         "--format",

@@ -109,3 +109,77 @@ def denormalize_images(images: torch.Tensor) -> torch.Tensor:
     mean = torch.tensor(IMAGENET_MEAN, device=images.device, dtype=images.dtype).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD, device=images.device, dtype=images.dtype).view(1, 3, 1, 1)
     return images * std + mean
+
+
+# --- handedness: left hands are stored and run as their mirror image (a right hand) ----------
+# The mirror is x -> -x in the camera frame (M = diag(-1, 1, 1)). With a crop of side S whose K
+# has principal point cx, the flipped crop (column u -> S - 1 - u) is exactly the projection of
+# the x-mirrored scene through the same K with cx -> S - 1 - cx. Rotations map R -> M R M (a
+# rotation again), so an object pose (R, t) becomes (M R M, M t): the pose of the *mirrored mesh*
+# (model points p -> M p) in the mirrored scene. Every map here is its own inverse.
+MIRROR = np.diag([-1.0, 1.0, 1.0])
+# keys of a cache row (LABEL_SPECS names) that hold camera-frame points / rotations / crop pixels
+MIRROR_POINT_KEYS = ("joints_3d", "obj_t", "contact_points")
+
+
+def mirror_points(points: np.ndarray) -> np.ndarray:
+    """(..., 3) camera-frame points (or vectors) -> x-mirrored copy, same dtype."""
+    out = np.array(points, copy=True)
+    out[..., 0] = -out[..., 0]
+    return out
+
+
+def mirror_rotations(R: np.ndarray) -> np.ndarray:
+    """(..., 3, 3) rotations -> M R M (flips the signs of R's [0, 1], [0, 2], [1, 0], [2, 0])."""
+    m = MIRROR.diagonal().astype(np.asarray(R).dtype)
+    return np.asarray(R) * m[:, None] * m[None, :]
+
+
+def mirror_axis_angle(pose: np.ndarray) -> np.ndarray:
+    """(..., 3k) axis-angle vectors -> their M R M counterparts (x, -y, -z): a rotation's axis a
+    becomes -M a under the reflection."""
+    out = np.array(pose, copy=True).reshape(*np.shape(pose)[:-1], -1, 3)
+    out[..., 1:] = -out[..., 1:]
+    return out.reshape(np.shape(pose))
+
+
+def mirror_crop_pixels(points_2d: np.ndarray, size: int) -> np.ndarray:
+    """(..., 2) crop pixels -> the same points in the horizontally flipped crop (u -> S - 1 - u)."""
+    out = np.array(points_2d, copy=True)
+    out[..., 0] = (size - 1) - out[..., 0]
+    return out
+
+
+def mirror_crop_K(K: np.ndarray, size: int) -> np.ndarray:
+    """(..., 3, 3) crop intrinsics -> those of the flipped crop viewing the x-mirrored scene."""
+    out = np.array(K, copy=True)
+    out[..., 0, 2] = (size - 1) - out[..., 0, 2]
+    return out
+
+
+def mirror_record(image: np.ndarray, labels: dict[str, np.ndarray]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """A cache row (crop (S, S, 3) uint8 + LABEL_SPECS labels) -> its x-mirrored twin.
+
+    Flips the crop, mirrors K, 2D joints (crop pixels), 3D joints, object poses, contact points
+    and MANO's global orientation (`mano_pose[:3]`, axis-angle). The 45 MANO PCA coefficients
+    are kept: MANO's left-hand PCA basis and mean are the mirror of the right hand's, so the
+    same coefficients give the mirrored finger pose in the other hand's model. `crop_box` (full-
+    image pixels), `is_left` and the other labels are unchanged; missing keys are skipped.
+    Applying it twice returns the input.
+    """
+    size = image.shape[1]
+    out = dict(labels)
+    for key in MIRROR_POINT_KEYS:
+        if key in out:
+            out[key] = mirror_points(out[key])
+    if "obj_R" in out:
+        out["obj_R"] = mirror_rotations(out["obj_R"])
+    if "joints_2d" in out:
+        out["joints_2d"] = mirror_crop_pixels(out["joints_2d"], size)
+    if "K" in out:
+        out["K"] = mirror_crop_K(out["K"], size)
+    if "mano_pose" in out:
+        pose = np.array(out["mano_pose"], copy=True)
+        pose[..., :3] = mirror_axis_angle(pose[..., :3])
+        out["mano_pose"] = pose
+    return np.ascontiguousarray(image[:, ::-1]), out

@@ -11,17 +11,23 @@ Two steps, usable separately:
 Objects are scored by the BOP protocol (`amt.evaluation.objects`): per image and object id the
 model's top-scoring estimates; the ground truth never chooses which prediction is scored.
 
-`evaluate(...)` does both. Units: metres in the arrays, millimetres in reported errors.
+`evaluate(...)` does both. Data-parallel validation collects shards (`Subset`s) on each rank,
+joins them with `concat_predictions` and scores them with `report_from_predictions`.
+Units: metres in the arrays, millimetres in reported errors.
 
 The cache keeps 3D labels in the original camera frame (a crop only changes K), and the model
-lifts its 3D outputs with the crop K into that same frame, so predictions are compared and
-submitted as they come out of the model.
+lifts its 3D outputs with the crop K into that same frame. A left hand is cached as its mirror
+image (a right hand, `is_left` True; docs/data.md, "Handedness"): its predictions and labels are
+mirrored back (`unmirror_rows`) as they are collected, so every metric and submission file is in
+the original, unmirrored camera frame with the dataset's own (unmirrored) object meshes, as the
+DexYCB toolkit computes them.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +39,7 @@ from amt.data.cache import open_cache
 from amt.data.loaders import batch_to_device, collate
 from amt.data.object_models import ObjectModels
 from amt.data.symmetry import ObjectSymmetries
+from amt.data.transforms import mirror_crop_K, mirror_crop_pixels, mirror_points, mirror_rotations
 from amt.evaluation import metrics
 from amt.evaluation.objects import centre_positions, object_instances_with, object_metrics
 from amt.geometry.hand_skeleton import JOINT_NAMES
@@ -60,7 +67,8 @@ class Predictions:
     `obj_R` (N,Q,3,3); `obj_prob` (N,Q,C+1) softmax, last = no object; `contact_points`
     (N,Q,3) m; `contact_prob` (N,Q). Ground truth under `gt` with the batch-contract names
     (`joints_3d`, `hand_valid`, `obj_R`, `obj_t`, `obj_class`, `obj_valid`, `grasped`,
-    `contact_points`, `contact_valid`, `K`, `joints_2d`). `index`: the split's sample index
+    `contact_points`, `contact_valid`, `K`, `joints_2d`, and `is_left`: the sample is a left hand,
+    already mirrored back: every array is in the unmirrored camera frame). `index`: the split's sample index
     (toolkit image_id); `position`: position in the evaluated dataset; `meta`: per-sample
     metadata dicts.
     """
@@ -100,6 +108,25 @@ def _numpy(x: torch.Tensor) -> np.ndarray:
     return x.detach().float().cpu().numpy() if x.is_floating_point() else x.detach().cpu().numpy()
 
 
+# collected arrays (predictions and "gt_" labels) that live in the camera frame / crop pixels
+_POINT_KEYS = ("joints_3d", "obj_t", "contact_points", "gt_joints_3d", "gt_obj_t", "gt_contact_points")
+
+
+def unmirror_rows(arrays: dict[str, np.ndarray], left: np.ndarray, size: int) -> None:
+    """Mirror rows `left` (B,) bool of collected batch arrays back to the left hand's own frame,
+    in place: points x -> -x, rotations R -> M R M, crop K and 2D labels flipped in a crop of
+    side `size` px (`amt.data.transforms`; every map is its own inverse)."""
+    for key, value in arrays.items():
+        if key in _POINT_KEYS:
+            value[left] = mirror_points(value[left])
+        elif key in ("obj_R", "gt_obj_R"):
+            value[left] = mirror_rotations(value[left])
+        elif key == "gt_K":
+            value[left] = mirror_crop_K(value[left], size)
+        elif key == "gt_joints_2d":
+            value[left] = mirror_crop_pixels(value[left], size)
+
+
 @torch.inference_mode()
 def collect_predictions(
     model: torch.nn.Module,
@@ -134,8 +161,14 @@ def collect_predictions(
         }
         for key in _GT_KEYS:
             values["gt_" + key] = batch[key]
-        for key, value in values.items():
-            parts.setdefault(key, []).append(_numpy(value))
+        arrays = {key: np.array(_numpy(value)) for key, value in values.items()}  # copies: unmirrored in place
+        left = np.zeros(bsz, dtype=bool)
+        if "is_left" in batch:  # a left hand ran mirrored (a right hand): mirror it back
+            left = np.asarray(_numpy(batch["is_left"]), dtype=bool).reshape(bsz)
+            unmirror_rows(arrays, left, int(batch["image"].shape[-1]))
+        arrays["gt_is_left"] = left
+        for key, value in arrays.items():
+            parts.setdefault(key, []).append(value)
         sample_index = batch.get("image_id", batch.get("index"))
         if sample_index is None:
             raise KeyError("evaluator: dataset samples need an 'image_id' or 'index' key (the split's sample index)")
@@ -150,6 +183,21 @@ def collect_predictions(
     gt["obj_valid"] = gt["obj_valid"].astype(bool)
     gt["contact_valid"] = gt["contact_valid"].astype(bool)
     return Predictions(index=np.concatenate(index), position=np.arange(start), meta=meta, gt=gt, **arrays)
+
+
+def concat_predictions(parts: Sequence[Predictions]) -> Predictions:
+    """The `Predictions` of consecutive pieces of a dataset (in order), as one: arrays and
+    metadata concatenated, `position` renumbered 0..N-1."""
+    if not parts:
+        raise ValueError("evaluator: no predictions to concatenate")
+    arrays = {
+        f.name: np.concatenate([getattr(p, f.name) for p in parts])
+        for f in fields(Predictions)
+        if f.name not in ("meta", "gt", "position")
+    }
+    gt = {k: np.concatenate([p.gt[k] for p in parts]) for k in parts[0].gt}
+    meta = [m for p in parts for m in p.meta]
+    return Predictions(position=np.arange(len(arrays["index"])), meta=meta, gt=gt, **arrays)
 
 
 def training_statistics(train: Dataset | str | Path, symmetries: ObjectSymmetries | None = None) -> TrainingStatistics:
@@ -337,6 +385,17 @@ def evaluate(
     submission files and overlays.
     """
     pred = collect_predictions(model, dataset, batch_size=batch_size, device=device, num_workers=num_workers)
+    return report_from_predictions(pred, models_dir, train_dataset, contact_threshold)
+
+
+def report_from_predictions(
+    pred: Predictions,
+    models_dir: str | Path,
+    train_dataset: Dataset | None = None,
+    contact_threshold: float = 0.5,
+) -> dict[str, Any]:
+    """`evaluate`'s report from already collected predictions (e.g. gathered from the shards a
+    data-parallel validation collected, `concat_predictions`)."""
     object_models = ObjectModels(models_dir)
     sym = ObjectSymmetries.from_models(object_models)
     stats = training_statistics(train_dataset, sym) if train_dataset is not None else None

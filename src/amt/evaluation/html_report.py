@@ -237,7 +237,10 @@ def _gallery_section(pred: Predictions, dataset: Any, count: int) -> str:
     per_sample = dict(zip(valid.tolist(), err.mean(-1).tolist(), strict=True))
     tiles = []
     for i in worst.tolist():
-        pair = overlay_pair(_sample_image(dataset, pred.position[i]), pred, i)
+        image = _sample_image(dataset, pred.position[i])
+        if "is_left" in pred.gt and pred.gt["is_left"][i]:  # cached mirrored; `pred` is unmirrored
+            image = np.ascontiguousarray(image[:, ::-1])
+        pair = overlay_pair(image, pred, i)
         caption = f"index {int(pred.index[i])}: root-relative MPJPE {per_sample[i]:.1f} mm"
         tiles.append(
             f"<figure>{_img(png_data_uri(pair), caption)}<figcaption>{html.escape(caption)}</figcaption></figure>"

@@ -161,6 +161,23 @@ def _object_group(inst: dict[str, np.ndarray], mask: np.ndarray) -> dict[str, An
     }
 
 
+def grasp_class_accuracy(pred: Predictions, inst: dict[str, np.ndarray]) -> float | None:
+    """Share of grasped GT objects whose class the model names as the one in the hand (None
+    when nothing is grasped). The model's grasp estimate in an image is, among its object
+    estimates (`object_estimates`), the one with the highest contact probability; an image with
+    no estimate counts as wrong. The model chooses it, never the ground truth, and it has to
+    both detect the object and single it out as the touched one: a model that claims no object,
+    or names a bystander, scores 0 (docs/metrics.md "Objects")."""
+    rows = inst["grasped"].astype(bool)
+    if not rows.any():
+        return None
+    label, _, claimed = object_estimates(pred)
+    contact = np.where(claimed & np.isfinite(pred.contact_prob), pred.contact_prob, -np.inf)
+    best = contact.argmax(axis=1)  # (N,) query index; ties keep the lower index
+    named = np.where(claimed.any(axis=1), label[np.arange(len(label)), best], 0)
+    return float((named[inst["sample"][rows]] == inst["class"][rows]).mean())
+
+
 def object_metrics(pred: Predictions, inst: dict[str, np.ndarray]) -> dict[str, Any]:
     everything = np.ones(len(inst["class"]), dtype=bool)
     per_object = {}
@@ -168,7 +185,10 @@ def object_metrics(pred: Predictions, inst: dict[str, np.ndarray]) -> dict[str, 
         per_object[YCB_CLASSES[c]] = {**_object_group(inst, inst["class"] == c), "detection": _detection(pred, inst, c)}
     return {
         "all": {**_object_group(inst, everything), "detection": _detection(pred, inst)},
-        "grasped": _object_group(inst, inst["grasped"].astype(bool)),
+        "grasped": {
+            **_object_group(inst, inst["grasped"].astype(bool)),
+            "class_accuracy": grasp_class_accuracy(pred, inst),
+        },
         "per_object": per_object,
         "symmetric_ids": sorted(SYMMETRIC_IDS),
         "protocol": (

@@ -188,26 +188,57 @@ def plot_pck_curves(hand: dict[str, Any], hand_details: dict[str, Any], path: st
     return Path(path)
 
 
+# The learned task weighting's objective (Kendall et al.: 0.5 exp(-s) w L + 0.5 s per term) goes
+# negative as the log-variances s fall, so it is drawn apart, on a linear scale.
+TOTAL_CURVE = "total"
+
+
 def plot_training_curves(history: dict[str, Sequence[tuple[int, float]]], path: str | Path) -> Path:
-    """Loss curves: `history` maps a name to (step, value) pairs; log-scale y when all positive.
-    Curves that stay at 0 (terms inactive in the run, e.g. temporal without sequences) are left out."""
-    fig = Figure(figsize=(6, 4), dpi=100)
-    ax = fig.subplots()
-    positive = True
+    """Save `training_curves_figure(history)` to `path` (PNG)."""
+    training_curves_figure(history).savefig(path)
+    return Path(path)
+
+
+def training_curves_figure(history: dict[str, Sequence[tuple[int, float]]]) -> Figure:
+    """Loss curves, one panel per loss term so each is readable at its own scale.
+
+    history: name -> (step, value) pairs; "total" is the optimised objective (drawn first, linear
+    y: with the learned task weighting it goes negative), every other name a loss term, and
+    "term/part" names (e.g. "physics/penetration") are drawn in their term's panel. A panel is
+    log-scale when all its values are positive. Curves that stay at 0 (terms inactive in the run,
+    e.g. temporal without sequences) are left out.
+    """
+    panels: dict[str, dict[str, tuple[Sequence[int], Sequence[float]]]] = {}
     for name, points in history.items():
         if not points or all(v == 0 for _, v in points):
             continue
         steps, values = zip(*points)
-        ax.plot(steps, values, label=name)
-        positive &= min(values) > 0
-    if positive:
-        ax.set_yscale("log")
-    ax.set(xlabel="step", ylabel="loss", title="training")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+        panels.setdefault(name.split("/")[0], {})[name] = (steps, values)
+    order = sorted(panels, key=lambda k: k != TOTAL_CURVE)  # stable: the terms keep their order
+    cols = min(3, max(1, len(order)))
+    rows = max(1, math.ceil(len(order) / cols))
+    fig = Figure(figsize=(3.6 * cols, 2.6 * rows), dpi=100)
+    axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False)).ravel()
+    for ax, panel in zip(axes, order):
+        curves = panels[panel]
+        for name, (steps, values) in curves.items():
+            ax.plot(steps, values, label=name.split("/", 1)[-1] if "/" in name else name, linewidth=1)
+        positive = all(min(v) > 0 for _, v in curves.values())
+        if panel != TOTAL_CURVE and positive:
+            ax.set_yscale("log")
+        title = "total (learned weighting, may be < 0)" if panel == TOTAL_CURVE else panel
+        ax.set_title(title, fontsize=9)
+        ax.tick_params(which="both", labelsize=7)
+        ax.grid(alpha=0.3)
+        if len(curves) > 1:
+            ax.legend(fontsize=6)
+    for ax in axes[len(order) :]:
+        ax.set_visible(False)
+    for ax in axes[: len(order)][-cols:]:
+        ax.set_xlabel("step", fontsize=8)
+    fig.suptitle("training losses (one panel per term)", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path)
-    return Path(path)
+    return fig
 
 
 # --- overlays ------------------------------------------------------------------------------------
@@ -269,7 +300,8 @@ def draw_hand_objects(
 def overlay_pair(
     image: np.ndarray, pred: Predictions, i: int, min_score: float = 0.5, min_size: int = 224
 ) -> Image.Image:
-    """Ground truth (left) next to the prediction (right) for sample `i` of `pred`.
+    """Ground truth (left) next to the prediction (right) for sample `i` of `pred`, each side
+    labelled in a strip above it.
 
     image: (H, W, 3) uint8 crop of that sample, upsampled to at least `min_size` pixels.
     Predicted objects: queries whose best class is not "no object" with probability >= min_score.
@@ -283,9 +315,13 @@ def overlay_pair(
     pred_objects = [(pred.obj_R[i, q], pred.obj_t[i, q]) for q in keep]
     left = draw_hand_objects(image, K, gt["joints_3d"][i] if gt["hand_valid"][i] else None, gt_objects, scale=scale)
     right = draw_hand_objects(image, K, pred.joints_3d[i], pred_objects, scale=scale)
-    pair = Image.new("RGB", (left.width * 2 + 4, left.height), (255, 255, 255))
-    pair.paste(left, (0, 0))
-    pair.paste(right, (left.width + 4, 0))
+    header = 14  # a label strip above each side, so nobody has to guess which side is which
+    pair = Image.new("RGB", (left.width * 2 + 4, left.height + header), (255, 255, 255))
+    pair.paste(left, (0, header))
+    pair.paste(right, (left.width + 4, header))
+    draw = ImageDraw.Draw(pair)
+    draw.text((2, 1), "ground truth", fill=(0, 0, 0))
+    draw.text((left.width + 6, 1), f"prediction (objects p >= {min_score:g})", fill=(0, 0, 0))
     return pair
 
 

@@ -1,6 +1,6 @@
 """`amt predict` and `amt export`.
 
-amt predict CKPT INPUT --out DIR [--bbox x0,y0,x1,y1 | --boxes FILE.json | --detector]
+amt predict CKPT INPUT --out DIR [--bbox x0,y0,x1,y1 | --boxes FILE.json | --detector] [--hand left|right]
             [--K fx,fy,cx,cy | --calib FILE.yml] [--side-by-side] [--smooth ema|one-euro]
             [--video-out FILE] [--score-threshold T] [--models DIR] [--device cpu|cuda]
 amt export CKPT --format onnx|torchscript [--dynamic-batch] [--out FILE] [--tolerance 1e-4]
@@ -45,7 +45,7 @@ from amt.inference.intrinsics import (
     load_calibration,
     parse_K,
 )
-from amt.inference.predictor import Predictor, box_from_xyxy
+from amt.inference.predictor import HANDS, Predictor, box_from_xyxy
 from amt.inference.smoothing import PredictionSmoother
 from amt.inference.visualize import draw_3d_view, draw_overlay, side_by_side
 
@@ -122,6 +122,11 @@ def _predict_parser() -> argparse.ArgumentParser:
         "--hfov", type=float, default=DEFAULT_HFOV_DEG, help="horizontal FOV (deg) of the default intrinsics"
     )
     p.add_argument("--margin", type=float, default=CropConfig().margin, help="crop side / hand box side")
+    p.add_argument(
+        "--hand", choices=HANDS, default=None,
+        help="which hand: right or left (a left hand runs mirrored; results are unmirrored); "
+        "default: the detector's handedness with --detector, else right",
+    )  # fmt: skip
     p.add_argument("--score-threshold", type=float, default=0.5, help="minimum object score to report")
     p.add_argument("--models", type=Path, help="DexYCB-style models/ folder: draw each object's mesh box")
     p.add_argument("--side-by-side", action="store_true", help="add a 3D view (matplotlib) next to the overlay")
@@ -164,6 +169,8 @@ class _CropChooser:
 
     def __init__(self, args: argparse.Namespace, crop: CropConfig) -> None:
         self.bbox, self.crop = args.bbox, crop
+        self.hand = args.hand  # None: the detector's handedness, else right
+        self.side = args.hand or "right"  # the hand of the frame last given a box
         self.boxes = load_box_file(args.boxes) if args.boxes else None
         self.detector = None
         if args.detector:
@@ -171,6 +178,7 @@ class _CropChooser:
         self.warned = False
 
     def __call__(self, frame: Frame) -> tuple[tuple[int, int, int] | None, str]:
+        self.side = self.hand or "right"
         if self.bbox is not None:
             return box_from_xyxy(self.bbox, self.crop), "--bbox"
         if self.boxes is not None:
@@ -180,9 +188,10 @@ class _CropChooser:
                 if key in self.boxes:
                     return box_from_xyxy(self.boxes[key], self.crop), f"--boxes[{key}]"
         if self.detector is not None:
-            found = self.detector.detect(frame.image)
+            found = self.detector.detect_hand(frame.image)
             if found is not None:
-                return box_from_xyxy(found, self.crop), "detector"
+                self.side = self.hand or found[1] or "right"
+                return box_from_xyxy(found[0], self.crop), "detector"
         if not self.warned:
             log.warning("no hand box for %s (and maybe later frames): using a centred square crop", frame.source)
             self.warned = True
@@ -255,7 +264,7 @@ def predict_main(argv: list[str]) -> int:
         box, source = choose_box(frame)
         try:
             _check_box(box, w, h)
-            pred = predictor.predict(frame.image, intrinsics, box, crop_source=source)
+            pred = predictor.predict(frame.image, intrinsics, box, crop_source=source, hand=choose_box.side)
             _check_finite(pred)
         except ValueError as exc:  # this frame only (e.g. a box far larger than the image): skip it
             log.error("skipping %s: %s", frame.name, exc)

@@ -29,6 +29,15 @@ class MediaPipeHandDetector:
         )
 
     def detect(self, image: np.ndarray) -> tuple[float, float, float, float] | None:
+        found = self.detect_hand(image)
+        return None if found is None else found[0]
+
+    def detect_hand(self, image: np.ndarray) -> tuple[tuple[float, float, float, float], str | None] | None:
+        """(box (x0, y0, x1, y1) pixels, "right" | "left" | None) of the most confident hand, or None.
+
+        MediaPipe labels handedness as if the image were a mirrored selfie; an ordinary camera
+        image is not mirrored, so its label is swapped (MediaPipe's documented advice).
+        """
         result = self._hands.process(np.ascontiguousarray(image))
         if not result.multi_hand_landmarks:
             return None
@@ -36,4 +45,8 @@ class MediaPipeHandDetector:
         lm = result.multi_hand_landmarks[0].landmark
         xs = np.array([p.x for p in lm]) * w
         ys = np.array([p.y for p in lm]) * h
-        return float(xs.min()), float(ys.min()), float(xs.max()), float(ys.max())
+        side = None
+        labels = getattr(result, "multi_handedness", None)
+        if labels:
+            side = {"Left": "right", "Right": "left"}.get(labels[0].classification[0].label)
+        return (float(xs.min()), float(ys.min()), float(xs.max()), float(ys.max())), side

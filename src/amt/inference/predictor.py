@@ -7,6 +7,10 @@ and returns a `FramePrediction`: 3D results in the camera frame of the full imag
 cropping changes K, not 3D) and 2D results in full-image pixels (the projection of the 3D
 joints with the full image's K).
 
+`hand="left"`: the model is trained on right hands (the cache stores a left hand as its mirror
+image), so the crop is flipped, its K mirrored, and the outputs mirrored back into the image's own
+camera frame (`mirror_outputs`), exactly as the evaluator does for cached left hands.
+
 The crop side and the normalisation come from the model's own config (`amt.inference.export.
 InputSpec.of(model)`:
 `image_size`, and `image_mean` / `image_std` when a config carries them, else ImageNet's, what
@@ -24,7 +28,7 @@ import torch
 from torch import nn
 
 from amt.checkpoint import load_model
-from amt.data.transforms import CropConfig, crop_and_resize, crop_intrinsics_for_box, square_box
+from amt.data.transforms import CropConfig, crop_and_resize, crop_intrinsics_for_box, mirror_crop_K, square_box
 from amt.data.ycb import NUM_CLASSES, YCB_CLASSES
 from amt.geometry.camera import project
 from amt.inference.export import InputSpec
@@ -34,6 +38,24 @@ from amt.inference.intrinsics import Intrinsics
 log = logging.getLogger(__name__)
 
 Box = tuple[int, int, int]  # (x0, y0, side) integer pixels of the full image
+HANDS = ("right", "left")
+# model outputs (batched, last axis 3) that are camera-frame points or vectors
+_MIRRORED_VECTORS = ("joints_3d", "obj_t", "contact_points", "contact_force")
+
+
+def mirror_outputs(out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Model outputs of a mirrored crop -> those of the unmirrored scene (x -> -x; an object
+    quaternion (w, x, y, z) -> (w, x, -y, -z), i.e. R -> M R M with M = diag(-1, 1, 1)).
+    Other outputs (confidences, logits, shape) are unchanged. Returns a new dict."""
+    res = dict(out)
+    sign = torch.tensor([-1.0, 1.0, 1.0])
+    for key in _MIRRORED_VECTORS:
+        if key in res:
+            res[key] = res[key] * sign.to(res[key].device, res[key].dtype)
+    if "obj_quat" in res:
+        q = res["obj_quat"]
+        res["obj_quat"] = q * torch.tensor([1.0, 1.0, -1.0, -1.0], device=q.device, dtype=q.dtype)
+    return res
 
 
 def box_from_xyxy(xyxy: tuple[float, float, float, float], crop: CropConfig) -> Box:
@@ -102,7 +124,8 @@ class FramePrediction:
 
     joints_3d: (21, 3) metres, camera frame; joints_2d: (21, 2) full-image pixels;
     joint_conf: (21,) in [0, 1]; mano_shape: (10,); K: (3, 3) full-image intrinsics used;
-    crop_box: (x0, y0, side) pixels; crop_source: where the box came from.
+    crop_box: (x0, y0, side) pixels; crop_source: where the box came from; hand: "right" or
+    "left" (a left hand ran mirrored; every result here is unmirrored).
     """
 
     joints_3d: np.ndarray
@@ -117,6 +140,7 @@ class FramePrediction:
     crop_source: str
     image_size: tuple[int, int]
     extra: dict = field(default_factory=dict)
+    hand: str = "right"
 
     def to_json(self) -> dict:
         fx, fy, cx, cy = (float(v) for v in (self.K[0, 0], self.K[1, 1], self.K[0, 2], self.K[1, 2]))
@@ -134,6 +158,7 @@ class FramePrediction:
                 "joints_2d_px": self.joints_2d.tolist(),
                 "joint_conf": self.joint_conf.tolist(),
                 "mano_shape": self.mano_shape.tolist(),
+                "side": self.hand,
             },
             "objects": [o.to_json() for o in self.objects],
             "contacts": [c.to_json() for c in self.contacts],
@@ -205,25 +230,37 @@ class Predictor:
         return cls(load_model(path), **kwargs)
 
     def predict(
-        self, image: np.ndarray, intrinsics: Intrinsics, box: Box | None = None, crop_source: str = "given"
+        self,
+        image: np.ndarray,
+        intrinsics: Intrinsics,
+        box: Box | None = None,
+        crop_source: str = "given",
+        hand: str = "right",
     ) -> FramePrediction:
-        """image: (H, W, 3) uint8 RGB; box: (x0, y0, side) square crop in pixels, None = centred square."""
+        """image: (H, W, 3) uint8 RGB; box: (x0, y0, side) square crop in pixels, None = centred
+        square; hand: "right" or "left" (run mirrored, results mirrored back)."""
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
             raise ValueError(f"image: expected (H, W, 3) uint8 RGB, got {image.shape} {image.dtype}")
+        if hand not in HANDS:
+            raise ValueError(f"hand: expected 'right' or 'left', got {hand!r}")
         h, w = image.shape[:2]
         if box is None:
             box, crop_source = centred_box(w, h), "centred (no hand box)"
         K = intrinsics.K
         crop = crop_and_resize(image, box, self.crop.size)
         Kc = crop_intrinsics_for_box(K, box, self.crop.size)
+        if hand == "left":  # the model knows right hands: run the mirror image (as the cache stores it)
+            crop, Kc = np.ascontiguousarray(crop[:, ::-1]), mirror_crop_K(Kc, self.crop.size)
         x = self.input_spec.normalize(torch.from_numpy(crop).permute(2, 0, 1)[None])
         out = self.runner(x, torch.from_numpy(Kc)[None])
-        hand, objects, contacts = decode(out, K, self.score_threshold)
+        if hand == "left":
+            out = mirror_outputs(out)
+        arrays, objects, contacts = decode(out, K, self.score_threshold)
         return FramePrediction(
-            joints_3d=hand["joints_3d"],
-            joints_2d=hand["joints_2d"],
-            joint_conf=hand["joint_conf"],
-            mano_shape=hand["mano_shape"],
+            joints_3d=arrays["joints_3d"],
+            joints_2d=arrays["joints_2d"],
+            joint_conf=arrays["joint_conf"],
+            mano_shape=arrays["mano_shape"],
             objects=objects,
             contacts=contacts,
             K=K,
@@ -231,4 +268,5 @@ class Predictor:
             crop_box=tuple(int(v) for v in box),
             crop_source=crop_source,
             image_size=(w, h),
+            hand=hand,
         )

@@ -64,7 +64,9 @@ class AMT(nn.Module):
     forward(batch) reads batch["image"] (B,3,224,224) normalised RGB and batch["K"] (B,3,3) crop
     intrinsics (pixels) and returns the output dict of docs/architecture.md. Everything except
     `backbone` is the head; head initialisation never touches the backbone, so pretrained weights
-    loaded by the backbone survive construction.
+    loaded by the backbone survive construction. load_backbone_weights: load
+    `config.backbone_weights` (a ViT preset's default hub id included); False when the weights
+    come from elsewhere (a checkpoint, a shapes-only build).
     """
 
     def __init__(self, config: ModelConfig, load_backbone_weights: bool = True) -> None:
@@ -75,8 +77,10 @@ class AMT(nn.Module):
                 f"model config: decoder_levels {cfg.decoder_levels} must index pyramid_scales {cfg.pyramid_scales}"
             )
         self.backbone = DinoBackbone(cfg)
-        if load_backbone_weights and cfg.backbone_weights:
-            self.backbone.load_pretrained(cfg.backbone_weights)
+        if load_backbone_weights and cfg.pretrained_weights:
+            self.backbone.load_pretrained(cfg.pretrained_weights)
+        elif load_backbone_weights and cfg.backbone_weights == "none":
+            log.warning("model.backbone_weights=none: the %s backbone starts from random initialisation", cfg.preset)
         self.backbone.freeze()
         if cfg.sigma_reparam and cfg.sigma_reparam_backbone:
             self.backbone.apply_sigma_reparam()
@@ -249,6 +253,13 @@ class AMT(nn.Module):
         return model.to(map_location)
 
 
-def build_model(preset: str = "tiny", load_backbone_weights: bool = True, **overrides: Any) -> AMT:
-    """Build AMT from a preset (`tiny`, `vits14`, `vitb14`, `vitl14`, `vitg14`) and field overrides."""
+def build_model(preset: str = "tiny", load_backbone_weights: bool | None = None, **overrides: Any) -> AMT:
+    """Build AMT from a preset (`tiny`, `vits14`, `vitb14`, `vitl14`, `vitg14`) and field overrides.
+
+    Backbone weights are loaded only when asked for: `load_backbone_weights=True`, or (the default,
+    None) when `backbone_weights` is passed here. A preset's default hub id is not fetched, so
+    `build_model("vitl14")` is a random model that never touches the network (the trainer, which
+    builds `AMT(config)`, loads them)."""
+    if load_backbone_weights is None:
+        load_backbone_weights = "backbone_weights" in overrides
     return AMT(make_config(preset, **overrides), load_backbone_weights=load_backbone_weights)

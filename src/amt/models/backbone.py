@@ -2,17 +2,26 @@
 freezing, tap-block outputs and switchable gradient checkpointing.
 
 Weights come from a hub id, a local HF folder (`config.json` + safetensors) or an official Meta
-checkpoint (`dinov2_vit*14_pretrain.pth`), converted here by key mapping. Embeddings (patch
-projection, CLS, position, mask token) and the first `freeze_blocks` blocks are frozen.
+checkpoint (`dinov2_vit*14_pretrain.pth`), converted here by key mapping; `check_backbone_weights`
+says before any work whether they can be had. Embeddings (patch projection, CLS, position, mask
+token) and the first `freeze_blocks` blocks are frozen. Position embeddings are resized to the
+input's patch grid exactly as Meta's DINOv2 does (`meta_position_embeddings`), so loaded weights
+give the official model's tokens at any input size, not only at the checkpoint's native 518 px.
 """
 
 from __future__ import annotations
 
 import logging
+import math
+import os
 import re
+import socket
 from pathlib import Path
+from urllib.parse import urlparse
 
+import huggingface_hub
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 from transformers import Dinov2Config, Dinov2Model
@@ -83,6 +92,73 @@ def convert_meta_state_dict(meta: dict[str, torch.Tensor], source: str = "<meta>
     return out
 
 
+class BackboneWeightsError(FileNotFoundError):
+    """The backbone weights named by `model.backbone_weights` cannot be had; the message says
+    how to supply them (the CLI prints it as one line)."""
+
+
+# the three ways to supply pretrained weights, appended to every BackboneWeightsError
+WEIGHTS_HELP = (
+    "supply DINOv2 weights in one of three ways: (1) a hub id such as facebook/dinov2-large, with network "
+    "access or with its files already in the Hugging Face cache and HF_HUB_OFFLINE=1; (2) a local Meta "
+    "checkpoint, model.backbone_weights=/path/dinov2_vitl14_pretrain.pth; (3) a local Hugging Face folder "
+    "(config.json + model.safetensors), model.backbone_weights=/path/dinov2-large. "
+    "To train from random initialisation instead, set model.backbone_weights=none"
+)
+_PROXY_VARS = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
+
+
+def _weights_error(source: str, reason: str) -> BackboneWeightsError:
+    return BackboneWeightsError(f"model.backbone_weights={source}: {reason}; {WEIGHTS_HELP}")
+
+
+def _looks_like_path(source: str) -> bool:
+    """A local path, not a hub id ("owner/name")."""
+    return source.endswith((".pth", ".pt")) or "/" not in source or source.startswith((".", "/", "~"))
+
+
+def _hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE")
+
+
+def _hub_reachable(timeout_s: float = 3.0) -> bool:
+    """Whether the Hugging Face endpoint accepts a TCP connection within `timeout_s` (huggingface_hub
+    itself retries for ~25 s before giving up). Behind a proxy the hub is assumed reachable."""
+    if any(os.environ.get(v) for v in _PROXY_VARS):
+        return True
+    url = urlparse(huggingface_hub.constants.ENDPOINT)
+    try:
+        with socket.create_connection((url.hostname, url.port or 443), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
+
+
+def check_backbone_weights(source: str | None) -> None:
+    """Raise `BackboneWeightsError` unless the weights `source` names can be loaded (None or
+    "none": random initialisation, nothing to check). Cheap: a file or folder check, an HF-cache
+    look-up, or a 3-second connection probe; nothing is downloaded."""
+    if source is None or source.lower() == "none":
+        return
+    path = Path(source).expanduser()
+    if path.is_file():
+        return
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise _weights_error(source, f"{path} is not a Hugging Face model folder (config.json missing)")
+        return
+    if _looks_like_path(source):
+        raise _weights_error(source, f"{path} does not exist")
+    if isinstance(huggingface_hub.try_to_load_from_cache(source, "config.json"), str):
+        return  # in the HF cache (from_pretrained also finds the weights there)
+    if _hub_offline():
+        raise _weights_error(source, "not in the Hugging Face cache and HF_HUB_OFFLINE is set")
+    if not _hub_reachable():
+        raise _weights_error(
+            source, f"not in the Hugging Face cache and {huggingface_hub.constants.ENDPOINT} is unreachable"
+        )
+
+
 def load_backbone_state_dict(source: str) -> dict[str, torch.Tensor]:
     """HF-named backbone weights from a Meta .pth/.pt file, a local HF folder, or a hub id."""
     path = Path(source).expanduser()
@@ -93,12 +169,34 @@ def load_backbone_state_dict(source: str) -> dict[str, torch.Tensor]:
         return convert_meta_state_dict(state, source=str(path))
     if path.is_dir():
         if not (path / "config.json").is_file():
-            raise FileNotFoundError(f"{path}: not a Hugging Face model folder (config.json missing)")
-    elif source.endswith((".pth", ".pt")) or "/" not in source or source.startswith((".", "/", "~")):
-        raise FileNotFoundError(
-            f"backbone weights not found: {source} (expected a .pth file, an HF folder or a hub id)"
-        )
-    return Dinov2Model.from_pretrained(str(path) if path.is_dir() else source).state_dict()
+            raise _weights_error(source, f"{path} is not a Hugging Face model folder (config.json missing)")
+    elif _looks_like_path(source):
+        raise _weights_error(source, f"{path} does not exist")
+    try:
+        return Dinov2Model.from_pretrained(str(path) if path.is_dir() else source).state_dict()
+    except OSError as exc:  # why: offline, unknown repo or missing files all surface as OSError subclasses
+        raise _weights_error(source, f"cannot load it ({type(exc).__name__}: {exc})") from exc
+
+
+def meta_position_embeddings(pos_embed: torch.Tensor, h: int, w: int, offset: float = 0.1) -> torch.Tensor:
+    """Position embeddings (1, 1+N0, D) of a square N0-patch grid resized to an h x w patch grid ->
+    (1, 1+h*w, D), exactly as Meta's DINOv2 `interpolate_pos_encoding`: bicubic without antialias,
+    with a scale factor of (h + 0.1) / sqrt(N0) (not the output size, so the sampling grid differs
+    from HF's size-based resize: 16.1/37 at 224 px for a 518-px checkpoint), computed in float32.
+    The CLS position is kept; an unchanged square grid is returned as is."""
+    # plain ints: under tracing (export) sizes may be tensors, and the grid is fixed per export anyway
+    n0, h, w = int(pos_embed.shape[1]) - 1, int(h), int(w)
+    if n0 == h * w and h == w:
+        return pos_embed
+    m = math.isqrt(n0)
+    if m * m != n0:
+        raise ValueError(f"position embeddings of {n0} patches are not a square grid")
+    grid = pos_embed[:, 1:].float().reshape(1, m, m, -1).permute(0, 3, 1, 2)
+    grid = F.interpolate(grid, scale_factor=((h + offset) / m, (w + offset) / m), mode="bicubic", antialias=False)
+    if tuple(grid.shape[-2:]) != (h, w):
+        raise ValueError(f"resizing the {m}x{m} position grid gave {tuple(grid.shape[-2:])}, expected {(h, w)}")
+    grid = grid.permute(0, 2, 3, 1).reshape(1, h * w, -1)
+    return torch.cat([pos_embed[:, :1].float(), grid], dim=1).to(pos_embed.dtype)
 
 
 class DinoBackbone(nn.Module):
@@ -175,13 +273,22 @@ class DinoBackbone(nn.Module):
         k = attn.k_proj(x).unflatten(-1, (attn.num_attention_heads, attn.head_dim)).transpose(1, 2)
         return torch.softmax((q @ k.transpose(-1, -2)) * attn.scaling, dim=-1)
 
+    def embed(self, image: torch.Tensor) -> torch.Tensor:
+        """Tokens entering the first block: [CLS, patches] + position embeddings resized the way
+        Meta's DINOv2 does (HF's own resize samples a slightly different grid). (B,3,H,W) -> (B,1+N,Db)."""
+        emb = self.model.embeddings
+        patches = emb.patch_embeddings(image)  # (B, N, Db)
+        tokens = torch.cat([emb.cls_token.expand(patches.shape[0], -1, -1), patches], dim=1)
+        h, w = image.shape[-2] // self.cfg.patch_size, image.shape[-1] // self.cfg.patch_size
+        return emb.dropout(tokens + meta_position_embeddings(emb.position_embeddings, h, w))
+
     def forward(self, image: torch.Tensor, return_attention: bool = False) -> dict:
         h, w = image.shape[-2] // self.cfg.patch_size, image.shape[-1] // self.cfg.patch_size
         grad = torch.is_grad_enabled()
         # Frozen parts run without autograd unless someone asks for gradients w.r.t. the image.
         frozen_grad = grad and image.requires_grad
         with torch.set_grad_enabled(frozen_grad or (grad and self.model.embeddings.cls_token.requires_grad)):
-            hidden = self.model.embeddings(image)
+            hidden = self.embed(image)
         normed, attentions = [], []
         norm = self.model.layernorm
         for i, block in enumerate(self.model.encoder.layer):

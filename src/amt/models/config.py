@@ -36,7 +36,8 @@ class ModelConfig:
     # (amt.models.stem, power-of-two patch_size) for backbones trained from scratch, e.g. the demo
     backbone_stem: str = "patch"
     backbone_stem_width: int = 32
-    # hub id ("facebook/dinov2-large"), local HF folder, or Meta checkpoint (dinov2_vit*14_pretrain.pth)
+    # hub id ("facebook/dinov2-large"), local HF folder, or Meta checkpoint (dinov2_vit*14_pretrain.pth);
+    # the ViT presets default to their official DINOv2 hub id, "none" = random initialisation on purpose
     backbone_weights: str | None = None
     freeze_blocks: int = 2
     # 1-based block indices whose outputs form the pyramid; None = quarter points of the depth
@@ -70,6 +71,8 @@ class ModelConfig:
         self.decoder_levels = [int(x) for x in self.decoder_levels]
         if self.tap_blocks is not None:
             self.tap_blocks = [int(x) for x in self.tap_blocks]
+        if isinstance(self.backbone_weights, str) and self.backbone_weights.lower() == "none":
+            self.backbone_weights = "none"  # kept (not None) so saved configs record the choice
         if self.backbone_stem not in ("patch", "conv"):
             raise ValueError(f"model config: backbone_stem must be 'patch' or 'conv', got {self.backbone_stem!r}")
 
@@ -93,6 +96,11 @@ class ModelConfig:
         return [max(1, round(n * k / 4)) for k in range(1, 5)]
 
     @property
+    def pretrained_weights(self) -> str | None:
+        """The weights to load into the backbone, or None for random initialisation."""
+        return None if self.backbone_weights in (None, "none") else self.backbone_weights
+
+    @property
     def grid_size(self) -> int:
         """Patch-grid side for `image_size` (16 for 224 / 14)."""
         return self.image_size // self.patch_size
@@ -103,14 +111,15 @@ _VIT = dict(backbone_image_size=518, backbone_layerscale=1e-5)
 PRESETS: dict[str, dict[str, Any]] = {
     "tiny": dict(),
     "vits14": dict(_VIT, backbone_hidden=384, backbone_layers=12, backbone_heads=6, freeze_blocks=6,
-                   hidden_dim=384, num_heads=6, decoder_layers=4),
+                   hidden_dim=384, num_heads=6, decoder_layers=4, backbone_weights="facebook/dinov2-small"),
     "vitb14": dict(_VIT, backbone_hidden=768, backbone_layers=12, backbone_heads=12, freeze_blocks=6,
-                   hidden_dim=512, num_heads=8, decoder_layers=6),
+                   hidden_dim=512, num_heads=8, decoder_layers=6, backbone_weights="facebook/dinov2-base"),
     # the paper setup: ViT-L/14, blocks 0-11 frozen, taps 6/12/18/24, hidden 1024
     "vitl14": dict(_VIT, backbone_hidden=1024, backbone_layers=24, backbone_heads=16, freeze_blocks=12,
-                   hidden_dim=1024, num_heads=16, decoder_layers=6),
+                   hidden_dim=1024, num_heads=16, decoder_layers=6, backbone_weights="facebook/dinov2-large"),
     "vitg14": dict(_VIT, backbone_hidden=1536, backbone_layers=40, backbone_heads=24, backbone_swiglu=True,
-                   freeze_blocks=20, hidden_dim=1024, num_heads=16, decoder_layers=6),
+                   freeze_blocks=20, hidden_dim=1024, num_heads=16, decoder_layers=6,
+                   backbone_weights="facebook/dinov2-giant"),
 }  # fmt: skip
 
 # Named variants of a preset: name -> (preset, field overrides). A variant's config keeps the

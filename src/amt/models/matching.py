@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import NamedTuple
 
+import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 
@@ -84,11 +85,15 @@ def pair_costs(
     cost: MatchCost,
     sym: ObjectSymmetries,
 ) -> torch.Tensor:
-    """(Q, n) matching cost of Q predictions (class probabilities (Q, C+1), rotations (Q, 3, 3),
-    translations (Q, 3) m) against n ground-truth objects ((n, 3, 3), (n, 3) m, YCB ids (n,)):
-    `MatchCost`'s weighted sum; non-finite entries become a large finite constant."""
-    c_class = -prob[:, gt_class - 1]  # (Q, n)
-    c_rot, c_trans = symmetric_pose_error(pred_R[:, None], pred_t[:, None], gt_R[None], gt_t[None], gt_class[None], sym)
+    """(..., Q, n) matching cost of Q predictions (class probabilities (..., Q, C+1), rotations
+    (..., Q, 3, 3), translations (..., Q, 3) m) against n ground-truth objects ((..., n, 3, 3),
+    (..., n, 3) m, YCB ids (..., n)): `MatchCost`'s weighted sum; non-finite entries become a
+    large finite constant. Leading dims (a batch) are optional and must agree."""
+    index = (gt_class - 1).unsqueeze(-2).expand(*prob.shape[:-1], gt_class.shape[-1])
+    c_class = -prob.gather(-1, index)  # (..., Q, n)
+    c_rot, c_trans = symmetric_pose_error(
+        pred_R.unsqueeze(-3), pred_t.unsqueeze(-2), gt_R.unsqueeze(-4), gt_t.unsqueeze(-3), gt_class.unsqueeze(-2), sym
+    )
     total = cost.class_weight * c_class + cost.translation_weight * c_trans + cost.rotation_weight * c_rot
     return torch.nan_to_num(total, nan=_NONFINITE_COST, posinf=_NONFINITE_COST, neginf=-_NONFINITE_COST)
 
@@ -108,7 +113,9 @@ def match_objects(
     symmetries: the object symmetries (None: `ObjectSymmetries.from_tables()`, c = 0).
     Returns B pairs `(pred_idx, gt_idx)` of int64 CPU tensors with equal length
     min(Q, number of valid slots); `gt_idx` indexes the M slots (invalid slots never appear).
-    Non-finite costs are replaced by a large constant, so NaN outputs never raise.
+    Non-finite costs are replaced by a large constant, so NaN outputs never raise. The costs of
+    the whole batch are built on the outputs' device and reach the host in one transfer; the
+    assignment (scipy's `linear_sum_assignment`) then runs per sample on the host.
     """
     _check_keys(outputs, ("obj_logits", "obj_t", "obj_quat"), "outputs")
     _check_keys(batch, ("obj_class", "obj_t", "obj_R", "obj_valid"), "batch")
@@ -117,23 +124,31 @@ def match_objects(
     pred_t = outputs["obj_t"].detach().float()
     pred_R = predicted_rotation(outputs).detach().float()
     sym = (symmetries or ObjectSymmetries.from_tables()).to(pred_t.device, torch.float32)
+    valid = batch["obj_valid"].to(prob.device).bool()  # (B, M)
+    gt_class = batch["obj_class"].to(prob.device)  # (B, M)
+    # every slot's cost on the device in one go (invalid slots get class 1 and are dropped below)
+    safe_class = torch.where(valid, gt_class, torch.ones_like(gt_class)).clamp(1, NUM_CLASSES)
+    total = pair_costs(
+        prob, pred_R, pred_t, batch["obj_R"].to(pred_R), batch["obj_t"].to(pred_t), safe_class, cost, sym
+    )  # (B, Q, M)
+    # one device-to-host transfer for the whole batch: costs, validity and class ids (exact in fp32)
+    packed = torch.cat([total, valid[:, None].float(), gt_class[:, None].float()], dim=1).cpu().numpy()
+    costs, valid_np, class_np = packed[:, :-2], packed[:, -2] > 0.5, packed[:, -1]
     result: list[tuple[torch.Tensor, torch.Tensor]] = []
-    for b in range(prob.shape[0]):
-        slots = torch.nonzero(batch["obj_valid"][b], as_tuple=False).flatten()
-        if slots.numel() == 0:
+    for b in range(costs.shape[0]):
+        slots = np.flatnonzero(valid_np[b])
+        if slots.size == 0:
             empty = torch.empty(0, dtype=torch.int64)
             result.append((empty, empty.clone()))
             continue
-        cls = class_logit_index(batch["obj_class"][b, slots].to(prob.device))
-        if bool(((cls < 0) | (cls >= NUM_CLASSES)).any()):
+        ids = class_np[b, slots]
+        if ((ids < 1) | (ids > NUM_CLASSES)).any():
             raise ValueError(
                 f"match_objects: batch['obj_class'][{b}] has a valid slot with id outside 1..{NUM_CLASSES}: "
-                f"{batch['obj_class'][b, slots].tolist()}"
+                f"{ids.astype(np.int64).tolist()}"
             )
-        gt = (batch["obj_R"][b, slots].to(pred_R), batch["obj_t"][b, slots].to(pred_t), cls + 1)
-        total = pair_costs(prob[b], pred_R[b], pred_t[b], *gt, cost, sym)
-        rows, cols = linear_sum_assignment(total.cpu().numpy())
-        result.append((torch.as_tensor(rows, dtype=torch.int64), slots.cpu()[torch.as_tensor(cols, dtype=torch.int64)]))
+        rows, cols = linear_sum_assignment(costs[b][:, slots])
+        result.append((torch.as_tensor(rows, dtype=torch.int64), torch.as_tensor(slots[cols], dtype=torch.int64)))
     return result
 
 

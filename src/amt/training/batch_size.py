@@ -4,8 +4,12 @@ Bounded search over the per-device micro-batch: double from 1 until a step runs 
 or the bound `training.auto_batch_max` (global) is reached, then bisect between the last size
 that fitted and the first that did not. Each probe is one real training step (forward,
 backward, AdamW step, EMA copy when enabled) on samples of the training cache, with the run's
-precision. The global batch is micro x world_size x grad_accum_steps; in a distributed run the
-smallest result over the ranks is used.
+precision (autocast) and `training.compile`, as the run's `TrainStep`. The trainer probes after
+its training cache is placed (`TrainBatches`), so a GPU-resident cache shard is already in
+memory and the probe's samples come from it. In a distributed run each rank probes alone (an
+out-of-memory error on one rank inside a collective would hang the others) with a buffer the
+size of its trainable parameters held, standing in for DDP's gradient buckets; the global
+batch is micro x world_size x grad_accum_steps, the smallest micro over the ranks.
 
 Without CUDA there is no allocator limit to measure: the configured fallback
 `training.auto_batch_fallback` is used and the log says so.
@@ -89,17 +93,24 @@ class TrainingStepProbe:
     optimizer are built once and kept for every probe.
     """
 
-    def __init__(self, cfg: Any, device: torch.device, samples: Callable[[int], dict[str, Any]]) -> None:
+    def __init__(
+        self, cfg: Any, device: torch.device, samples: Callable[[int], dict[str, Any]], distributed: bool = False
+    ) -> None:
         t = cfg.training
         self.device, self.samples = device, samples
         self.model = AMT(cfg.model)
         self.model.to(device)
         self.ema = copy.deepcopy(self.model) if t.ema.enabled else None
         self.loss_fn = AMTLoss(cfg.loss).to(device)
-        self.optimizer = torch.optim.AdamW([p for p in self.model.parameters() if p.requires_grad], lr=0.0)
+        trainable = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(trainable, lr=0.0)
+        # DDP's gradient buckets: one more copy of the trainable parameters' gradients
+        numel = sum(p.numel() for p in trainable)
+        self.ddp_buckets = torch.empty(numel if distributed else 0, dtype=torch.float32, device=device)
         self.step = TrainStep(
-            self.model, self.loss_fn, self.optimizer, autocast_dtype=autocast_dtype_for(t.precision, device)
-        )
+            self.model, self.loss_fn, self.optimizer, autocast_dtype=autocast_dtype_for(t.precision, device),
+            compile=t.compile,
+        )  # fmt: skip
 
     def __call__(self, b: int) -> None:
         batch = batch_to_device(self.samples(b), self.device)
@@ -108,11 +119,14 @@ class TrainingStepProbe:
         self.step(batch)
 
 
-def resolve_batch_size(cfg: Any, ctx: Any, try_step: TryStep | None = None) -> int:
+def resolve_batch_size(
+    cfg: Any, ctx: Any, try_step: TryStep | None = None, samples: Callable[[int], dict[str, Any]] | None = None
+) -> int:
     """The global batch size for `training.batch_size=auto` (see the module docstring).
 
     cfg: the `RunConfig`; ctx: the `DistContext`. try_step: injected probe (tests); default a
-    real training step on the training cache, on CUDA only.
+    real training step (`TrainingStepProbe`), on CUDA only, on `samples(b)` (the placed training
+    cache's `TrainBatches.samples`; default read from the training cache).
     """
     t = cfg.training
     per_step = ctx.world_size * t.grad_accum_steps
@@ -124,9 +138,10 @@ def resolve_batch_size(cfg: Any, ctx: Any, try_step: TryStep | None = None) -> i
         )  # fmt: skip
         return int(t.auto_batch_fallback)
     if try_step is None:
-        try_step = TrainingStepProbe(cfg, ctx.device, cache_samples(cfg.data, ctx))
+        try_step = TrainingStepProbe(cfg, ctx.device, samples or cache_samples(cfg.data, ctx), ctx.enabled)
     high = max(1, t.auto_batch_max // per_step)
     micro, probes = search_batch_size(try_step, high)
+    del try_step  # the probe's model and optimizer state are freed before the run's are built
     micro = min(gather_object(micro, ctx))  # every rank gets the smallest
     size = micro * per_step
     log.info(

@@ -46,7 +46,7 @@ class StepInfo:
     lr: float  # head learning rate
     grad_norm: float | None  # global norm before clipping (None when not monitored)
     skipped: bool  # non-finite loss or gradient: no parameter update
-    spread: float | None  # prediction_spread of the last micro-batch
+    spread: float | None  # prediction_spread of the last micro-batch (logged steps only, else None)
     outputs: dict[str, Any] = field(repr=False, default_factory=dict)
     batch: dict[str, Any] = field(repr=False, default_factory=dict)
 

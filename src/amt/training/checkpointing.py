@@ -2,9 +2,13 @@
 saving it under its names (`amt.checkpoint` owns the files and their atomicity).
 
 Folders are `checkpoints/step_NNNNNN` (at most one per step); the names `last` (always the
-newest), `best` and `epoch_NNNN` are symlinks to them. Folders asked for by
-`checkpoint.every_steps` / `every_epochs` are kept; the others (the `every_minutes`, signal and
-final saves) are deleted once no name points to them.
+newest), `best` and `epoch_NNNN` are symlinks to them. Of the folders asked for by
+`checkpoint.every_steps` / `every_epochs`, the newest `checkpoint.keep_last` are kept (0: all)
+plus those `best` and `last` point to; the others (the `every_minutes`, signal and final saves)
+are deleted once no name points to them. Before writing, the free space is checked against the
+previous checkpoint's size (or, for the first, the state's tensor bytes) plus a margin; each
+save logs its size. A save that cannot be written raises CheckpointError on every rank and
+leaves the earlier checkpoints as they were.
 
 Resume (`resolve_resume`): `checkpoint.resume_from=auto` (the default) continues the run folder's
 newest complete checkpoint when there is one, so a restarted job (`torchrun --max-restarts`, a
@@ -19,14 +23,18 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from amt.checkpoint import (
     CHECKPOINTS,
     LEGACY_STATE,
     CheckpointError,
     find_checkpoint,
+    folder_bytes,
     load_trainer_state,
     newest_checkpoint,
     point_alias,
@@ -109,19 +117,53 @@ def trainer_state(trainer: Any) -> dict[str, Any]:
     }
 
 
+SPACE_MARGIN = 1.2  # free space wanted before a save: the estimate times this
+
+
+def tensor_bytes(obj: Any) -> int:
+    """Bytes of every tensor in a nested state of dicts, lists and tuples."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        obj = obj.values()
+    if isinstance(obj, Iterable) and not isinstance(obj, (str, bytes)):
+        return sum(tensor_bytes(v) for v in obj)
+    return 0
+
+
+def checkpoint_estimate(checkpoints: Path, state: dict[str, Any], model: Any) -> int:
+    """Expected bytes of the next checkpoint folder: the newest complete one's size, else the
+    tensor bytes of the trainer state and the saved model's weights."""
+    previous = newest_checkpoint(checkpoints)
+    if previous is not None:
+        return folder_bytes(previous)
+    return tensor_bytes(state) + tensor_bytes(model.state_dict())
+
+
 def save(trainer: Any, names: list[str], keep: bool) -> Path:
     """Write checkpoints/step_<step> (rank 0) and point `names` (e.g. ["best", "last"]) at it;
-    every rank must call this. keep=False: deleted once no name points to it."""
+    every rank must call this. keep=False: deleted once no name points to it. A save refused
+    for lack of space (or failing to write) raises CheckpointError on every rank."""
     state = trainer_state(trainer)
     checkpoints = trainer.run_dir / CHECKPOINTS
     folder = checkpoints / f"step_{trainer.step:06d}"
+    error: CheckpointError | None = None
     if trainer.ctx.is_main:
-        write_checkpoint(folder, trainer.eval_model, trainer.cfg.to_yaml(), state, trainer.step, keep)
-        for name in names:
-            point_alias(checkpoints, name, folder.name)
-        deleted = prune_checkpoints(checkpoints)
-        log.info("saved checkpoint %s (step %d; %s)%s", folder, trainer.step, ", ".join(names) or "no name",
-                 f"; deleted {', '.join(deleted)}" if deleted else "")  # fmt: skip
+        try:
+            needed = int(SPACE_MARGIN * checkpoint_estimate(checkpoints, state, trainer.eval_model))
+            write_checkpoint(folder, trainer.eval_model, trainer.cfg.to_yaml(), state, trainer.step, keep, needed)
+        except CheckpointError as exc:
+            error = exc
+        else:
+            for name in names:
+                point_alias(checkpoints, name, folder.name)
+            deleted = prune_checkpoints(checkpoints, trainer.cfg.checkpoint.keep_last)
+            log.info("saved checkpoint %s (step %d; %s; %.1f MB)%s", folder, trainer.step,
+                     ", ".join(names) or "no name", folder_bytes(folder) / 1e6,
+                     f"; deleted {', '.join(deleted)}" if deleted else "")  # fmt: skip
+    error = broadcast_object(error, trainer.ctx)
+    if error is not None:
+        raise error
     barrier(trainer.ctx)
     return folder
 

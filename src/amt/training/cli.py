@@ -9,9 +9,11 @@ import sys
 from omegaconf import OmegaConf
 
 from amt.checkpoint import CheckpointError
+from amt.models.backbone import BackboneWeightsError
 from amt.training.config import load_run_config
 from amt.training.distributed import cleanup, init_distributed
 from amt.training.preemption import EXIT_PREEMPTED, TrainingPreempted
+from amt.training.step import CompileUnavailable
 from amt.training.trainer import train
 
 log = logging.getLogger(__name__)
@@ -77,7 +79,8 @@ def train_main(argv: list[str]) -> int:
         if ctx.is_main:
             print(f"amt train: stopped by {exc}", file=sys.stderr)
         return EXIT_PREEMPTED
-    except (CheckpointError, FileExistsError) as exc:  # a refused folder: the one line, no traceback
+    # refused folder, no weights, no compiler: one line
+    except (CheckpointError, FileExistsError, BackboneWeightsError, CompileUnavailable) as exc:
         print(f"amt train: {exc}", file=sys.stderr)
         return 2
     finally:

@@ -49,6 +49,11 @@ class DataConfig:
     val_cache_dir: str | None = None
     image_size: int = 224
     loader: str = "auto"  # auto (gpu on CUDA, else dataset) | gpu | dataset
+    # gpu loader: the most one rank's cache shard may occupy on its device, in GB (null: this
+    # fraction of the device's free memory); a shard over it is read from pinned host memory with
+    # asynchronous prefetch instead (amt.training.data.TrainBatches)
+    gpu_cache_max_gb: float | None = None
+    gpu_cache_fraction: float = 0.5
     cache_mode: str = "memmap"  # CachedDataset mode: disk | memmap | ram
     num_workers: int = 0  # DataLoader workers for the CachedDataset path
     cache_workers: int = 2  # processes used to build a missing cache
@@ -114,6 +119,12 @@ class TrainingConfig:
     grad_monitor_depth: int = 2
     loss_spike_factor: float = 0.0
     loss_spike_window: int = 50
+    # torch.compile the model's forward in the training step (amt.training.step; the first steps
+    # compile; the loss stays eager: host-side matching and data-dependent shapes)
+    compile: bool = False
+    # with several ranks, each validates a disjoint shard of the validation split with the
+    # default evaluator and rank 0 scores the gathered predictions (false: rank 0 validates alone)
+    shard_validation: bool = True
 
 
 @dataclass
@@ -123,6 +134,8 @@ class CheckpointConfig:
     resume_from: str | None = "auto"
     every_epochs: int = 1  # periodic checkpoints, kept (0: only last/best)
     every_steps: int = 0  # additional periodic checkpoints by step, kept (0: off)
+    # the periodic checkpoints kept: the newest keep_last, plus those `best` and `last` name (0: all)
+    keep_last: int = 2
     # also save (as `last`, replaced by the next) when this long has passed since the last save,
     # which bounds the work a hard kill loses (0: off)
     every_minutes: float = 30.0

@@ -13,7 +13,14 @@ import torch
 from torch import nn
 
 from amt.data.cache import CacheError, EmptySplitError, cache_folder, cache_problem, ensure_cache, open_cache
-from amt.data.loaders import CachedDataset, GPUCachedDataset, collate
+from amt.data.loaders import (
+    CacheBudgetError,
+    CachedDataset,
+    GPUCachedDataset,
+    Prefetcher,
+    collate,
+    free_device_memory,
+)
 from amt.evaluation.evaluator import evaluate
 from amt.training.config import DataConfig
 from amt.training.distributed import DistContext, barrier, broadcast_object
@@ -61,26 +68,68 @@ def resolve_cache(
     return folder
 
 
+def cache_budget(data: DataConfig, device: torch.device) -> int:
+    """Bytes one rank's cache shard may occupy on `device`: `data.gpu_cache_max_gb`, else
+    `data.gpu_cache_fraction` of the memory free on it now (`free_device_memory`)."""
+    if data.gpu_cache_max_gb is not None:
+        return int(data.gpu_cache_max_gb * 1e9)
+    if not 0 < data.gpu_cache_fraction <= 1:
+        raise ValueError(f"config data.gpu_cache_fraction={data.gpu_cache_fraction}: expected a value in (0, 1]")
+    return int(data.gpu_cache_fraction * free_device_memory(device))
+
+
 class TrainBatches:
     """Rank-local training batches: the cache sharded `rank::world_size`, each shard permuted
-    per epoch by `epoch_order`. Every rank runs the same number of steps per epoch."""
+    per epoch by `epoch_order`. Every rank runs the same number of steps per epoch.
+
+    data.loader: "gpu" (and "auto" on CUDA) places this rank's shard on its device when it fits
+    the budget (`cache_budget`); otherwise (and "dataset", and "auto" on the CPU) batches are read
+    from the cache by a DataLoader, into pinned memory on CUDA; after a budget fallback they are
+    also read ahead by a background thread (`Prefetcher`). `kind` is "gpu" or "dataset".
+    """
 
     def __init__(self, folder: Path, data: DataConfig, ctx: DistContext, seed: int) -> None:
         kind = data.loader if data.loader != "auto" else ("gpu" if ctx.device.type == "cuda" else "dataset")
         if kind not in ("gpu", "dataset"):
             raise ValueError(f"config data.loader: {data.loader!r}; expected auto, gpu or dataset")
         normalize = not data.augment  # BatchAugment takes uint8 and normalises on the device
-        self.kind, self.seed, self.ctx = kind, seed, ctx
+        self.seed, self.ctx = seed, ctx
         self.num_workers = data.num_workers
+        self.prefetch = False
+        self.dataset: GPUCachedDataset | CachedDataset | None = None
         if kind == "gpu":
-            self.dataset = GPUCachedDataset(folder, ctx.device, ctx.rank, ctx.world_size, normalize=normalize)
-        else:
+            budget = cache_budget(data, ctx.device)
+            need = GPUCachedDataset.shard_bytes(folder, ctx.rank, ctx.world_size)
+            try:
+                self.dataset = GPUCachedDataset(
+                    folder, ctx.device, ctx.rank, ctx.world_size, normalize=normalize, max_bytes=budget
+                )
+                log.info("rank %d: cache shard on %s: %.3f GB (budget %.3f GB)", ctx.rank, ctx.device,
+                         need / 1e9, budget / 1e9)  # fmt: skip
+            except CacheBudgetError:
+                log.warning(
+                    "data.loader=%s: rank %d's cache shard needs %.3f GB, over the %.3f GB budget on %s "
+                    "(data.gpu_cache_max_gb, else data.gpu_cache_fraction of free memory): reading batches from "
+                    "pinned host memory with asynchronous prefetch instead",
+                    data.loader, ctx.rank, need / 1e9, budget / 1e9, ctx.device,
+                )  # fmt: skip
+                kind, self.prefetch = "dataset", True
+        if self.dataset is None:
             self.dataset = CachedDataset(folder, data.cache_mode, normalize, ctx.rank, ctx.world_size)
+        self.kind = kind
         self.global_size = int(len(self.dataset.meta))
         self.sequence = None  # data.sequence_length >= 2: clips of consecutive frames
         if data.sequence_length > 1:
             local_meta = self.dataset.meta[ctx.rank :: ctx.world_size]
             self.sequence = SequenceSampler(local_meta, data.sequence_length, seed)
+
+    def samples(self, b: int) -> dict[str, Any]:
+        """The first b local samples (repeated when the shard is smaller) as one batch, from
+        where they were placed (the batch-size probe uses it)."""
+        idx = torch.arange(b) % len(self.dataset)
+        if isinstance(self.dataset, GPUCachedDataset):
+            return self.dataset.get(idx)
+        return collate(self.dataset.__getitems__(idx.tolist()))
 
     def steps_per_epoch(self, per_rank_batch: int) -> int:
         if self.sequence is not None:
@@ -109,7 +158,7 @@ class TrainBatches:
                 pin_memory=self.ctx.device.type == "cuda",
                 generator=torch.Generator().manual_seed(mix_seed(self.seed, epoch, 0x10AD)),
             )
-            batches = iter(loader)
+            batches = iter(Prefetcher(loader) if self.prefetch else loader)
         group: list[dict] = []
         for batch in batches:
             if self.sequence is not None:
@@ -128,8 +177,12 @@ def cache_samples(data: DataConfig, ctx: DistContext) -> Callable[[int], dict[st
     return lambda b: collate([dataset[i % len(dataset)] for i in range(b)])
 
 
+def models_dir_of(data_folder: Path) -> str:
+    """The object-models folder of the dataset a cache was built from."""
+    params = open_cache(data_folder).params
+    return params.get("models_dir") or str(Path(params["root"]) / "models")
+
+
 def default_evaluator(data_folder: Path, batch_size: int, device: torch.device) -> Evaluator:
     """`amt.evaluation.evaluator.evaluate` bound to the dataset's models folder."""
-    params = open_cache(data_folder).params
-    models_dir = params.get("models_dir") or str(Path(params["root"]) / "models")
-    return functools.partial(evaluate, models_dir=models_dir, batch_size=batch_size, device=device)
+    return functools.partial(evaluate, models_dir=models_dir_of(data_folder), batch_size=batch_size, device=device)

@@ -14,6 +14,11 @@ gradient norm is not finite, on any rank (the flag is all-reduced, so every rank
 decision and none waits in a collective the others skipped). The backward still runs on a bad
 step, so DDP's gradient all-reduce happens on every rank alike; the caller skips the update.
 The loss never raises on NaN outputs (`amt.training.losses`).
+
+Host synchronisation: the flag, the loss, its terms and the gradient norm of a step stay on the
+device until one device-to-host transfer at the end of the step (the flag must reach the host
+every step, since it decides the update; the numbers ride along), so the step costs one
+synchronisation however many loss terms there are.
 """
 
 from __future__ import annotations
@@ -44,9 +49,9 @@ def to_float32(x: Any) -> Any:
     return x
 
 
-def outputs_finite(outputs: Any) -> bool:
-    """True when every floating tensor in `outputs` (nested dicts / lists) is finite; one
-    device-to-host synchronisation for all of them."""
+def nonfinite_flag(outputs: Any) -> torch.Tensor:
+    """0-dim bool tensor (on the outputs' device): True when any floating tensor in `outputs`
+    (nested dicts / lists) holds a NaN or inf. No device-to-host synchronisation."""
     flags: list[torch.Tensor] = []
 
     def visit(x: Any) -> None:
@@ -61,7 +66,13 @@ def outputs_finite(outputs: Any) -> bool:
                 visit(v)
 
     visit(outputs)
-    return bool(torch.stack(flags).all()) if flags else True
+    return ~torch.stack(flags).all() if flags else torch.zeros((), dtype=torch.bool)
+
+
+def outputs_finite(outputs: Any) -> bool:
+    """True when every floating tensor in `outputs` (nested dicts / lists) is finite; one
+    device-to-host synchronisation for all of them."""
+    return not bool(nonfinite_flag(outputs))
 
 
 def autocast_dtype_for(precision: str, device: torch.device) -> torch.dtype | None:
@@ -71,6 +82,24 @@ def autocast_dtype_for(precision: str, device: torch.device) -> torch.dtype | No
     if precision not in ("bf16", "fp32"):
         raise ValueError(f"config training.precision: {precision!r}; expected auto, bf16 or fp32")
     return torch.bfloat16 if precision == "bf16" else None
+
+
+class CompileUnavailable(RuntimeError):
+    """`training.compile=true` on a machine where torch.compile cannot build kernels."""
+
+
+def compile_step(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """`torch.compile(fn)` (graph breaks allowed), checked up front on a tiny function so that a machine without a working compiler toolchain gives one
+    clear `CompileUnavailable` instead of a traceback at the first step."""
+    try:
+        probe = torch.compile(lambda x: x * 2 + 1)
+        probe(torch.ones(2))
+    except Exception as exc:  # inductor raises many types (missing C++ compiler, triton, ...)
+        raise CompileUnavailable(
+            f"config training.compile=true: torch.compile does not work here ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else ''}); set training.compile=false"
+        ) from exc
+    return torch.compile(fn)
 
 
 @dataclass
@@ -103,11 +132,15 @@ class TrainStep:
         grad_clip: float = 0.0,
         monitor_grad_norm: bool = False,
         ctx: DistContext | None = None,
+        compile: bool = False,
     ) -> None:
         self.model, self.loss_fn, self.optimizer = model, loss_fn, optimizer
         self.autocast_dtype = autocast_dtype
         self.grad_clip, self.monitor_grad_norm = grad_clip, monitor_grad_norm
         self.ctx = ctx or DistContext()
+        # compile=True: the model's forward is compiled; the loss stays eager (its Hungarian matching
+        # runs on the host and its data-dependent shapes, e.g. `unique`, do not trace)
+        self._run_model: Callable[[dict[str, Any]], Any] = compile_step(model) if compile else model
 
     def autocast(self, device: torch.device) -> contextlib.AbstractContextManager:
         """The forward's autocast context on `device` (a no-op in fp32)."""
@@ -116,9 +149,10 @@ class TrainStep:
         return torch.autocast(device.type, dtype=self.autocast_dtype)
 
     def forward(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor], Any]:
-        """(total loss (scalar), its terms, the float32 outputs) of one batch on the model's device."""
+        """(total loss (scalar), its terms, the float32 outputs) of one batch on the model's device
+        (the model's forward compiled with `compile=True`)."""
         with self.autocast(batch["image"].device):
-            outputs = self.model(batch)
+            outputs = self._run_model(batch)
         outputs = to_float32(outputs)
         loss = self.loss_fn(outputs, batch)
         total, terms = loss if isinstance(loss, tuple) else (loss, {})
@@ -132,7 +166,10 @@ class TrainStep:
         self.optimizer.zero_grad(set_to_none=True)
         accum = len(micro_batches)
         ddp = isinstance(self.model, DistributedDataParallel)
-        loss_sum, term_sums, nonfinite = 0.0, {}, False
+        # per micro-batch: [non-finite flag, total, *terms] stay on the device until the one
+        # device-to-host transfer of the step below (no float() per loss term)
+        rows: list[torch.Tensor] = []
+        names: list[str] = []
         outputs: Any = {}
         batch: dict[str, Any] = {}
         for m, raw in enumerate(micro_batches):
@@ -141,18 +178,33 @@ class TrainStep:
             with self.model.no_sync() if defer_sync else contextlib.nullcontext():
                 total, terms, outputs = self.forward(batch)
                 (total / accum).backward()
-            value = float(total.detach())
-            nonfinite |= not math.isfinite(value) or not outputs_finite(outputs)
-            loss_sum += value / accum
-            for name, term in terms.items():
-                term_sums[name] = term_sums.get(name, 0.0) + float(term.detach()) / accum
-        nonfinite = any_rank(nonfinite, self.ctx)
-        grad_norm = None
+            names = list(terms)
+            values = [total.detach(), *(terms[k].detach() for k in names)]
+            values = [v.float().reshape(()).to(total.device) for v in values]
+            bad = (~torch.isfinite(values[0]) | nonfinite_flag(outputs).to(total.device)).float()
+            rows.append(torch.stack([bad, *values]))
+        grad_norm_t = None
         if self.grad_clip > 0 or self.monitor_grad_norm:
             params = [p for g in self.optimizer.param_groups for p in g["params"]]
             max_norm = self.grad_clip if self.grad_clip > 0 else math.inf
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
-            nonfinite |= not math.isfinite(grad_norm)
+            grad_norm_t = torch.nn.utils.clip_grad_norm_(params, max_norm).detach().float().reshape(1)
+        # the step's one device-to-host transfer: flags, losses and the gradient norm together
+        packed = torch.cat(
+            [torch.stack(rows).flatten(), *([grad_norm_t.to(rows[0])] if grad_norm_t is not None else [])]
+        )
+        host = packed.cpu().tolist()
+        width = len(names) + 2
+        loss_sum, term_sums, nonfinite = 0.0, dict.fromkeys(names, 0.0), False
+        for m in range(accum):
+            row = host[m * width : (m + 1) * width]
+            nonfinite |= row[0] > 0.5
+            loss_sum += row[1] / accum
+            for name, value in zip(names, row[2:], strict=True):
+                term_sums[name] += value / accum
+        nonfinite = any_rank(nonfinite, self.ctx)
+        grad_norm = host[-1] if grad_norm_t is not None else None
+        if grad_norm is not None:
+            nonfinite |= not math.isfinite(grad_norm)  # DDP's gradients, and so their norm, agree on every rank
         return StepResult(loss_sum, term_sums, grad_norm, nonfinite, outputs, batch)
 
     def __call__(self, batch: dict[str, Any]) -> StepResult:

@@ -11,7 +11,8 @@ by running the same command again, finished trials are kept; a trial left runnin
 process is marked failed once its heartbeat is older than `--grace` seconds and is retried
 once with the same parameters. Several workers (processes or machines) running the same
 command on shared storage share one study; `--trials` is the total of finished (complete or
-pruned) trials over all of them.
+pruned) trials over all of them. Trials train on `training.device`; `--devices 0,1,2,3` starts
+one worker process per device (`amt.training.sweep_workers`).
 
 Search spaces: the Hydra config group `amt.config/sweep` (`--space default`, or a yaml file
 path; entries overridable with `--space-override`), or a W&B sweep yaml (`--wandb FILE`,
@@ -44,6 +45,7 @@ from tabulate import tabulate
 from amt.extras import require
 from amt.training.callbacks import Callback
 from amt.training.config import compose, load_run_config
+from amt.training.sweep_workers import assign_devices, in_process, run_workers
 from amt.training.trainer import Trainer
 
 log = logging.getLogger(__name__)
@@ -400,6 +402,11 @@ def _parser() -> argparse.ArgumentParser:
         "--grace", type=int, default=60, help="a running trial without heartbeat this long (s) is failed and retried"
     )
     p.add_argument("--seed", type=int, default=None, help="sampler seed")
+    p.add_argument(
+        "--devices", default=None, help="one worker process per device, e.g. 0,1,2,3 (GPU indices) or cpu,cpu"
+    )
+    # set by --devices for each worker it starts: that worker's run-config override; it writes no results
+    p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     p.add_argument("overrides", nargs="*", help="Hydra overrides of the run config for every trial (data.root=...)")
     return p
 
@@ -412,23 +419,29 @@ def main(argv: list[str]) -> int:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         space = from_wandb(args.wandb) if args.wandb else load_space(args.space, args.space_override)
+        workers = assign_devices(args.devices) if args.devices else []
     except (OSError, KeyError, ValueError) as exc:
         print(f"amt sweep: {exc}", file=sys.stderr)
         return 2
     out = args.out or Path("runs") / "sweeps" / args.study
     out.mkdir(parents=True, exist_ok=True)
     storage = args.storage or f"sqlite:///{out.resolve() / 'study.db'}"
-    study = open_study(storage, args.study, space, args.heartbeat, args.grace, args.seed)
-    sweep = Sweep(args.config_name, list(args.overrides), space, out)
-    remaining = args.trials - len(finished_trials(study))
+    study = open_study(storage, args.study, space, args.heartbeat, args.grace, args.seed)  # before any worker
+    overrides = [*args.overrides, *([args.worker] if args.worker else []), *in_process(workers)]
+    if len(workers) > 1:
+        log.info("sweep workers finished with exit codes %s", run_workers(argv, workers))
+    remaining = 0 if len(workers) > 1 else args.trials - len(finished_trials(study))
+    sweep = Sweep(args.config_name, overrides, space, out)
     if remaining > 0:
         from optuna.study import MaxTrialsCallback  # why: optional dependency (the sweep extra)
         from optuna.trial import TrialState  # why: optional dependency (the sweep extra)
 
         stop = MaxTrialsCallback(args.trials, states=(TrialState.COMPLETE, TrialState.PRUNED))
         study.optimize(sweep.objective, n_trials=remaining, timeout=args.timeout, callbacks=[stop], gc_after_trial=True)
-    else:
+    elif len(workers) <= 1:
         log.info("study %s already has %d finished trials", args.study, args.trials)
+    if args.worker:  # one of the --devices workers: the parent writes the results
+        return 0
     paths = write_results(study, space, out, args.config_name)
     print(paths["markdown"].read_text(), end="")
     for name, path in paths.items():

@@ -39,12 +39,13 @@ from amt.data.augment import BatchAugment
 from amt.data.loaders import CachedDataset, batch_to_device
 from amt.data.symmetry import ObjectSymmetries
 from amt.models import AMT
+from amt.models.backbone import check_backbone_weights
 from amt.training.batch_size import resolve_batch_size
 from amt.training.callbacks import Callback, StepInfo, callbacks_from_config
 from amt.training.checkpointing import resolve_resume, restore, save
 from amt.training.config import RunConfig
-from amt.training.data import Evaluator, TrainBatches, default_evaluator, resolve_cache
-from amt.training.distributed import DistContext, all_reduce_mean, any_rank, broadcast_object
+from amt.training.data import Evaluator, TrainBatches, default_evaluator, models_dir_of, resolve_cache
+from amt.training.distributed import DistContext, all_reduce_mean, any_rank, broadcast_object, resolve_device
 from amt.training.ema import ModelEMA
 from amt.training.loggers import RunLoggers, flatten_metrics, prediction_spread, summarize_metrics
 from amt.training.losses import AMTLoss
@@ -54,6 +55,7 @@ from amt.training.rng import mix_seed, seed_global_rngs
 from amt.training.schedule import StageSchedule
 from amt.training.sequence import ClipAugment
 from amt.training.step import TrainStep, autocast_dtype_for
+from amt.training.validation import ShardedEvaluator
 
 log = logging.getLogger(__name__)
 
@@ -75,15 +77,20 @@ class Trainer:
         evaluator: Evaluator | str | None = "default",
         callbacks: Sequence[Callback] = (),
     ) -> None:
-        self.cfg, self.ctx = cfg, ctx or DistContext()
         t = cfg.training
+        # without a context (the Python API, `amt sweep`): one process on training.device
+        self.cfg, self.ctx = cfg, ctx or DistContext(device=resolve_device(t.device))
         self.device = self.ctx.device
         self.callbacks = list(callbacks) + callbacks_from_config(cfg)
         self.run_dir = Path(t.output_dir)
         self.resume_path = resolve_resume(cfg, self.run_dir, self.ctx)  # auto, a path, or None (fresh)
+        if model is None and self.resume_path is None:  # unreachable weights stop the run before any work
+            check_backbone_weights(cfg.model.pretrained_weights)
 
+        train_folder = resolve_cache(cfg.data, cfg.data.split, cfg.data.cache_dir, self.ctx)
+        self.data = TrainBatches(train_folder, cfg.data, self.ctx, t.seed)  # placed first: auto batch sees it
         if t.batch_size == "auto":
-            t.batch_size = resolve_batch_size(cfg, self.ctx)
+            t.batch_size = resolve_batch_size(cfg, self.ctx, samples=self.data.samples)
         if not isinstance(t.batch_size, int):
             raise ValueError(f"config training.batch_size={t.batch_size!r}: expected an integer or 'auto'")
         micro, rest = divmod(t.batch_size, self.ctx.world_size * t.grad_accum_steps)
@@ -94,8 +101,6 @@ class Trainer:
             )
         self.micro_batch = micro
 
-        train_folder = resolve_cache(cfg.data, cfg.data.split, cfg.data.cache_dir, self.ctx)
-        self.data = TrainBatches(train_folder, cfg.data, self.ctx, t.seed)
         self.steps_per_epoch = self.data.steps_per_epoch(micro * t.grad_accum_steps)
         if self.steps_per_epoch == 0:
             raise ValueError(
@@ -104,18 +109,27 @@ class Trainer:
             )
         self.total_steps = t.max_steps if t.max_steps is not None else t.epochs * self.steps_per_epoch
         self.val_dataset = None
-        if cfg.data.val_split is not None and evaluator is not None and self.ctx.is_main:
-            val_folder = resolve_cache(cfg.data, cfg.data.val_split, cfg.data.val_cache_dir, DistContext(), True)
+        # several ranks with the default evaluator: each validates a shard (training.validation)
+        self.sharded_validation = self.ctx.enabled and t.shard_validation and evaluator == "default"
+        if cfg.data.val_split is not None and evaluator is not None and (self.ctx.is_main or self.sharded_validation):
+            val_ctx = self.ctx if self.sharded_validation else DistContext()
+            val_folder = resolve_cache(cfg.data, cfg.data.val_split, cfg.data.val_cache_dir, val_ctx, True)
             self.val_dataset = CachedDataset(val_folder, cfg.data.cache_mode) if val_folder else None
             if evaluator == "default" and val_folder:
-                evaluator = default_evaluator(val_folder, t.batch_size // self.ctx.world_size, self.device)
+                batch = t.batch_size // self.ctx.world_size
+                evaluator = (
+                    ShardedEvaluator(models_dir_of(val_folder), batch, self.device, self.ctx)
+                    if self.sharded_validation
+                    else default_evaluator(val_folder, batch, self.device)
+                )
         self.evaluator = evaluator if callable(evaluator) else None
         self.validation_enabled = bool(
             broadcast_object(self.evaluator is not None and self.val_dataset is not None, self.ctx)
         )
 
         torch.manual_seed(t.seed)  # identical initial weights on every rank
-        self.model = (model if model is not None else AMT(cfg.model)).to(self.device)
+        fresh = self.resume_path is None  # a resumed run takes its backbone from the checkpoint
+        self.model = (model if model is not None else AMT(cfg.model, load_backbone_weights=fresh)).to(self.device)
         # symmetry centres from the data's object meshes (the loss and its matching use them)
         self.loss_fn = AMTLoss(cfg.loss, ObjectSymmetries.for_root(cfg.data.root)).to(self.device)
         self.stages = StageSchedule(t.stages, self.total_steps)
@@ -142,7 +156,7 @@ class Trainer:
         self.autocast_dtype = autocast_dtype_for(t.precision, self.device)
         self.train_step_fn = TrainStep(
             self.ddp_model, self.loss_fn, self.optimizer, autocast_dtype=self.autocast_dtype,
-            grad_clip=t.grad_clip, monitor_grad_norm=t.monitor_grad_norm, ctx=self.ctx,
+            grad_clip=t.grad_clip, monitor_grad_norm=t.monitor_grad_norm, ctx=self.ctx, compile=t.compile,
         )  # fmt: skip
 
         self.step = 0
@@ -241,26 +255,30 @@ class Trainer:
             lr=lr,
             grad_norm=result.grad_norm,
             skipped=nonfinite or vetoed,
-            spread=prediction_spread(result.outputs, result.batch),
+            spread=None,
             outputs=result.outputs,
             batch=result.batch,
         )
         if self.step % self.cfg.training.log_every_steps == 0 or self.step == self.total_steps:
+            info.spread = prediction_spread(result.outputs, result.batch)  # host syncs: logged steps only
             self._log_step(info)
         for cb in self.callbacks:
             cb.on_step_end(self, info)
         return info
 
     def validate(self) -> dict[str, float]:
-        """Run the evaluator on rank 0 with the evaluation weights; metrics are broadcast."""
+        """Run the evaluator with the evaluation weights on rank 0 (on every rank, each on its
+        shard, with `sharded_validation`); metrics are broadcast."""
         metrics: dict[str, float] = {}
-        if self.ctx.is_main and self.evaluator is not None and self.val_dataset is not None:
+        runs_here = self.ctx.is_main or self.sharded_validation
+        if runs_here and self.evaluator is not None and self.val_dataset is not None:
             model = self.eval_model
             was_training = model.training
             model.eval()
             with torch.no_grad():
                 metrics = flatten_metrics(self.evaluator(model, self.val_dataset))
             model.train(was_training)
+        if self.ctx.is_main and self.evaluator is not None and self.val_dataset is not None:
             self.loggers.log_scalars({f"val/{k}": v for k, v in metrics.items()}, self.step)
             log.info("validation at step %d: %s", self.step, summarize_metrics(metrics))
         metrics = broadcast_object(metrics, self.ctx)
