@@ -8,6 +8,8 @@ as the full batch of the same seed.
 
 from __future__ import annotations
 
+import os
+import socket
 from typing import Any
 
 import torch
@@ -83,3 +85,21 @@ def random_batch(
     if labels:
         out["meta"] = [{"synthetic": True} for _ in range(batch_size)]
     return out
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago (for a test's gloo process group)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def set_rank_env(rank: int, world_size: int, port: int) -> None:
+    """The environment torchrun gives `rank` of a one-node group rendezvousing at 127.0.0.1:`port`."""
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        WORLD_SIZE=str(world_size),
+        LOCAL_RANK=str(rank),
+    )

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import socket
 from pathlib import Path
 
 import torch
 import torch.multiprocessing as mp
 
+from amt.testing import free_port, set_rank_env
 from amt.training.distributed import DistContext, cleanup, init_distributed
 from amt.training.trainer import Trainer
 
@@ -20,15 +19,8 @@ OVERRIDES = ["training.batch_size=16", "training.max_steps=1", "data.augment=fal
              "loss.kl=0", "loss.contact=0", "training.ema.enabled=false"]  # fmt: skip
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _worker(rank: int, world_size: int, port: int, cfg, out: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world_size),
-                      LOCAL_RANK=str(rank))  # fmt: skip
+    set_rank_env(rank, world_size, port)
     torch.set_num_threads(1)
     ctx = init_distributed("cpu")
     try:
@@ -45,7 +37,7 @@ def test_two_process_step_equals_one_process_step(tmp_path, tiny_run_config):
     single.fit()
 
     cfg = tiny_run_config(tmp_path / "ddp", *OVERRIDES)
-    mp.spawn(_worker, args=(2, _free_port(), cfg, str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, free_port(), cfg, str(tmp_path)), nprocs=2, join=True)
     rank0 = torch.load(tmp_path / "rank0.pt")
     rank1 = torch.load(tmp_path / "rank1.pt")
 

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import socket
 import time
 from pathlib import Path
 
@@ -15,7 +13,7 @@ import torch
 import torch.multiprocessing as mp
 
 from amt.models.amt import OUTPUT_KEYS
-from amt.testing import random_batch
+from amt.testing import free_port, random_batch, set_rank_env
 from amt.training.callbacks import Callback
 from amt.training.distributed import cleanup, init_distributed
 from amt.training.losses import AMTLoss
@@ -81,8 +79,7 @@ def test_nan_in_every_head_in_turn_is_skipped_counted_and_the_run_finishes(
 
 
 def _worker(rank: int, world_size: int, port: int, cfg, out: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world_size),
-                      LOCAL_RANK=str(rank))  # fmt: skip
+    set_rank_env(rank, world_size, port)
     torch.set_num_threads(1)
     ctx = init_distributed("cpu")
     try:
@@ -112,15 +109,9 @@ class _Recorder(Callback):
             self.skipped.append(info.step)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_gloo_ranks_skip_the_same_step_and_neither_hangs(tmp_path: Path, tiny_run_config) -> None:
     cfg = tiny_run_config(tmp_path / "ddp", *OVERRIDES, "training.max_steps=3", "training.batch_size=8")
-    procs = mp.spawn(_worker, args=(2, _free_port(), cfg, str(tmp_path)), nprocs=2, join=False)
+    procs = mp.spawn(_worker, args=(2, free_port(), cfg, str(tmp_path)), nprocs=2, join=False)
     deadline = time.monotonic() + 240
     while not procs.join(timeout=5):
         if time.monotonic() > deadline:

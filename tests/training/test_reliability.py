@@ -9,7 +9,6 @@ import os
 import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -38,6 +37,7 @@ from amt.checkpoint_cli import main as convert_main
 from amt.evaluation.cli import main as eval_main
 from amt.inference.cli import predict_main
 from amt.models import build_model
+from amt.testing import free_port, set_rank_env
 from amt.training import cli as train_cli
 from amt.training.callbacks import Callback
 from amt.training.checkpointing import save
@@ -360,19 +360,12 @@ def test_torchrun_restarts_a_killed_worker_and_ends_as_an_uninterrupted_run(tmp_
     _same(final["ema"], expected["ema"])
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _two_ranks(argv: list[str], progress: Path | None = None) -> list[int]:
     """Fork two gloo ranks running `amt train argv`; returns their pids."""
-    port = _free_port()
+    port = free_port()
 
     def rank_main(rank: int) -> int:
-        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2",
-                          LOCAL_RANK=str(rank))  # fmt: skip
+        set_rank_env(rank, 2, port)
         if progress is not None:
             file = progress.with_name(f"{progress.name}{rank}")
             train_cli.train = lambda cfg, ctx: train(cfg, ctx, callbacks=[StepFile(file)])

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import socket
 from pathlib import Path
 
 import pytest
@@ -16,6 +14,7 @@ from torch.utils.data import Subset
 from amt.data.loaders import CachedDataset
 from amt.evaluation.evaluator import collect_predictions, concat_predictions
 from amt.models import AMT
+from amt.testing import free_port, set_rank_env
 from amt.training.config import load_run_config
 from amt.training.distributed import DistContext, cleanup, init_distributed
 from amt.training.trainer import Trainer
@@ -44,15 +43,8 @@ def test_concatenated_shards_equal_the_whole_collection(tiny_train_root: Path):
     assert all((joined.gt[k] == whole.gt[k]).all() for k in whole.gt)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _worker(rank: int, world_size: int, port: int, cfg, out: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world_size),
-                      LOCAL_RANK=str(rank))  # fmt: skip
+    set_rank_env(rank, world_size, port)
     torch.set_num_threads(1)
     ctx = init_distributed("cpu")
     try:
@@ -70,7 +62,7 @@ def test_two_process_sharded_validation_equals_single_process(tmp_path, tiny_run
     single = Trainer(tiny_run_config(tmp_path / "single", "training.batch_size=8", *val), DistContext())
     expected = single.validate()
     cfg = tiny_run_config(tmp_path / "ddp", "training.batch_size=16", *val)
-    mp.spawn(_worker, args=(2, _free_port(), cfg, str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, free_port(), cfg, str(tmp_path)), nprocs=2, join=True)
     rank0 = json.loads((tmp_path / "rank0.json").read_text())
     rank1 = json.loads((tmp_path / "rank1.json").read_text())
     assert rank0 == rank1  # broadcast to every rank
