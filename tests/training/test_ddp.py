@@ -27,6 +27,7 @@ def _worker(rank: int, world_size: int, port: int, cfg, out: str) -> None:
         trainer = Trainer(cfg, ctx, evaluator=None)
         trainer.fit()
         torch.save(trainer.model.state_dict(), Path(out) / f"rank{rank}.pt")
+        del trainer  # free DDP's reducer before the process group goes (see amt.training.cli)
     finally:
         cleanup(ctx)
 

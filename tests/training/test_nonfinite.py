@@ -94,6 +94,7 @@ def _worker(rank: int, world_size: int, port: int, cfg, out: str) -> None:
             json.dumps({"skipped": skipped, "count": trainer.skipped_steps, "finite": finite})
         )
         torch.save(trainer.model.state_dict(), Path(out) / f"rank{rank}.pt")
+        del trainer  # free DDP's reducer before the process group goes (see amt.training.cli)
     finally:
         cleanup(ctx)
 

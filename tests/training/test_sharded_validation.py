@@ -52,6 +52,7 @@ def _worker(rank: int, world_size: int, port: int, cfg, out: str) -> None:
         assert isinstance(trainer.evaluator, ShardedEvaluator)
         metrics = trainer.validate()
         Path(out, f"rank{rank}.json").write_text(json.dumps(metrics))
+        del trainer  # free DDP's reducer before the process group goes (see amt.training.cli)
     finally:
         cleanup(ctx)
 

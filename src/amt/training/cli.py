@@ -73,8 +73,12 @@ def train_main(argv: list[str]) -> int:
             print(f"# amt train --config-name {args.config_name} {' '.join(args.overrides)}")
             print(OmegaConf.to_yaml(OmegaConf.create(cfg.resolved)), end="", flush=True)
         trainer = train(cfg, ctx)
+        done = f"finished {trainer.step} steps ({trainer.skipped_steps} skipped); run folder {trainer.run_dir}"
+        # Free the DDP reducer while the process group lives: freed after destroy_process_group,
+        # gloo's destructor joins a worker thread that waits for the GIL we hold (a hang at exit).
+        del trainer
         if ctx.is_main:
-            print(f"finished {trainer.step} steps ({trainer.skipped_steps} skipped); run folder {trainer.run_dir}")
+            print(done)
     except TrainingPreempted as exc:
         if ctx.is_main:
             print(f"amt train: stopped by {exc}", file=sys.stderr)
