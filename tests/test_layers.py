@@ -33,7 +33,8 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "amt"
 RANKS: dict[str, float] = {
     # helpers that import nothing from amt, usable from every layer
     "extras": -1,  # optional-dependency checks: data (moderngl) needs them as much as inference (onnx)
-    "jsonio": -1,  # report JSON, shared by the sibling evaluation and diagnostics reports
+    "jsonio": -1,
+    "safe_pickle": -1,  # restricted unpickling for users' files (MANO in geometry, HO-3D in data)  # report JSON, shared by the sibling evaluation and diagnostics reports
     "config": 0,  # Hydra yaml files only; its __init__ imports nothing
     "geometry": 0,
     "data": 1,

@@ -113,3 +113,23 @@ def test_missing_file_and_key_are_named(tmp_path: Path) -> None:
         pickle.dump(arrays, f)
     with pytest.raises(KeyError, match="posedirs"):
         load_mano_pickle(tmp_path / "bad.pkl")
+
+
+class _Planted:
+    """Unpickling this would create a file: the MANO reader must refuse it."""
+
+    def __init__(self, target: str) -> None:
+        self.target = target
+
+    def __reduce__(self):
+        return (open, (self.target, "w"))
+
+
+def test_a_mano_pickle_that_would_run_code_is_refused_naming_the_file(tmp_path):
+    import pickle
+
+    planted, path = tmp_path / "planted", tmp_path / "MANO_RIGHT.pkl"
+    path.write_bytes(pickle.dumps({"v_template": _Planted(str(planted))}, protocol=2))
+    with pytest.raises(ValueError, match="MANO_RIGHT.pkl"):
+        load_mano_pickle(path)
+    assert not planted.exists()

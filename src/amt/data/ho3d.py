@@ -23,7 +23,6 @@ naming the file.
 
 from __future__ import annotations
 
-import codecs
 import io
 import pickle
 import re
@@ -36,6 +35,7 @@ from scipy.spatial.transform import Rotation
 from amt.data.folder import read_image
 from amt.data.ycb import CLASS_ID_BY_NAME
 from amt.geometry.hand_skeleton import MANOPTH_TO_DEXYCB
+from amt.safe_pickle import RestrictedUnpickler
 
 SPLITS: tuple[str, ...] = ("train", "evaluation")
 IMAGE_HEIGHT, IMAGE_WIDTH = 480, 640
@@ -64,40 +64,8 @@ def rotation_opengl_to_opencv(R: np.ndarray) -> np.ndarray:
     return GL_FLIP[:, None] * np.asarray(R)
 
 
-def _numpy_constructors() -> dict[tuple[str, str], Any]:
-    """The callables numpy's own pickles reference, found from live objects so that both the
-    `numpy.core` (numpy 1, HO-3D's files) and the `numpy._core` (numpy 2) module paths work."""
-    reconstruct = np.zeros(1).__reduce__()[0]
-    scalar = np.float64(1.0).__reduce__()[0]
-    frombuffer = np.zeros(1).__reduce_ex__(5)[0]
-    allowed: dict[tuple[str, str], Any] = {}
-    for package in ("numpy.core", "numpy._core"):
-        allowed[(f"{package}.multiarray", "_reconstruct")] = reconstruct
-        allowed[(f"{package}.multiarray", "scalar")] = scalar
-        allowed[(f"{package}.numeric", "_frombuffer")] = frombuffer
-    allowed[("numpy", "ndarray")] = np.ndarray
-    allowed[("numpy", "dtype")] = np.dtype
-    # protocol-2 pickles written by Python 3 encode bytes as _codecs.encode(str, "latin1")
-    allowed[("_codecs", "encode")] = codecs.encode
-    for module in ("builtins", "__builtin__"):
-        for name, obj in (("set", set), ("frozenset", frozenset), ("bytearray", bytearray), ("complex", complex)):
-            allowed[(module, name)] = obj
-    return allowed
-
-
-_ALLOWED = _numpy_constructors()
-
-
-class SafeUnpickler(pickle.Unpickler):
-    """Unpickler that admits only numpy arrays, numpy scalars and plain containers.
-
-    `find_class` is the only way a pickle reaches code; every global outside `_ALLOWED` raises.
-    """
-
-    def find_class(self, module: str, name: str) -> Any:
-        if (module, name) in _ALLOWED:
-            return _ALLOWED[(module, name)]
-        raise pickle.UnpicklingError(f"refused to load {module}.{name}: only numpy arrays and plain containers")
+class SafeUnpickler(RestrictedUnpickler):
+    """The restricted unpickler (`amt.safe_pickle`) with numpy arrays and plain containers only."""
 
 
 def load_meta(path: str | Path) -> dict[str, Any]:

@@ -21,9 +21,11 @@ from torch import nn
 
 from amt.geometry.hand_skeleton import MANO_TIP_VERTICES_LEFT, MANO_TIP_VERTICES_RIGHT, MANOPTH_TO_DEXYCB
 from amt.geometry.rotations import axis_angle_to_matrix
+from amt.safe_pickle import OBJECT_GLOBALS, RestrictedUnpickler
 
 REQUIRED_KEYS = ("v_template", "f", "weights", "kintree_table", "J_regressor", "posedirs", "shapedirs",
                  "hands_components", "hands_mean")  # fmt: skip
+SPARSE_CLASSES = ("csc_matrix", "csr_matrix", "coo_matrix")  # J_regressor's storage in the official files
 
 
 class _ChumpyStub:
@@ -42,10 +44,18 @@ class _ChumpyStub:
         raise ValueError(f"chumpy object without an 'x' array (state keys: {list(state or {})})")
 
 
-class _ManoUnpickler(pickle.Unpickler):
+class _ManoUnpickler(RestrictedUnpickler):
+    """numpy, scipy.sparse matrices (J_regressor) and chumpy values (as stubs), nothing else:
+    a MANO file is a user's download, and a pickle that imports anything else could run code."""
+
+    def __init__(self, file: Any, **kwargs: Any) -> None:
+        super().__init__(file, extra=OBJECT_GLOBALS, **kwargs)
+
     def find_class(self, module: str, name: str) -> Any:
         if module.split(".")[0] == "chumpy":
             return _ChumpyStub
+        if module.startswith("scipy.sparse") and name in SPARSE_CLASSES:
+            return getattr(scipy.sparse, name)
         return super().find_class(module, name)
 
 
@@ -65,7 +75,10 @@ def load_mano_pickle(path: str | Path) -> dict[str, np.ndarray]:
             f"MANO file not found: {path} (download MANO_RIGHT.pkl / MANO_LEFT.pkl from mano.is.tue.mpg.de)"
         )
     with path.open("rb") as f:
-        raw = _ManoUnpickler(f, encoding="latin1").load()
+        try:
+            raw = _ManoUnpickler(f, encoding="latin1").load()
+        except pickle.UnpicklingError as exc:
+            raise ValueError(f"{path}: not a MANO model file we can read safely ({exc})") from exc
     missing = [k for k in REQUIRED_KEYS if k not in raw]
     if missing:
         raise KeyError(f"{path}: missing MANO key(s) {missing}; expected {list(REQUIRED_KEYS)}")
