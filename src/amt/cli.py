@@ -27,7 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("amt.inference.bench:main", "latency, throughput, memory and FLOP/s vs the matmul ceiling"),
     "model-info": ("amt.models.info:main", "parameter counts of every preset"),
     "sweep": ("amt.training.sweep:main", "hyperparameter search with Optuna"),
-    "debug": ("amt.diagnostics.cli:main", "diagnose a checkpoint: collapse, dead units, attention, gradients"),
+    "debug": ("amt.debug_cli:main", "diagnose a checkpoint: collapse, dead units, attention, gradients"),
     "convert-checkpoint": ("amt.checkpoint_cli:main", "convert an old-format checkpoint (pickled trainer.pt)"),
 }
 
