@@ -66,10 +66,10 @@ MIN_RECALL, MIN_CLASS_ACCURACY, MIN_CONTACT_F1, MIN_COLLAPSE = 0.8, 0.5, 0.5, 0.
 
 @dataclass
 class DemoConfig:
-    """Demo settings. README "The demo" has the last full run with these defaults, its timings and
-    which learning checks it passed (the stricter checks of issue 16 need the heads to learn
-    faster); what each default was measured against is in docs/experiments.md "The demo's data,
-    crop size and steps".
+    """Demo settings. README "The demo" has the last full runs with these defaults (three seeds),
+    their timings and which learning checks they passed; what each default was measured against
+    is in docs/experiments.md "The demo's data, crop size and steps" and "Object queries and
+    out-of-view objects".
 
     frames: synthetic images (8 camera views per scene; s0_test takes ~16% of the scenes). More
     distinct scenes were the cheapest gain, cheaper than more steps.

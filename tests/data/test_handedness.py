@@ -218,11 +218,14 @@ def test_predict_left_runs_the_mirror_image_and_unmirrors(tiny_model_left: torch
     np.testing.assert_allclose(a.joints_2d[:, 1], b.joints_2d[:, 1], atol=1e-3)
     assert [o.class_id for o in a.objects] == [o.class_id for o in b.objects]
     for oa, ob in zip(a.objects, b.objects, strict=True):
-        np.testing.assert_allclose(oa.translation, mirror_points(ob.translation), atol=1e-5)
+        # 0.1 mm and 1e-4: the flipped image's float32 sums differ in order, and a selected object
+        # query's pose goes through more layers of image features (its token) than the joints do;
+        # a wrong mirroring moves these by centimetres
+        np.testing.assert_allclose(oa.translation, mirror_points(ob.translation), atol=1e-4)
         Ra, Rb = (
             quat_wxyz_to_matrix(torch.as_tensor(q, dtype=torch.float64)).numpy() for q in (oa.quat_wxyz, ob.quat_wxyz)
         )
-        np.testing.assert_allclose(Ra, mirror_rotations(Rb), atol=1e-5)
+        np.testing.assert_allclose(Ra, mirror_rotations(Rb), atol=1e-4)
     right = predictor.predict(img, K, (x0, y0, side))
     assert right.hand == "right" and not np.allclose(right.joints_3d, a.joints_3d)
     with pytest.raises(ValueError, match="hand"):

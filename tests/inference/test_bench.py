@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import torch
 
 from amt.inference.bench import count_flops, matmul_ceiling
@@ -99,3 +100,65 @@ def test_bench_trains_from_a_cache_folder(tmp_path: Path) -> None:
     )
     assert rc == 0
     assert str(tmp_path / "cache") in out.read_text()
+
+
+def test_heads_profile_lists_every_head_and_its_flops_sum_to_the_model_count() -> None:
+    from amt.models import build_model
+    from amt.models.info import HEAD_MODULES, count_flops, profile_modules
+
+    torch.manual_seed(0)
+    model = build_model("tiny", image_size=64).eval()
+    batch = random_batch(2, image_size=64)
+
+    def call() -> None:
+        with torch.inference_mode():
+            model(batch)
+
+    rows = {r.name: r for r in profile_modules(model, call, iters=1)}
+    for name in ("backbone", "pyramid", "decoder", "hand", "objects", "refiner", "contact", "other", "total"):
+        assert name in rows, name
+    with torch.inference_mode():
+        whole = count_flops(lambda: model(batch))
+    total = rows["total"]
+    assert total.flops == pytest.approx(whole, rel=1e-3)
+    assert sum(rows[n].flops for n in (*HEAD_MODULES, "backbone", "other")) == total.flops
+    assert rows["backbone"].flops > 0 and rows["decoder"].flops > 0 and rows["pyramid"].flops > 0
+    # parameters and kernel traffic are counted per module and add up
+    assert total.parameters == sum(p.numel() for p in model.parameters())
+    assert all(rows[n].traffic_bytes >= rows[n].param_bytes > 0 for n in ("backbone", "decoder", "refiner"))
+    assert total.seconds >= rows["backbone"].seconds > 0
+
+
+def test_bench_prints_the_heads_table_next_to_the_backbone(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "bench.json"
+    argv = ["--preset", "tiny", "--batch", "1,2", "--iters", "1", "--warmup", "0", "--matmul-n", "128"]
+    assert bench_main([*argv, "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "heads per module" in text
+    for name in ("pyramid", "decoder", "hand", "objects", "refiner", "contact", "**backbone**", "**total**"):
+        assert f"| {name} |" in text, name
+    heads = json.loads(out.read_text())["heads"]
+    assert [h["batch"] for h in heads] == [1, 2]
+    assert all({"flops", "seconds", "traffic_bytes"} <= set(m) for h in heads for m in h["modules"])
+
+
+def test_bench_bf16_and_config_overrides(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    argv = ["--preset", "tiny", "--batch", "1", "--iters", "1", "--warmup", "0", "--matmul-n", "128"]
+    assert bench_main([*argv, "--dtype", "bfloat16", "--set", "decoder_levels=[2,3]", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["stored_dtype"] == "bfloat16" and result["ceiling"]["dtype"] == "bfloat16"
+    assert result["overrides"] == {"decoder_levels": [2, 3]}
+
+
+def test_train_variants_report_each_switch(tmp_path: Path) -> None:
+    from amt.inference.bench_train import bench_train
+    from amt.models import build_model
+
+    model = build_model("tiny", image_size=64)
+    variants = ("default", "ema_per_tensor", "ddp_find_unused_off", "ddp_find_unused_on")
+    t = bench_train(model, torch.device("cpu"), 2, iters=1, warmup=0, ceiling=1e9, variants=variants)
+    assert [v["variant"] for v in t["variants"]] == list(variants)
+    assert (
+        all(v["samples_per_s"] > 0 for v in t["variants"]) and t["samples_per_s"] == t["variants"][0]["samples_per_s"]
+    )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -45,10 +46,13 @@ def test_output_keys_shapes_and_units(tiny_model: AMT, make_batch, batch_size: i
 
 
 def _all_outputs(out: dict) -> torch.Tensor:
-    """A scalar touching every prediction (final, coarse, every refinement step)."""
+    """A scalar touching every prediction (final, coarse, every refinement step, the per-token
+    proposals of selected object queries)."""
     total = sum(out[k].float().sum() for k in OUTPUT_KEYS)
     for step in out["aux"]["refine_steps"]:
         total = total + sum(v.sum() for v in step.values())
+    if "proposal_logits" in out["aux"]:
+        total = total + out["aux"]["proposal_logits"].sum()
     return total
 
 
@@ -131,11 +135,13 @@ def test_loading_is_strict_and_names_the_problem(tiny_model: AMT, tmp_path: Path
         AMT.from_pretrained(folder)
 
 
-def test_trace_and_onnx_export(tiny_model: AMT, make_batch, tmp_path: Path) -> None:
+@pytest.mark.parametrize("queries", ["learned", "selected"])
+def test_trace_and_onnx_export(tiny_model: AMT, make_batch, tmp_path: Path, queries: str) -> None:
     onnx = pytest.importorskip("onnx")
     ort = pytest.importorskip("onnxruntime")
     batch = make_batch(1)
-    wrapper = _TensorForward(tiny_model).eval()
+    model = tiny_model if queries == tiny_model.config.object_queries else _with_queries(tiny_model, queries)
+    wrapper = _TensorForward(model).eval()
     with torch.no_grad():
         expected = wrapper(batch["image"], batch["K"])
         traced = torch.jit.trace(wrapper, (batch["image"], batch["K"]), check_trace=False)
@@ -151,6 +157,11 @@ def test_trace_and_onnx_export(tiny_model: AMT, make_batch, tmp_path: Path) -> N
     results = session.run(None, {"image": batch["image"].numpy(), "K": batch["K"].numpy()})
     for key, got, want in zip(OUTPUT_KEYS, results, expected, strict=True):
         torch.testing.assert_close(torch.from_numpy(got), want, rtol=1e-3, atol=1e-4, msg=key)
+
+
+def _with_queries(model: AMT, queries: str) -> AMT:
+    torch.manual_seed(0)
+    return AMT(dataclasses.replace(model.config, object_queries=queries), load_backbone_weights=False).eval()
 
 
 class _TensorForward(torch.nn.Module):

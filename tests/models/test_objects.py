@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import roma
 import torch
 
@@ -42,13 +43,46 @@ def test_translation_projects_to_the_predicted_crop_pixel() -> None:
     torch.testing.assert_close(out["obj_quat"].norm(dim=-1), torch.ones(2, cfg.num_queries))
 
 
-def test_decoder_queries_differ_and_attention_is_normalised() -> None:
+@pytest.mark.parametrize("queries", ["learned", "selected"])
+def test_decoder_queries_differ_and_attention_is_normalised(queries: str) -> None:
     torch.manual_seed(0)
-    cfg = make_config("tiny")
+    cfg = make_config("tiny", object_queries=queries)
     dec = QueryDecoder(cfg)
     memory = torch.randn(1, 50, cfg.hidden_dim)
-    hand, objects, probs = dec(memory, torch.zeros(1, 50, cfg.hidden_dim), torch.randn(1, cfg.hidden_dim), True)
+    uv = torch.rand(50, 2) * cfg.image_size
+    out = dec(memory, torch.zeros(1, 50, cfg.hidden_dim), torch.randn(1, cfg.hidden_dim), uv, True)
+    hand, objects, probs = out["hand"], out["objects"], out["cross"]
     assert hand.shape == (1, cfg.hidden_dim) and objects.shape == (1, cfg.num_queries, cfg.hidden_dim)
     assert probs.shape == (1, cfg.num_heads, 1 + cfg.num_queries, 50)
     torch.testing.assert_close(probs.sum(-1), torch.ones(1, cfg.num_heads, 1 + cfg.num_queries))
     assert (objects[0, 1:] - objects[0, :1]).abs().amax(-1).min() > 0
+
+
+def test_selected_queries_sit_on_the_highest_scoring_tokens() -> None:
+    torch.manual_seed(0)
+    cfg = make_config("tiny", object_queries="selected")
+    dec = QueryDecoder(cfg)
+    memory = torch.randn(2, 60, cfg.hidden_dim)
+    uv = torch.rand(60, 2) * cfg.image_size
+    out = dec(memory, torch.zeros(1, 60, cfg.hidden_dim), torch.randn(2, cfg.hidden_dim), uv)
+    logits = out["proposal_logits"]
+    assert logits.shape == (2, 60, cfg.num_classes)
+    # independent: sort every token by its best class logit and keep the first Q
+    best = logits.max(-1).values.argsort(dim=1, descending=True)[:, : cfg.num_queries]
+    torch.testing.assert_close(out["reference_uv"], uv[best])
+    # the object head starts at the anchors (offsets are small at initialisation)
+    head = ObjectHead(cfg)
+    K = torch.tensor([[500.0, 0, 112], [0, 500.0, 112], [0, 0, 1]]).expand(2, 3, 3)
+    centre = project(head(out["objects"], K, out["reference_uv"])["obj_t"], K)
+    assert (centre - out["reference_uv"]).abs().max() < cfg.image_size / 8
+
+
+def test_learned_queries_ignore_the_token_positions() -> None:
+    torch.manual_seed(0)
+    cfg = make_config("tiny", object_queries="learned")
+    dec = QueryDecoder(cfg)
+    memory = torch.randn(1, 40, cfg.hidden_dim)
+    args = (memory, torch.zeros(1, 40, cfg.hidden_dim), torch.randn(1, cfg.hidden_dim))
+    a, b = dec(*args, torch.rand(40, 2) * 224), dec(*args, torch.rand(40, 2) * 224)
+    torch.testing.assert_close(a["objects"], b["objects"])
+    assert a["reference_uv"] is None and a["proposal_logits"] is None

@@ -26,6 +26,9 @@ from amt.training.trainer import Trainer
 # Terms that are not means of per-sample losses (batch std, batch-mean class marginal, counts of
 # in-contact objects): switched off where a full batch is compared with its split.
 PER_SAMPLE_LOSS = [
+    # the object terms average over matched pairs; with only the objects in view supervised the
+    # micro-batches hold different numbers of them, so those means are not per-sample means
+    "loss.object_margin=null",
     "loss.diversity=0",
     "loss.kl=0",
     "loss.contact=0",

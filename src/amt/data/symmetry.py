@@ -17,11 +17,12 @@ and the point that every such pose puts in the same place is the centre, `t + R 
   symmetry centre: zero for every visually identical pose, and the plain translation error for
   asymmetric classes, whose c is 0 (their model origin).
 
-The rotations S_k and the continuous axes' model-frame directions are the tables of
-`amt.data.object_tables`; the centre `c` (and the continuous axis' direction) is computed from
-the object meshes (`ObjectSymmetries.from_models`): the area-weighted centroid of the surface, the
-point that every symmetry of the surface leaves in place (so it lies on every symmetry axis), and
-for a continuous symmetry the principal axis of the surface's second moments whose moment differs
+The rotations S_k and the continuous axes' model-frame directions are the tables below
+(`SYMMETRY_ROTATIONS`, `CONTINUOUS_SYMMETRY_AXIS`; `symmetry_mismatch` checks them on a dataset's
+meshes); the centre `c` (and the continuous axis' direction) is computed from the object meshes
+(`ObjectSymmetries.from_models`): the area-weighted centroid of the surface, the point that every
+symmetry of the surface leaves in place (so it lies on every symmetry axis), and for a continuous
+symmetry the principal axis of the surface's second moments whose moment differs
 from the other two. Meshes of different sources sit in different model frames (the YCB google-16k
 meshes of the demo have the wood block's centre 0.10 m above the origin; DexYCB's YCB-Video
 meshes are nearly centred), which is why the centres are computed, never tabulated. Without a
@@ -32,18 +33,51 @@ the model origin) and the tables' axes.
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import roma
 import torch
+from scipy.spatial import cKDTree
 
 from amt.data.object_models import ObjectModels
-from amt.data.object_tables import CONTINUOUS_SYMMETRY_AXIS, SYMMETRY_ROTATIONS, symmetry_table
 from amt.data.ycb import NUM_CLASSES
+from amt.geometry.rotations import rotation_about_z
 
 log = logging.getLogger(__name__)
+
+# Discrete symmetries of the YCB objects in their model frames, as rotations about the object's
+# centre (checked against each dataset's meshes by `symmetry_mismatch`, `amt.data.object_tables`):
+# 4-fold about z plus the flips for the square wood block, the three 180 deg flips for the foam
+# brick, the flip about the long axis for the clamps (y for 19, x for 20). The bowl (13) is
+# continuous about z (`CONTINUOUS_SYMMETRY_AXIS`). Every other class has the identity only: the
+# cans and boxes are symmetric in shape but not in texture, and the loss must see the label.
+_X180, _Y180 = torch.diag(torch.tensor([1.0, -1.0, -1.0])), torch.diag(torch.tensor([-1.0, 1.0, -1.0]))
+_Z_TURNS = rotation_about_z(torch.arange(4) * (math.pi / 2))  # 0, 90, 180, 270 deg
+SYMMETRY_ROTATIONS: dict[int, torch.Tensor] = {
+    16: torch.cat([_Z_TURNS, _X180 @ _Z_TURNS]),
+    19: torch.stack([torch.eye(3), _Y180]),
+    20: torch.stack([torch.eye(3), _X180]),
+    21: torch.stack([torch.eye(3), _X180, _Y180, _Z_TURNS[2]]),
+}
+CONTINUOUS_SYMMETRY_AXIS: dict[int, int] = {13: 2}  # class id -> model axis (0 x, 1 y, 2 z)
+# A tabled symmetry fits a mesh when it moves the surface by less than this fraction of the
+# bounding-box diagonal (mean nearest-neighbour distance): the YCB scans give 0.01-0.03 for their
+# symmetries and 0.07-0.12 for a 90 deg turn that is none.
+SYMMETRY_MISMATCH_MAX = 0.04
+_CONTINUOUS_CHECK_ANGLES = (0.5, 1.0, 2.0, 3.0)  # radians: turns about a continuous axis checked
+
+
+def symmetry_table() -> torch.Tensor:
+    """(NUM_CLASSES + 1, S, 3, 3): each class id's symmetry rotations, padded with the identity."""
+    size = max(len(r) for r in SYMMETRY_ROTATIONS.values())
+    table = torch.eye(3).expand(NUM_CLASSES + 1, size, 3, 3).clone()
+    for class_id, rotations in SYMMETRY_ROTATIONS.items():
+        table[class_id, : len(rotations)] = rotations
+    return table
+
 
 SYMMETRIC_CLASSES: tuple[int, ...] = tuple(sorted(set(SYMMETRY_ROTATIONS) | set(CONTINUOUS_SYMMETRY_AXIS)))
 # roma's clamp below 1 keeps the gradient finite for 180-degree errors (the angle saturates
@@ -185,3 +219,22 @@ def symmetric_pose_error(
     pred_centre = symmetry_centre_position(pred_R, pred_t, class_id, sym)
     gt_centre = symmetry_centre_position(gt_R, gt_t, class_id, sym)
     return rotation, (pred_centre - gt_centre).norm(dim=-1)
+
+
+def symmetry_mismatch(models: ObjectModels, class_id: int, sym: ObjectSymmetries, num_points: int = 2000) -> float:
+    """How far the class's tabled symmetries are from mapping its mesh onto itself: the largest,
+    over its non-identity rotations (or turns of 0.5-3 rad about its continuous axis) about the
+    centre `sym.centres[class_id]`, of the mean distance from each turned surface sample to the
+    nearest unturned one, as a fraction of the bounding-box diagonal (0 for asymmetric classes).
+    Above `SYMMETRY_MISMATCH_MAX` the table does not fit these meshes (another model frame)."""
+    points = models.points(class_id, n=num_points).astype(np.float64) - sym.centres[class_id].double().numpy()
+    axis = sym.axes[class_id].double()
+    if bool(axis.abs().sum() > 0):
+        turns = roma.rotvec_to_rotmat(axis[None] * torch.tensor(_CONTINUOUS_CHECK_ANGLES, dtype=torch.float64)[:, None])
+    elif class_id in SYMMETRY_ROTATIONS:
+        turns = SYMMETRY_ROTATIONS[class_id][1:].double()
+    else:
+        return 0.0
+    tree = cKDTree(points)
+    diagonal = float(np.linalg.norm(points.max(0) - points.min(0))) or 1.0
+    return max(float(tree.query(points @ R.numpy().T)[0].mean()) / diagonal for R in turns)

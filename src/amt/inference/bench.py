@@ -4,12 +4,17 @@ Everything is measured in the same process on the same device:
 - the ceiling: a large square matmul in the benchmark's compute dtype (fp32 on CPU, bf16 on
   CUDA), best FLOP/s over a few repetitions;
 - inference per batch size through `amt.inference.fastpath.FastPath` (bf16 + CUDA graphs on
-  CUDA), and the bare backbone (`model.backbone`) the same way, so the heads' cost shows as the
-  whole-model / backbone time ratio;
+  CUDA), and the bare backbone (`model.backbone`) the same way, the two calls interleaved so
+  both see the same load on a shared machine; the heads' cost shows as the whole-model /
+  backbone time ratio (the median of the interleaved pairs' ratios);
 - model FLOPs counted by `torch.utils.flop_counter.FlopCounterMode` (plus CPU SDPA, which it
   does not count by itself), achieved FLOP/s and their share of the ceiling;
-- one training step (forward, `amt.training.losses.AMTLoss`, backward, AdamW) on a fake
-  batch-contract batch (`amt.testing.random_batch`), or on a cache folder (GPUCachedDataset on CUDA);
+- the heads per module (`amt.models.info.profile_modules`) at every batch size: FLOPs, time
+  (forward hooks around each top-level module, median of the timed calls) and memory traffic
+  (every kernel's tensor inputs, weights included, and outputs), next to the bare backbone;
+- one training step (`amt.inference.bench_train`: forward, AMTLoss, backward, AdamW, EMA) on a
+  fake batch-contract batch, or on a cache folder (GPUCachedDataset on CUDA); with
+  `--train-variants` also with compile, the per-tensor EMA and DDP's unused-parameter search;
 - peak memory: CUDA max allocated per phase; on CPU the process's peak RSS so far.
 Weights are random unless `--checkpoint` names a checkpoint (its config sets the input size): speed
 does not depend on them.
@@ -18,35 +23,34 @@ does not depend on them.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import logging
 import os
 import platform
-import resource
 import statistics
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import torch
-import torch.utils.flop_counter as fc
+import yaml
 from torch import nn
 
 from amt.checkpoint import CheckpointError, load_model
-from amt.data.loaders import GPUCachedDataset
+from amt.inference.bench_train import TRAIN_VARIANTS, bench_train
 from amt.inference.export import InputSpec, example_inputs
 from amt.inference.fastpath import FastPath, FastPathConfig, autocast_dtype
+from amt.inference.precision import PrecisionError, inference_model, parse_dtype
+from amt.inference.timing import peak_memory_mb, reset_peak, sync, time_call
 from amt.models import build_model
-from amt.testing import random_batch
-from amt.training.losses import AMTLoss
-from amt.training.step import TrainStep
+from amt.models.info import HEAD_MODULES, ModuleTimer, count_flops, profile_modules
 
 log = logging.getLogger(__name__)
-
-aten = torch.ops.aten
 
 
 class BenchError(RuntimeError):
@@ -57,12 +61,17 @@ class BenchError(RuntimeError):
 class BenchConfig:
     """device: 'cpu' or 'cuda'; batches: inference batch sizes; iters/warmup: timed/untimed calls
     (None: 5/2 on CPU, 50/10 on CUDA); train_batch: training batch (default: largest of batches);
+    overrides: model config fields changed from the preset (`--set decoder_layers=6`);
     threads: CPU intra-op threads (None: torch's default); matmul_n: ceiling matmul size
     (None: 2048 on CPU, 8192 on CUDA); checkpoint: a checkpoint folder to time instead of the
-    random-weight `preset` (its config decides the input size, e.g. 96 px for the demo's model)."""
+    random-weight `preset` (its config decides the input size, e.g. 96 px for the demo's model);
+    train_variants: the training step's variants to time (`amt.inference.bench_train.TRAIN_VARIANTS`;
+    empty: the default step only); dtype: the inference model's storage dtype (`amt.inference.precision`: 'bfloat16' stores the
+    backbone, pyramid and decoder in bf16, weights cast once; training stays float32)."""
 
     device: str = "cpu"
     preset: str = "tiny"
+    overrides: dict[str, Any] = field(default_factory=dict)
     batches: tuple[int, ...] = (1, 8)
     train: bool = False
     train_batch: int | None = None
@@ -75,65 +84,8 @@ class BenchConfig:
     cuda_graph: bool = True
     cache: str | None = None
     checkpoint: str | None = None
-
-
-def _sdpa_cpu_flops(q, k, v, *args, out_shape=None, **kwargs) -> int:
-    return fc.sdpa_flop_count(q, k, v)
-
-
-def _sdpa_cpu_backward_flops(grad_out, q, k, v, *args, out_shape=None, **kwargs) -> int:
-    return fc.sdpa_backward_flop_count(grad_out, q, k, v)
-
-
-# FlopCounterMode knows the CUDA attention kernels but not the CPU one.
-_CUSTOM_FLOPS = {
-    aten._scaled_dot_product_flash_attention_for_cpu: _sdpa_cpu_flops,
-    aten._scaled_dot_product_flash_attention_for_cpu_backward: _sdpa_cpu_backward_flops,
-}
-
-
-class _GlobalOnly:
-    """Stands in for FlopCounterMode's per-module tracker: everything counts under "Global".
-
-    The tracker hooks module inputs for the backward pass and fails on parameters passed as
-    module inputs (torch 2.13: `_get_grad_fn_or_grad_acc` on a leaf); totals need no tracking.
-    """
-
-    parents = frozenset({"Global"})
-
-    def __enter__(self) -> _GlobalOnly:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-
-def count_flops(fn: Callable[[], object]) -> int:
-    """Total FLOPs (multiply-add = 2) of the matmul/conv/attention ops `fn()` runs, backward included."""
-    counter = fc.FlopCounterMode(display=False, custom_mapping=_CUSTOM_FLOPS)
-    counter.mod_tracker = _GlobalOnly()
-    with counter:
-        fn()
-    return int(counter.get_total_flops())
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def time_call(fn: Callable[[], object], device: torch.device, iters: int, warmup: int) -> float:
-    """Median wall time (s) of `fn()` over `iters` calls after `warmup` untimed calls."""
-    for _ in range(warmup):
-        fn()
-    _sync(device)
-    times = []
-    for _ in range(iters):
-        t0 = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    dtype: str = "float32"
+    train_variants: tuple[str, ...] = ()
 
 
 def matmul_ceiling(device: torch.device, dtype: torch.dtype, n: int, iters: int = 5) -> dict:
@@ -142,26 +94,14 @@ def matmul_ceiling(device: torch.device, dtype: torch.dtype, n: int, iters: int 
     b = torch.randn(n, n, device=device).to(dtype)
     for _ in range(2):
         a @ b
-    _sync(device)
+    sync(device)
     best = float("inf")
     for _ in range(iters):
         t0 = time.perf_counter()
         a @ b
-        _sync(device)
+        sync(device)
         best = min(best, time.perf_counter() - t0)
     return {"n": n, "dtype": str(dtype).removeprefix("torch."), "flops_per_s": 2 * n**3 / best}
-
-
-def peak_memory_mb(device: torch.device) -> float:
-    """CUDA: max allocated since the last reset; CPU: the process's peak resident set so far."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10  # Linux reports KiB
-
-
-def _reset_peak(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
 
 
 class BackboneOnly(nn.Module):
@@ -178,52 +118,29 @@ class BackboneOnly(nn.Module):
         return (out["cls"], out["patches"], *out["taps"])
 
 
-def _train_batches(cfg: BenchConfig, device: torch.device, batch: int, size: int):
-    """Endless batches: from the cache (GPUCachedDataset on the device) or one synthetic batch of
-    `size`-pixel images."""
-    if cfg.cache is None:
-        fixed = random_batch(batch, image_size=size, device=device)
-        while True:
-            yield fixed
-    data = GPUCachedDataset(cfg.cache, device)
-    g = torch.Generator(device="cpu").manual_seed(0)
-    while True:
-        yield from data.batches(batch, shuffle=True, generator=g, drop_last=True)
-
-
-def bench_train(
-    model: nn.Module, cfg: BenchConfig, device: torch.device, batch: int, iters: int, warmup: int, ceiling: float
-) -> dict:
-    """Samples/s of full training steps (`amt.training.step.TrainStep`: forward, AMTLoss, backward, AdamW step)."""
-    model.train()
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=1e-5, fused=device.type == "cuda")
-    train_step = TrainStep(model, AMTLoss().to(device), opt, autocast_dtype=autocast_dtype(cfg.autocast, device))
-    batches = _train_batches(cfg, device, batch, InputSpec.of(model).size)
-
-    def step() -> None:
-        train_step(next(batches))
-
-    _reset_peak(device)
-    seconds = time_call(step, device, iters, warmup)
-    flops = count_flops(step)
-    model.eval()
-    return {
-        "batch": batch,
-        "loss": "AMTLoss",
-        "data": cfg.cache or "synthetic tensors",
-        "step_ms": seconds * 1e3,
-        "samples_per_s": batch / seconds,
-        "flops_per_step": flops,
-        "flops_per_s": flops / seconds,
-        "ceiling_ratio": flops / seconds / ceiling,
-        "peak_memory_mb": peak_memory_mb(device),
-    }
-
-
-def _bench_callable(runner: FastPath, device: torch.device, batch: int, iters: int, warmup: int, size: int) -> float:
-    image, K = (t.to(device) for t in example_inputs(batch, size))
-    return time_call(lambda: runner.run_flat(image, K), device, iters, warmup)
+def time_interleaved(
+    model_call: Callable[[], float], backbone_call: Callable[[], object], device: torch.device, iters: int, warmup: int
+) -> tuple[float, float, float]:
+    """(median model s, median backbone s, median of the per-pair model / backbone ratios):
+    the two calls alternate (model, backbone, backbone, model, ...), so on a shared machine both
+    see the same load and the ratio stays meaningful when the absolute times drift.
+    `model_call` returns its own wall time (it may record per-module times meanwhile)."""
+    for _ in range(warmup):
+        model_call()
+        backbone_call()
+    models, backbones = [], []
+    for i in range(iters):
+        order = (0, 1) if i % 2 == 0 else (1, 0)
+        pair = [0.0, 0.0]
+        for which in order:
+            if which == 0:
+                pair[0] = model_call()
+            else:
+                pair[1] = time_call(backbone_call, device, 1, 0)
+        models.append(pair[0])
+        backbones.append(pair[1])
+    ratios = [m / b for m, b in zip(models, backbones, strict=True)]
+    return statistics.median(models), statistics.median(backbones), statistics.median(ratios)
 
 
 def run(cfg: BenchConfig) -> dict:
@@ -236,27 +153,45 @@ def run(cfg: BenchConfig) -> dict:
     iters = cfg.iters if cfg.iters is not None else (50 if device.type == "cuda" else 5)
     warmup = cfg.warmup if cfg.warmup is not None else (10 if device.type == "cuda" else 2)
     dtype = autocast_dtype(cfg.autocast, device)
-    compute_dtype = dtype or torch.float32
+    stored = parse_dtype(cfg.dtype)
+    compute_dtype = dtype or stored
     if cfg.checkpoint is not None:
         model = load_model(cfg.checkpoint).to(device).eval()
     else:
-        model = build_model(cfg.preset).to(device).eval()
+        model = build_model(cfg.preset, **cfg.overrides).to(device).eval()
     size = InputSpec.of(model).size
     n_params = sum(p.numel() for p in model.parameters())
     ceiling = matmul_ceiling(device, compute_dtype, cfg.matmul_n or (8192 if device.type == "cuda" else 2048))
     fp_cfg = FastPathConfig(autocast=cfg.autocast, compile=cfg.compile, cuda_graph=cfg.cuda_graph)
-    whole = FastPath(model, device, fp_cfg)
+    whole = FastPath(inference_model(model, stored), device, fp_cfg)
     bare = FastPath(whole.model, device, fp_cfg, flat=BackboneOnly(whole.model))
     image1, K1 = (t.to(device) for t in example_inputs(1, size))
     with torch.inference_mode():
         flops_model = count_flops(lambda: whole.model({"image": image1, "K": K1}))
         flops_backbone = count_flops(lambda: whole.model.backbone(image1))
-    rows = []
+    rows, heads = [], []
+    # per-module times come from forward hooks, which do not fire inside CUDA graphs or compiled
+    # code: there the profile times an eager copy separately; on the eager CPU path the timed
+    # calls themselves are hooked (the hooks cost microseconds)
+    eager_cfg = replace(fp_cfg, compile=False, cuda_graph=False, fold_sigma_reparam=False)
+    eager = whole if not (whole.use_graphs or cfg.compile) else FastPath(whole.model, device, eager_cfg)
     for b in cfg.batches:
-        _reset_peak(device)
-        t_model = _bench_callable(whole, device, b, iters, warmup, size)
+        reset_peak(device)
+        image, K = (t.to(device) for t in example_inputs(b, size))
+        timer = ModuleTimer(eager.model)
+        with timer if eager is whole else contextlib.nullcontext():
+            t_model, t_back, ratio = time_interleaved(
+                lambda i=image, k=K, tm=timer: tm.timed(lambda: whole.run_flat(i, k)),
+                lambda i=image, k=K: bare.run_flat(i, k),
+                device, iters, warmup,
+            )  # fmt: skip
         mem = peak_memory_mb(device)
-        t_back = _bench_callable(bare, device, b, iters, warmup, size)
+        # the warm-up calls are recorded too: keep the timed ones
+        timer.calls = timer.calls[warmup:]
+        profile = profile_modules(
+            eager.model, lambda i=image, k=K: eager.run_flat(i, k), iters=iters, timer=timer if eager is whole else None
+        )
+        heads.append({"batch": b, "modules": [asdict(m) for m in profile]})
         row = {
             "batch": b,
             "latency_ms": t_model * 1e3,
@@ -267,7 +202,7 @@ def run(cfg: BenchConfig) -> dict:
             "backbone_latency_ms": t_back * 1e3,
             "backbone_flops_per_s": flops_backbone * b / t_back,
             "backbone_ceiling_ratio": flops_backbone * b / t_back / ceiling["flops_per_s"],
-            "model_over_backbone": t_model / t_back,
+            "model_over_backbone": ratio,  # median of interleaved pairs (not the ratio of medians)
             "peak_memory_mb": mem,
         }
         rows.append(row)
@@ -283,18 +218,25 @@ def run(cfg: BenchConfig) -> dict:
         "machine": _machine(device),
         "config": asdict(cfg),
         "preset": getattr(model.config, "preset", cfg.preset),
+        "overrides": cfg.overrides,
         "checkpoint": cfg.checkpoint,
         "image_size": size,
         "parameters": n_params,
         "weights": "random (speed does not depend on the values)" if cfg.checkpoint is None else "checkpoint",
         "compute_dtype": str(compute_dtype).removeprefix("torch."),
+        "stored_dtype": cfg.dtype,
         "flops_per_image_backbone": flops_backbone,
         "ceiling": ceiling,
         "inference": rows,
+        "heads": heads,
     }
     if cfg.train:
         tb = cfg.train_batch or max(cfg.batches)
-        result["train"] = bench_train(model, cfg, device, tb, max(1, iters // 2), warmup // 2, ceiling["flops_per_s"])
+        variants = cfg.train_variants or ("default",)
+        result["train"] = bench_train(
+            model, device, tb, max(1, iters // 2), warmup // 2, ceiling["flops_per_s"],
+            autocast=autocast_dtype(cfg.autocast, device), cache=cfg.cache, variants=variants,
+        )  # fmt: skip
     # A second ceiling measurement shows how steady the machine was during the run.
     result["ceiling_at_end"] = matmul_ceiling(device, compute_dtype, ceiling["n"])
     return result
@@ -335,6 +277,8 @@ def format_table(result: dict) -> str:
             f"{100 * r['ceiling_ratio']:.0f}% | {r['backbone_latency_ms']:.1f} | {100 * r['backbone_ceiling_ratio']:.0f}% | "
             f"{r['model_over_backbone']:.2f} | {r['peak_memory_mb']:.0f} |"
         )
+    if result.get("heads"):
+        lines += ["", *format_heads(result)]
     if "train" in result:
         t = result["train"]
         lines += [
@@ -344,7 +288,65 @@ def format_table(result: dict) -> str:
             f"| {t['batch']} | {t['step_ms']:.1f} | {t['samples_per_s']:.1f} | {t['flops_per_s'] / 1e9:.1f} | "
             f"{100 * t['ceiling_ratio']:.0f}% | {t['loss']} | {t['data']} | {t['peak_memory_mb']:.0f} |",
         ]
+        if len(t.get("variants", [])) > 1:
+            base = t["variants"][0]["samples_per_s"]
+            lines += ["", "| training variant | step ms | samples/s | vs default |", "|---|---:|---:|---:|"]
+            for v in t["variants"]:
+                lines.append(
+                    f"| {v['variant']} | {v['step_ms']:.1f} | {v['samples_per_s']:.2f} | {v['samples_per_s'] / base:.2f}x |"
+                )
     return "\n".join(lines)
+
+
+def format_heads(result: dict) -> list[str]:
+    """Markdown lines of the per-module table: FLOPs per image, and per batch size the time per
+    call and the memory traffic per call (kernel inputs, weights included, and outputs)."""
+    runs = result["heads"]
+    first = {m["name"]: m for m in runs[0]["modules"]}
+    total_flops = first["total"]["flops"] / runs[0]["batch"]
+    head_flops = sum(first[n]["flops"] for n in HEAD_MODULES if n in first) / runs[0]["batch"]
+    batches = [r["batch"] for r in runs]
+    head = "| module | params M | GFLOP/image | % of FLOPs | " + " | ".join(
+        f"ms b={b} | % time b={b} | MB moved b={b}" for b in batches
+    )
+    lines = [
+        f"heads per module: heads {head_flops / 1e9:.2f} of {total_flops / 1e9:.2f} GFLOP/image "
+        f"({100 * head_flops / max(total_flops, 1):.1f} %); time from forward hooks, eager, median of the timed calls",
+        "",
+        head + " |",
+        "|---|---:|---:|---:|" + "---:|---:|---:|" * len(batches),
+    ]
+    per_batch = [{m["name"]: m for m in r["modules"]} for r in runs]
+    for name in first:
+        m = first[name]
+        cells = [
+            name if name not in ("backbone", "total") else f"**{name}**",
+            f"{m['parameters'] / 1e6:.2f}",
+            f"{m['flops'] / runs[0]['batch'] / 1e9:.3f}",
+            f"{100 * m['flops'] / max(first['total']['flops'], 1):.1f}",
+        ]
+        for mods in per_batch:
+            x, t = mods[name], mods["total"]["seconds"]
+            cells += [f"{1e3 * x['seconds']:.1f}", f"{100 * x['seconds'] / t:.1f}", f"{x['traffic_bytes'] / 2**20:.1f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def _override(text: str) -> tuple[str, Any]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: expected KEY=VALUE, e.g. decoder_layers=6 or decoder_levels=[1,2,3]"
+        )
+    return key, yaml.safe_load(value)
+
+
+def _name_list(text: str) -> tuple[str, ...]:
+    names = tuple(v for v in text.split(",") if v)
+    unknown = sorted(set(names) - set(TRAIN_VARIANTS))
+    if not names or unknown:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected names from {', '.join(TRAIN_VARIANTS)}")
+    return names
 
 
 def _int_list(text: str) -> tuple[int, ...]:
@@ -362,17 +364,30 @@ def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="amt bench", description=__doc__.split("\n")[0])
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--preset", default="tiny", help="tiny, vits14, vitb14, vitl14, vitg14")
+    p.add_argument(
+        "--set", type=_override, action="append", default=[], metavar="KEY=VALUE",
+        help="change a model config field of --preset (repeatable), e.g. --set decoder_layers=6",
+    )  # fmt: skip
     p.add_argument("--checkpoint", default=None, help="time this checkpoint folder instead of a random --preset")
     p.add_argument(
         "--batch", type=_int_list, default=None, help="inference batch sizes (default 1,8 on CPU; 1,256 on CUDA)"
     )
     p.add_argument("--train", action="store_true", help="also time training steps")
+    p.add_argument(
+        "--train-variants", type=_name_list, default=None, metavar="V1,V2",
+        help=f"with --train: time the step with each switchable part on/off; some of {','.join(TRAIN_VARIANTS)} "
+        "(compiled only when named: compiling takes minutes on a CPU)",
+    )  # fmt: skip
     p.add_argument("--train-batch", type=int, default=None, help="training batch (default: largest --batch)")
     p.add_argument("--iters", type=int, default=None)
     p.add_argument("--warmup", type=int, default=None)
     p.add_argument("--threads", type=int, default=None, help="CPU threads (torch.set_num_threads)")
     p.add_argument("--matmul-n", type=int, default=None, help="ceiling matmul size (default 2048 CPU, 8192 CUDA)")
     p.add_argument("--autocast", default="auto", help="auto (bf16 on CUDA, none on CPU), bf16, fp16, none")
+    p.add_argument(
+        "--dtype", choices=("float32", "bfloat16"), default="float32",
+        help="inference model storage dtype (bfloat16: weights cast once, geometric heads float32)",
+    )  # fmt: skip
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--no-cuda-graph", action="store_true")
     p.add_argument("--cache", default=None, help="training data cache folder (default: synthetic tensors)")
@@ -380,13 +395,15 @@ def main(argv: list[str]) -> int:
     args = p.parse_args(argv)
     batches = args.batch or ((1, 256) if args.device == "cuda" else (1, 8))
     cfg = BenchConfig(
-        device=args.device, preset=args.preset, batches=batches, train=args.train, train_batch=args.train_batch,
+        device=args.device, preset=args.preset, overrides=dict(args.set), batches=batches, train=args.train,
+        train_batch=args.train_batch,
         iters=args.iters, warmup=args.warmup, threads=args.threads, matmul_n=args.matmul_n, autocast=args.autocast,
         compile=args.compile, cuda_graph=not args.no_cuda_graph, cache=args.cache, checkpoint=args.checkpoint,
+        dtype=args.dtype, train_variants=args.train_variants or (),
     )  # fmt: skip
     try:
         result = run(cfg)
-    except (BenchError, CheckpointError, KeyError) as exc:
+    except (BenchError, CheckpointError, KeyError, PrecisionError) as exc:
         print(f"amt bench: {exc}", file=sys.stderr)
         return 2
     print(format_table(result))

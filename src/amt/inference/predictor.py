@@ -34,6 +34,7 @@ from amt.geometry.camera import project
 from amt.inference.export import InputSpec
 from amt.inference.fastpath import FastPath, FastPathConfig
 from amt.inference.intrinsics import Intrinsics
+from amt.inference.precision import inference_model
 
 log = logging.getLogger(__name__)
 
@@ -207,7 +208,9 @@ class Predictor:
 
     score_threshold: minimum object score kept; crop: margin and minimum side of the crop box
     (its `size` is replaced by the model's `image_size`: the crop side the model was trained on);
-    fastpath: FastPath settings (CUDA graphs and bf16 apply on CUDA only by default).
+    fastpath: FastPath settings (CUDA graphs and bf16 apply on CUDA only by default);
+    dtype: 'float32' or 'bfloat16', the inference model's storage dtype (`amt.inference.precision`:
+    bf16 weights cast once, geometric heads in float32; parity in tests/inference/test_precision.py).
     """
 
     def __init__(
@@ -217,13 +220,14 @@ class Predictor:
         score_threshold: float = 0.5,
         crop: CropConfig | None = None,
         fastpath: FastPathConfig | None = None,
+        dtype: str = "float32",
     ) -> None:
         self.input_spec = InputSpec.of(model)
         if crop is not None and crop.size not in (self.input_spec.size, CropConfig().size):
             log.warning("crop size %d ignored: the model was trained on %d-px crops", crop.size, self.input_spec.size)
         self.crop = replace(crop or CropConfig(), size=self.input_spec.size)
         self.score_threshold = score_threshold
-        self.runner = FastPath(model, device, fastpath)
+        self.runner = FastPath(inference_model(model, dtype, device), device, fastpath)
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, **kwargs) -> Predictor:

@@ -7,7 +7,10 @@ refinement step; the final outputs are the last step's),
 `joints_3d_coarse`, `hand_points` (B,P,3), `obj_R` (B,Q,3,3), `contact_logit` (B,Q), and with
 `return_attention=True` `backbone_attentions` (list over tap blocks of (B,H,1+N,1+N)),
 `object_cross_attention` (B,H,Q,T) of the last decoder layer and `memory_shapes` (the (h, w)
-of each pyramid level in the decoder memory, in token order).
+of each pyramid level in the decoder memory, in token order). With selected object queries
+(`ModelConfig.object_queries`) also `proposal_logits` (B,T,C) per memory token and class,
+`proposal_uv` (T,2) and `proposal_stride` (T,) the tokens' centres and cell sides in crop pixels,
+and `query_reference_uv` (B,Q,2) each query's anchor.
 """
 
 from __future__ import annotations
@@ -95,6 +98,11 @@ class AMT(nn.Module):
         self.memory_shapes = [self._level_shape(cfg.grid_size, cfg.pyramid_scales[i]) for i in cfg.decoder_levels]
         pos = [sine_positions_2d(h, w, D) for h, w in self.memory_shapes]
         self.register_buffer("memory_pos", torch.cat(pos).unsqueeze(0), persistent=False)  # (1, T, D)
+        strides = [cfg.patch_size / cfg.pyramid_scales[i] for i in cfg.decoder_levels]
+        centres = [grid_centres(h, w, s) for (h, w), s in zip(self.memory_shapes, strides, strict=True)]
+        self.register_buffer("memory_uv", torch.cat(centres), persistent=False)  # (T, 2) crop pixels
+        stride = torch.cat([torch.full((h * w,), s) for (h, w), s in zip(self.memory_shapes, strides, strict=True)])
+        self.register_buffer("memory_stride", stride, persistent=False)  # (T,) crop pixels per cell
         self.decoder = QueryDecoder(cfg)
         self.hand = HandEncoder(cfg, ManoLayer.from_pickle(cfg.mano_path) if cfg.mano_path else None)
         self.objects = ObjectHead(cfg)
@@ -130,14 +138,15 @@ class AMT(nn.Module):
             dim=1,
         )
         cls = self.cls_proj(torch.cat([feats["cls"], feats["patches"].mean(dim=1)], dim=-1))
-        hand_token, obj_tokens, cross = self.decoder(memory, self.memory_pos, cls, return_attention)
+        decoded = self.decoder(memory, self.memory_pos, cls, self.memory_uv, return_attention)
+        hand_token, obj_tokens, cross = decoded["hand"], decoded["objects"], decoded["cross"]
         # The geometric heads run in float32 even under autocast: bf16's 8-bit mantissa would put
         # a ~0.4 % floor on depths (3 mm at 0.7 m) and on projections. They are cheap.
         with torch.autocast(image.device.type, enabled=False):
             hand_token, obj_tokens, cls = hand_token.float(), obj_tokens.float(), cls.float()
             levels = [level.float() for level in levels]
             hand = self.hand(hand_token, cls, K)
-            obj = self.objects(obj_tokens, K)
+            obj = self.objects(obj_tokens, K, decoded["reference_uv"])
             joints, obj_t, obj_R, obj_tokens, steps = self.refiner(
                 hand["joints_3d"], obj["obj_t"], obj["obj_R"], obj_tokens, hand["hand_feature"], levels,
                 self.pyramid.strides, K,
@@ -151,6 +160,10 @@ class AMT(nn.Module):
             "obj_R": obj_R,
             "contact_logit": contact["contact_logit"],
         }
+        if decoded["proposal_logits"] is not None:
+            aux["proposal_logits"] = decoded["proposal_logits"]
+            aux["proposal_uv"], aux["proposal_stride"] = self.memory_uv, self.memory_stride
+            aux["query_reference_uv"] = decoded["reference_uv"]
         if return_attention:
             aux["backbone_attentions"] = feats["attentions"]
             aux["object_cross_attention"] = cross[:, :, 1:]
@@ -251,6 +264,13 @@ class AMT(nn.Module):
             raise ModelFileError(f"{weights_path}: {exc}") from exc
         log.info("loaded %s (%s preset)", folder, model.config.preset)
         return model.to(map_location)
+
+
+def grid_centres(h: int, w: int, stride: float) -> torch.Tensor:
+    """(h*w, 2) crop-pixel centres (u, v) of an h x w feature map with `stride` pixels per cell,
+    row-major like the tokens: cell j spans pixels j s .. j s + s - 1 (amt.models.refine)."""
+    ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32), indexing="ij")
+    return torch.stack([xs.flatten(), ys.flatten()], dim=-1) * stride + (stride - 1) / 2
 
 
 def build_model(preset: str = "tiny", load_backbone_weights: bool | None = None, **overrides: Any) -> AMT:

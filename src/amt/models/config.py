@@ -52,6 +52,9 @@ class ModelConfig:
     # pyramid levels (indices) the object decoder cross-attends to
     decoder_levels: list[int] = field(default_factory=lambda: [1, 2, 3])
     decoder_layers: int = 2
+    # "learned": DETR's learned query embeddings; "selected": object queries anchored at the image
+    # tokens a proposal head scores highest (amt.models.objects; docs/experiments.md "Object queries")
+    object_queries: str = "learned"
     num_queries: int = 10
     num_classes: int = NUM_CLASSES
     point_layers: int = 2
@@ -107,18 +110,25 @@ class ModelConfig:
 
 
 _VIT = dict(backbone_image_size=518, backbone_layerscale=1e-5)
+# The ViT presets' heads, sized so they cost a small fraction of the backbone (issue 17,
+# benchmarks/README.md "Heads' cost"): the finest pyramid level at 2x the patch grid (stride 7 px,
+# refinement samples it bilinearly) instead of 4x, whose transposed convolution alone cost 8.6
+# GFLOP at width 1024; the decoder attends to the 1x and 0.5x levels (320 memory tokens at 224 px)
+# instead of also the 2x one (1344 tokens: its key/value projections were 70 % of the decoder);
+# 4 decoder layers.
+_VIT_HEADS = dict(pyramid_scales=[2.0, 1.0, 1.0, 0.5], decoder_levels=[2, 3], decoder_layers=4)
 
 PRESETS: dict[str, dict[str, Any]] = {
     "tiny": dict(),
-    "vits14": dict(_VIT, backbone_hidden=384, backbone_layers=12, backbone_heads=6, freeze_blocks=6,
-                   hidden_dim=384, num_heads=6, decoder_layers=4, backbone_weights="facebook/dinov2-small"),
-    "vitb14": dict(_VIT, backbone_hidden=768, backbone_layers=12, backbone_heads=12, freeze_blocks=6,
-                   hidden_dim=512, num_heads=8, decoder_layers=6, backbone_weights="facebook/dinov2-base"),
-    # the paper setup: ViT-L/14, blocks 0-11 frozen, taps 6/12/18/24, hidden 1024
-    "vitl14": dict(_VIT, backbone_hidden=1024, backbone_layers=24, backbone_heads=16, freeze_blocks=12,
-                   hidden_dim=1024, num_heads=16, decoder_layers=6, backbone_weights="facebook/dinov2-large"),
-    "vitg14": dict(_VIT, backbone_hidden=1536, backbone_layers=40, backbone_heads=24, backbone_swiglu=True,
-                   freeze_blocks=20, hidden_dim=1024, num_heads=16, decoder_layers=6,
+    "vits14": dict(_VIT, **_VIT_HEADS, backbone_hidden=384, backbone_layers=12, backbone_heads=6, freeze_blocks=6,
+                   hidden_dim=384, num_heads=6, backbone_weights="facebook/dinov2-small"),
+    "vitb14": dict(_VIT, **_VIT_HEADS, backbone_hidden=768, backbone_layers=12, backbone_heads=12, freeze_blocks=6,
+                   hidden_dim=512, num_heads=8, backbone_weights="facebook/dinov2-base"),
+    # the paper setup: ViT-L/14, blocks 0-11 frozen, taps 6/12/18/24, hidden 1024 (heads: _VIT_HEADS)
+    "vitl14": dict(_VIT, **_VIT_HEADS, backbone_hidden=1024, backbone_layers=24, backbone_heads=16, freeze_blocks=12,
+                   hidden_dim=1024, num_heads=16, backbone_weights="facebook/dinov2-large"),
+    "vitg14": dict(_VIT, **_VIT_HEADS, backbone_hidden=1536, backbone_layers=40, backbone_heads=24,
+                   backbone_swiglu=True, freeze_blocks=20, hidden_dim=1024, num_heads=16,
                    backbone_weights="facebook/dinov2-giant"),
 }  # fmt: skip
 

@@ -50,13 +50,21 @@ class MLP(nn.Sequential):
 
 def sine_positions_2d(h: int, w: int, dim: int, temperature: float = 10000.0) -> torch.Tensor:
     """Fixed 2D sine/cosine encoding of an h x w grid -> (h*w, dim), row-major like the tokens."""
-    if dim % 4:
-        raise ValueError(f"positional encoding dim {dim} must be divisible by 4")
     ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32), indexing="ij")
     # coordinates normalised to [0, 1] over the image so levels of different sizes agree
-    ys, xs = (ys.flatten() + 0.5) / h, (xs.flatten() + 0.5) / w
-    freq = temperature ** (-torch.arange(dim // 4, dtype=torch.float32) / (dim // 4))
-    ang_x, ang_y = 2 * math.pi * xs[:, None] * freq * 10, 2 * math.pi * ys[:, None] * freq * 10
+    xy = torch.stack([(xs.flatten() + 0.5) / w, (ys.flatten() + 0.5) / h], dim=-1)
+    return sine_encode_points(xy, dim, temperature)
+
+
+def sine_encode_points(xy: torch.Tensor, dim: int, temperature: float = 10000.0) -> torch.Tensor:
+    """(..., 2) points (x, y) in image fractions ([0, 1] over the image) -> (..., dim) sine/cosine
+    encoding, the one `sine_positions_2d` gives a grid: a query placed at a token's centre gets
+    that token's positional encoding."""
+    if dim % 4:
+        raise ValueError(f"positional encoding dim {dim} must be divisible by 4")
+    freq = temperature ** (-torch.arange(dim // 4, dtype=torch.float32, device=xy.device) / (dim // 4))
+    ang_x = 2 * math.pi * xy[..., :1].float() * freq * 10
+    ang_y = 2 * math.pi * xy[..., 1:].float() * freq * 10
     return torch.cat([ang_x.sin(), ang_x.cos(), ang_y.sin(), ang_y.cos()], dim=-1)
 
 

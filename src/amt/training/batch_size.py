@@ -98,7 +98,8 @@ class TrainingStepProbe:
     ) -> None:
         t = cfg.training
         self.device, self.samples = device, samples
-        self.model = AMT(cfg.model)
+        # memory does not depend on the weights' values: no backbone weights read (disk/network) per probe
+        self.model = AMT(cfg.model, load_backbone_weights=False)
         self.model.to(device)
         self.ema = copy.deepcopy(self.model) if t.ema.enabled else None
         self.loss_fn = AMTLoss(cfg.loss).to(device)

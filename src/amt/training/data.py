@@ -21,6 +21,7 @@ from amt.data.loaders import (
     collate,
     free_device_memory,
 )
+from amt.data.object_tables import OBJECT_TABLES_FILE, ObjectTables
 from amt.evaluation.evaluator import evaluate
 from amt.training.config import DataConfig
 from amt.training.distributed import DistContext, barrier, broadcast_object
@@ -181,6 +182,13 @@ def models_dir_of(data_folder: Path) -> str:
     """The object-models folder of the dataset a cache was built from."""
     params = open_cache(data_folder).params
     return params.get("models_dir") or str(Path(params["root"]) / "models")
+
+
+def object_tables_of(data_folder: Path, write: bool = True) -> ObjectTables:
+    """The object tables (symmetries, core radii) of the dataset a cache was built from, computed
+    from its models folder and cached next to the cache (`<cache parent>/object_tables.json`,
+    i.e. `<root>/cache/` by default). write: store them when computed (rank 0 only under DDP)."""
+    return ObjectTables.for_models_dir(models_dir_of(data_folder), data_folder.parent / OBJECT_TABLES_FILE, write)
 
 
 def default_evaluator(data_folder: Path, batch_size: int, device: torch.device) -> Evaluator:

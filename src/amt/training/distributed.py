@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -118,3 +119,14 @@ def gather_object(obj: Any, ctx: DistContext) -> list[Any]:
     out: list[Any] = [None] * ctx.world_size
     dist.all_gather_object(out, obj)
     return out
+
+
+def terms_switched_off(weights: Mapping[str, float], stage_multipliers: Sequence[Mapping[str, float]]) -> list[str]:
+    """Loss terms whose weight (base weight x a stage's multiplier, missing = 1) is 0 in some stage.
+
+    DDP needs `find_unused_parameters=True` only when some trainable parameter gets no gradient
+    in a step, which happens when a term is switched off and with it the head feeding only that
+    term; the search costs a traversal of the autograd graph every step, so the trainer asks for
+    it only when this list is not empty (a term at 0 is taken to possibly switch a head off)."""
+    stages = list(stage_multipliers) or [{}]
+    return sorted({name for m in stages for name, w in weights.items() if float(w) * float(m.get(name, 1.0)) == 0.0})

@@ -37,18 +37,25 @@ from torch.nn.parallel import DistributedDataParallel
 
 from amt.data.augment import BatchAugment
 from amt.data.loaders import CachedDataset, batch_to_device
-from amt.data.symmetry import ObjectSymmetries
 from amt.models import AMT
 from amt.models.backbone import check_backbone_weights
 from amt.training.batch_size import resolve_batch_size
 from amt.training.callbacks import Callback, StepInfo, callbacks_from_config
 from amt.training.checkpointing import resolve_resume, restore, save
 from amt.training.config import RunConfig
-from amt.training.data import Evaluator, TrainBatches, default_evaluator, models_dir_of, resolve_cache
-from amt.training.distributed import DistContext, all_reduce_mean, any_rank, broadcast_object, resolve_device
+from amt.training.data import Evaluator, TrainBatches, default_evaluator, models_dir_of, object_tables_of, resolve_cache
+from amt.training.distributed import (
+    DistContext,
+    all_reduce_mean,
+    any_rank,
+    broadcast_object,
+    resolve_device,
+    terms_switched_off,
+)
 from amt.training.ema import ModelEMA
 from amt.training.loggers import RunLoggers, flatten_metrics, prediction_spread, summarize_metrics
-from amt.training.losses import AMTLoss
+from amt.training.losses import TERM_NAMES, AMTLoss
+from amt.training.losses.distributed_stats import cross_rank_statistics
 from amt.training.optim import build_optimizer, head_lr
 from amt.training.preemption import SaveClock, StopSignals, TrainingPreempted
 from amt.training.rng import mix_seed, seed_global_rngs
@@ -130,8 +137,9 @@ class Trainer:
         torch.manual_seed(t.seed)  # identical initial weights on every rank
         fresh = self.resume_path is None  # a resumed run takes its backbone from the checkpoint
         self.model = (model if model is not None else AMT(cfg.model, load_backbone_weights=fresh)).to(self.device)
-        # symmetry centres from the data's object meshes (the loss and its matching use them)
-        self.loss_fn = AMTLoss(cfg.loss, ObjectSymmetries.for_root(cfg.data.root)).to(self.device)
+        # symmetry centres and core radii from the data's own object meshes (the loss and its matching use them)
+        tables = object_tables_of(train_folder, write=self.ctx.is_main)
+        self.loss_fn = AMTLoss(cfg.loss, tables.symmetries, tables.core_radius).to(self.device)
         self.stages = StageSchedule(t.stages, self.total_steps)
         for stage in t.stages:
             self.loss_fn.set_stage_multipliers(stage.loss_multipliers)  # fail early on unknown term names
@@ -151,8 +159,15 @@ class Trainer:
                     self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
                 else:
                     log.warning("BatchNorm (the conv stem) uses per-rank batch statistics: SyncBatchNorm needs CUDA")
-            # stages switch loss terms (and so the heads feeding them) on and off: unused parameters happen
-            self.ddp_model = DistributedDataParallel(self.model, device_ids=device_ids, find_unused_parameters=True)
+            # a stage that switches a loss term off can leave the head feeding it without gradients;
+            # only then does DDP need its (per-step) search for unused parameters
+            off = terms_switched_off(
+                {n: getattr(cfg.loss, n) for n in TERM_NAMES}, [s.loss_multipliers for s in t.stages]
+            )
+            log.info("DDP find_unused_parameters=%s (terms switched off: %s)", bool(off), ", ".join(off) or "none")
+            self.ddp_model = DistributedDataParallel(
+                self.model, device_ids=device_ids, find_unused_parameters=bool(off)
+            )
         self.autocast_dtype = autocast_dtype_for(t.precision, self.device)
         self.train_step_fn = TrainStep(
             self.ddp_model, self.loss_fn, self.optimizer, autocast_dtype=self.autocast_dtype,
@@ -222,7 +237,8 @@ class Trainer:
         step = self.step
         self.model.train()
         self.loss_fn.set_stage_multipliers(self.stages.loss_multipliers(step))
-        result = self.train_step_fn.accumulate(micro_batches, prepare=lambda m, raw: self._prepare(step, m, raw))
+        with cross_rank_statistics():  # diversity / kl over the global batch (every rank runs this step)
+            result = self.train_step_fn.accumulate(micro_batches, prepare=lambda m, raw: self._prepare(step, m, raw))
         nonfinite = result.nonfinite
         vetoes = (
             []

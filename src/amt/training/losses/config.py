@@ -42,6 +42,11 @@ class LossConfig:
     confidence_scale_m: float = 0.02
     # class: DETR's down-weighting of the "no object" class
     no_object_weight: float = 0.1
+    # objects supervised: centre inside the crop or at most this fraction of its side outside
+    # (None: every valid object, seen or not; AMTLoss._observable_objects)
+    object_margin: float | None = 0.25
+    # class: weight of the proposal head's per-token focal loss inside object_class (selected queries)
+    proposal_weight: float = 1.0
     # contact: focal loss (Lin et al. 2017)
     focal_gamma: float = 2.0
     focal_alpha: float = 0.5

@@ -9,7 +9,6 @@ in fractions of the image size. `terms` holds the unweighted value of each name 
 from __future__ import annotations
 
 import copy
-import math
 from collections.abc import Mapping
 
 import torch
@@ -30,6 +29,7 @@ from amt.models.matching import (
     predicted_rotation,
 )
 from amt.training.losses.config import TERM_NAMES, LossConfig
+from amt.training.losses.distributed_stats import gather_batch, logsumexp_over_ranks, reducing, sum_over_ranks
 from amt.training.losses.terms import (
     batch_std,
     bend_angles,
@@ -54,18 +54,25 @@ class AMTLoss(nn.Module):
     (`log_vars`, (11,)): add `loss.parameters()` to the optimiser. symmetries: the objects'
     symmetry rotations, centres and axes (`ObjectSymmetries.from_models` / `for_root`; None: the
     fallback `from_tables()`, rotations about the model origins), used by the matching and the
-    object terms alike.
+    object terms alike. core_radius: (C+1,) metres per YCB id, the penetration term's solid core
+    (`amt.data.object_tables.ObjectTables` of the dataset; None: the reference `core_radius_table()`).
 
     Non-finite outputs never raise: the total is then non-finite and the training step marks
     the step bad (`amt.training.step`).
     """
 
-    def __init__(self, cfg: LossConfig | None = None, symmetries: ObjectSymmetries | None = None) -> None:
+    def __init__(
+        self,
+        cfg: LossConfig | None = None,
+        symmetries: ObjectSymmetries | None = None,
+        core_radius: torch.Tensor | None = None,
+    ) -> None:
         super().__init__()
         # a copy: the schedule's stage multipliers change the module's config, never the caller's
         self.cfg = copy.deepcopy(cfg) if cfg is not None else LossConfig()
         self.log_vars = nn.Parameter(torch.zeros(len(TERM_NAMES))) if self.cfg.dynamic_weighting else None
-        self.register_buffer("core_radius", core_radius_table(), persistent=False)  # index = YCB id
+        radius = core_radius_table() if core_radius is None else core_radius.detach().float().clone()
+        self.register_buffer("core_radius", radius, persistent=False)  # index = YCB id
         sym = symmetries or ObjectSymmetries.from_tables()
         self.symmetry_source = sym.source
         self.register_buffer("sym_rotations", sym.rotations, persistent=False)
@@ -92,15 +99,17 @@ class AMTLoss(nn.Module):
     def forward(
         self, outputs: Mapping[str, torch.Tensor], batch: Mapping[str, torch.Tensor]
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        batch = self._observable_objects(batch)
         matches = match_objects(outputs, batch, self.cfg.match, self.symmetries)
         matched = gather_matched(matches, outputs["obj_t"].device)
+        pairs = self._pair_count(matched)
         terms: dict[str, torch.Tensor] = {}
         terms["hand_coarse"] = self._hand_coarse(outputs, batch, terms)
         terms["hand_refined"] = self._hand_refined(outputs, batch, terms)
-        terms["object_position"], terms["object_rotation"] = self._object_pose(outputs, batch, matched)
-        terms["object_class"] = self._object_class(outputs, batch, matched)
-        terms["contact"] = self._contact(outputs, batch, matched)
-        terms["physics"] = self._physics(outputs, batch, matched, terms)
+        terms["object_position"], terms["object_rotation"] = self._object_pose(outputs, batch, matched, pairs)
+        terms["object_class"] = self._object_class(outputs, batch, matched, pairs, terms)
+        terms["contact"] = self._contact(outputs, batch, matched, pairs)
+        terms["physics"] = self._physics(outputs, batch, matched, pairs, terms)
         terms["diversity"] = self._diversity(outputs)
         terms["reprojection"] = self._reprojection(outputs, batch)
         terms["kl"] = self._kl(outputs, batch, matched)
@@ -116,6 +125,36 @@ class AMTLoss(nn.Module):
                 s = self.log_vars[i]
                 total = total + 0.5 * torch.exp(-s) * w * terms[name] + 0.5 * s
         return total, terms
+
+    @staticmethod
+    def _pair_count(m: MatchedIndices) -> torch.Tensor:
+        """The count the means over matched pairs divide by: N pairs, or in a distributed step the
+        mean N over the ranks (DETR's num_boxes), so that DDP's average of the ranks' gradients
+        equals the single-process gradient of the global batch even when the ranks hold different
+        numbers of objects. Computed once per step on every rank (a collective must not depend on
+        a rank's data)."""
+        count = torch.tensor(float(m.batch.numel()), device=m.batch.device)
+        if reducing():
+            count = sum_over_ranks(count) / torch.distributed.get_world_size()
+        return count
+
+    def _observable_objects(self, batch: Mapping[str, torch.Tensor]) -> Mapping[str, torch.Tensor]:
+        """The batch with `obj_valid` limited to the objects the crop can see: in front of the
+        camera, with the centre projecting inside the crop or at most `object_margin` of its side
+        outside it (None: every valid object). An object wholly out of view cannot be located
+        from the crop; supervising it would only teach the data's prior of where objects lie
+        (hand-centred crops leave ~2 of DexYCB-style scenes' ~3 objects out of view), and its
+        unlearnable class and pose errors drown the learnable ones (docs/experiments.md "Object
+        queries")."""
+        margin = self.cfg.object_margin
+        if margin is None or "image" not in batch:
+            return batch
+        t = batch["obj_t"]
+        h, w = batch["image"].shape[-2:]
+        uv = project(torch.cat([t[..., :2], t[..., 2:].clamp_min(MIN_DEPTH_M)], dim=-1), batch["K"].to(t))
+        size = torch.tensor([w, h], dtype=uv.dtype, device=uv.device)
+        inside = ((uv >= -margin * size) & (uv <= (1 + margin) * size)).all(-1) & (t[..., 2] > MIN_DEPTH_M)
+        return {**batch, "obj_valid": batch["obj_valid"].bool() & inside.to(batch["obj_valid"].device)}
 
     # hand -----------------------------------------------------------------------------------
     def _hand(self, pred: torch.Tensor, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
@@ -164,7 +203,9 @@ class AMTLoss(nn.Module):
         return per_step[:-1] + [final]
 
     # objects --------------------------------------------------------------------------------
-    def _object_pose_errors(self, outputs, batch, m: MatchedIndices) -> tuple[torch.Tensor, torch.Tensor]:
+    def _object_pose_errors(
+        self, outputs, batch, m: MatchedIndices, pairs: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(position (metres), rotation (radians)) errors of the matched pairs, each the mean over
         the refinement steps (`_per_step`), symmetry-aware about the symmetry centres
         (`amt.data.symmetry.symmetric_pose_error`: zero for every visually identical pose)."""
@@ -177,15 +218,15 @@ class AMTLoss(nn.Module):
             r, d = symmetric_pose_error(
                 predicted_rotation(p)[m.batch, m.query], p["obj_t"][m.batch, m.query], gt_R, gt_t, cls, self.symmetries
             )
-            rot.append(r.mean())
-            pos.append(d.mean())
+            rot.append(r.sum() / pairs.clamp_min(1.0))
+            pos.append(d.sum() / pairs.clamp_min(1.0))
         return torch.stack(pos).mean(), torch.stack(rot).mean()
 
-    def _object_pose(self, outputs, batch, m: MatchedIndices) -> tuple[torch.Tensor, torch.Tensor]:
+    def _object_pose(self, outputs, batch, m: MatchedIndices, pairs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(object_position (m), object_rotation (rad)) terms; graph-attached zeros without pairs."""
         if m.batch.numel() == 0:
             return graph_zero(outputs["obj_t"]), graph_zero(outputs["obj_quat"])
-        return self._object_pose_errors(outputs, batch, m)
+        return self._object_pose_errors(outputs, batch, m, pairs)
 
     def _class_targets(self, outputs, batch, m: MatchedIndices) -> torch.Tensor:
         logits = outputs["obj_logits"]
@@ -193,15 +234,53 @@ class AMTLoss(nn.Module):
         target[m.batch, m.query] = class_logit_index(batch["obj_class"][m.batch, m.slot].to(logits.device))
         return target
 
-    def _object_class(self, outputs, batch, m: MatchedIndices) -> torch.Tensor:
+    def _object_class(
+        self, outputs, batch, m: MatchedIndices, pairs: torch.Tensor, terms: dict[str, torch.Tensor]
+    ) -> torch.Tensor:
+        """Cross-entropy of the matched classes ("no object" for the unmatched queries, down-weighted),
+        plus, for selected queries, the proposal head's per-token focal loss (`_proposals`)."""
         logits = outputs["obj_logits"]
         class_w = torch.ones(logits.shape[-1], device=logits.device, dtype=logits.dtype)
         class_w[NO_OBJECT] = self.cfg.no_object_weight
         target = self._class_targets(outputs, batch, m)
-        return F.cross_entropy(logits.flatten(0, 1), target.flatten(), weight=class_w)
+        # DETR's weighted mean, sum(w_target CE) / sum(w_target), with the weight sum taken from
+        # the (cross-rank mean) pair count: matched queries weigh 1, the others no_object_weight
+        per_query = F.cross_entropy(logits.flatten(0, 1), target.flatten(), weight=class_w, reduction="none")
+        w = self.cfg.no_object_weight
+        queries = per_query.sum() / (target.numel() * w + pairs * (1.0 - w)).clamp_min(1e-12)
+        if "proposal_logits" not in outputs.get("aux", {}):
+            return queries
+        proposals = self._proposals(outputs["aux"], batch)
+        terms["object_class/proposals"] = proposals.detach()
+        return queries + self.cfg.proposal_weight * proposals
+
+    def _proposals(self, aux, batch) -> torch.Tensor:
+        """Focal loss (sigmoid per class, Lin et al. 2017) of the per-token proposal logits (B,T,C):
+        a token is positive for a class when the projected centre of a valid object of that class
+        lies in its cell (one token per pyramid level and object), negative otherwise; summed and
+        divided by the number of positives, as detectors normalise it."""
+        logits = aux["proposal_logits"]
+        token_uv, stride = aux["proposal_uv"].to(logits), aux["proposal_stride"].to(logits)  # (T, 2), (T,)
+        t = batch["obj_t"].to(logits)  # (B, M, 3)
+        in_front = t[..., 2] > MIN_DEPTH_M
+        uv = project(torch.cat([t[..., :2], t[..., 2:].clamp_min(MIN_DEPTH_M)], dim=-1), batch["K"].to(logits))
+        # (B, M, T): the cell holds the centre (half-open so a centre on an edge lands in one cell)
+        offset = uv.unsqueeze(2) - token_uv + stride[:, None] / 2
+        inside = ((offset >= 0) & (offset < stride[:, None])).all(-1)
+        inside &= (batch["obj_valid"].to(logits.device).bool() & in_front).unsqueeze(-1)
+        cls = batch["obj_class"].to(logits.device).clamp(1, logits.shape[-1])
+        onehot = F.one_hot(class_logit_index(cls), logits.shape[-1]).to(logits)  # (B, M, C)
+        target = (inside.to(logits).transpose(1, 2) @ onehot).clamp(max=1.0)  # (B, T, C)
+        loss = focal_bce(F.logsigmoid(logits), F.logsigmoid(-logits), target, self.cfg.focal_gamma, 0.25)
+        # normalised by the mean number of positives per rank (as DETR's num_boxes): after DDP
+        # averages the ranks' gradients, the update is the single-process one on the global batch
+        positives = target.sum().detach()
+        if reducing():
+            positives = sum_over_ranks(positives) / torch.distributed.get_world_size()
+        return loss.sum() / positives.clamp_min(1.0)
 
     # contact --------------------------------------------------------------------------------
-    def _contact(self, outputs, batch, m: MatchedIndices) -> torch.Tensor:
+    def _contact(self, outputs, batch, m: MatchedIndices, pairs: torch.Tensor) -> torch.Tensor:
         if m.batch.numel() == 0:
             return graph_zero(outputs["contact_prob"]) + graph_zero(outputs["contact_points"])
         label = batch["contact_valid"][m.batch, m.slot].to(m.batch.device)
@@ -212,7 +291,8 @@ class AMTLoss(nn.Module):
         else:
             p = outputs["contact_prob"][m.batch, m.query].clamp(1e-6, 1 - 1e-6)
             log_p, log_not_p = p.log(), (1 - p).log()
-        cls = focal_bce(log_p, log_not_p, label, self.cfg.focal_gamma, self.cfg.focal_alpha).mean()
+        cls = focal_bce(log_p, log_not_p, label, self.cfg.focal_gamma, self.cfg.focal_alpha)
+        cls = cls.sum() / pairs.clamp_min(1.0)
         pred_point = outputs["contact_points"][m.batch, m.query]
         gt_point = valid_labels(batch["contact_points"][m.batch, m.slot], label).to(pred_point)
         point_err = (pred_point - gt_point).norm(dim=-1)
@@ -223,18 +303,20 @@ class AMTLoss(nn.Module):
         points = outputs.get("aux", {}).get("hand_points")
         return points if points is not None else skeleton_surface_points(outputs["joints_3d"])
 
-    def _physics(self, outputs, batch, m: MatchedIndices, terms: dict[str, torch.Tensor]) -> torch.Tensor:
+    def _physics(
+        self, outputs, batch, m: MatchedIndices, pairs: torch.Tensor, terms: dict[str, torch.Tensor]
+    ) -> torch.Tensor:
         parts = {
-            "penetration": self._penetration(outputs, batch, m),
+            "penetration": self._penetration(outputs, batch, m, pairs),
             "joint_limits": torch.relu(bend_angles(outputs["joints_3d"]) - self.bend_limit).mean(),
             "bone_length": self._bone_length(outputs["joints_3d"]),
-            "stability": self._stability(outputs, m),
+            "stability": self._stability(outputs, m, pairs),
         }
         for name, value in parts.items():
             terms[f"physics/{name}"] = value.detach()
         return sum(parts.values())
 
-    def _penetration(self, outputs, batch, m: MatchedIndices) -> torch.Tensor:
+    def _penetration(self, outputs, batch, m: MatchedIndices, pairs: torch.Tensor) -> torch.Tensor:
         """Mean depth (m) of hand points inside each matched object's core sphere."""
         points = self._hand_points(outputs)
         if m.batch.numel() == 0:
@@ -242,7 +324,7 @@ class AMTLoss(nn.Module):
         centre = outputs["obj_t"][m.batch, m.query]  # (N, 3)
         radius = self.core_radius.to(points)[batch["obj_class"][m.batch, m.slot].to(m.batch.device)]
         dist = (points[m.batch] - centre[:, None]).norm(dim=-1)  # (N, P)
-        return torch.relu(radius[:, None] - dist).mean()
+        return torch.relu(radius[:, None] - dist).mean(-1).sum() / pairs.clamp_min(1.0)
 
     def _bone_length(self, joints: torch.Tensor) -> torch.Tensor:
         """Mean distance (m) of each bone length outside its human range."""
@@ -250,7 +332,7 @@ class AMTLoss(nn.Module):
         lo, hi = self.nominal_bone.to(length) * BONE_RANGE[0], self.nominal_bone.to(length) * BONE_RANGE[1]
         return (torch.relu(lo - length) + torch.relu(length - hi)).mean()
 
-    def _stability(self, outputs, m: MatchedIndices) -> torch.Tensor:
+    def _stability(self, outputs, m: MatchedIndices, pairs: torch.Tensor | None = None) -> torch.Tensor:
         """Friction-cone violation of each matched contact force plus the norm of the
         probability-weighted net force per sample (force units of the model's head).
 
@@ -260,6 +342,7 @@ class AMTLoss(nn.Module):
         which scales with 1 / |centre - contact point|, blows up when the two are close (one of
         three paths cut when the demo's gradients exploded: docs/experiments.md).
         """
+        pairs = self._pair_count(m) if pairs is None else pairs
         force, prob = outputs["contact_force"], outputs["contact_prob"].detach()
         net = (prob.unsqueeze(-1) * force).sum(dim=1).norm(dim=-1).mean()
         if m.batch.numel() == 0:
@@ -270,11 +353,12 @@ class AMTLoss(nn.Module):
         f_n = (f * normal).sum(-1)
         f_t = (f - f_n.unsqueeze(-1) * normal).norm(dim=-1)
         cone = torch.relu(f_t - self.cfg.friction_coefficient * f_n)
-        return net + (prob[m.batch, m.query] * cone).mean()
+        return net + (prob[m.batch, m.query] * cone).sum() / pairs.clamp_min(1.0)
 
     # regularisers ---------------------------------------------------------------------------
     def _diversity(self, outputs) -> torch.Tensor:
-        joints, obj_t = outputs["joints_3d"], outputs["obj_t"]
+        # the batch std of the global batch in a distributed training step (distributed_stats)
+        joints, obj_t = gather_batch(outputs["joints_3d"]), gather_batch(outputs["obj_t"])
         if joints.shape[0] < 2:
             return graph_zero(joints) + graph_zero(obj_t)
         rel = joints - joints[:, :1]
@@ -298,8 +382,11 @@ class AMTLoss(nn.Module):
         """KL(label marginal || predicted marginal) of the class distribution over all queries."""
         logits = outputs["obj_logits"]
         target = self._class_targets(outputs, batch, m).flatten()
-        label = F.one_hot(target, logits.shape[-1]).to(logits.dtype).mean(0)  # (bincount is not deterministic on CUDA)
-        log_pred = torch.logsumexp(logits.flatten(0, 1).log_softmax(-1), dim=0) - math.log(target.numel())
+        # marginals over the global batch in a distributed training step (distributed_stats);
+        # one_hot, not bincount: bincount is not deterministic on CUDA
+        counts = sum_over_ranks(F.one_hot(target, logits.shape[-1]).to(logits.dtype).sum(0))
+        label = counts / counts.sum()
+        log_pred = logsumexp_over_ranks(logits.flatten(0, 1).log_softmax(-1)) - counts.sum().log()
         present = label > 0
         return (label[present] * (label[present].log() - log_pred[present])).sum()
 
