@@ -44,7 +44,14 @@ from amt.training.losses.terms import (
     valid_labels,
 )
 
-MIN_DEPTH_M = 0.01  # depth clamp of the reprojection term
+MIN_DEPTH_M = 0.01  # depth clamp of every projection in the loss
+
+
+def project_in_front(points: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
+    """(..., 3) metres -> (..., 2) pixels, with depth clamped to >= MIN_DEPTH_M: nothing the loss
+    projects (a hand, an object centre) is closer than 1 cm, and the clamp bounds 1/z so early
+    predictions near or behind the camera cannot blow up the gradient."""
+    return project(torch.cat([points[..., :2], points[..., 2:].clamp_min(MIN_DEPTH_M)], dim=-1), K)
 
 
 class AMTLoss(nn.Module):
@@ -151,7 +158,7 @@ class AMTLoss(nn.Module):
             return batch
         t = batch["obj_t"]
         h, w = batch["image"].shape[-2:]
-        uv = project(torch.cat([t[..., :2], t[..., 2:].clamp_min(MIN_DEPTH_M)], dim=-1), batch["K"].to(t))
+        uv = project_in_front(t, batch["K"].to(t))
         size = torch.tensor([w, h], dtype=uv.dtype, device=uv.device)
         inside = ((uv >= -margin * size) & (uv <= (1 + margin) * size)).all(-1) & (t[..., 2] > MIN_DEPTH_M)
         return {**batch, "obj_valid": batch["obj_valid"].bool() & inside.to(batch["obj_valid"].device)}
@@ -263,7 +270,7 @@ class AMTLoss(nn.Module):
         token_uv, stride = aux["proposal_uv"].to(logits), aux["proposal_stride"].to(logits)  # (T, 2), (T,)
         t = batch["obj_t"].to(logits)  # (B, M, 3)
         in_front = t[..., 2] > MIN_DEPTH_M
-        uv = project(torch.cat([t[..., :2], t[..., 2:].clamp_min(MIN_DEPTH_M)], dim=-1), batch["K"].to(logits))
+        uv = project_in_front(t, batch["K"].to(logits))
         # (B, M, T): the cell holds the centre (half-open so a centre on an edge lands in one cell)
         offset = uv.unsqueeze(2) - token_uv + stride[:, None] / 2
         inside = ((offset >= 0) & (offset < stride[:, None])).all(-1)
@@ -370,10 +377,7 @@ class AMTLoss(nn.Module):
         joints = outputs["joints_3d"]
         h, w = batch["image"].shape[-2:]
         size = torch.tensor([w, h], dtype=joints.dtype, device=joints.device)
-        # a hand closer than 1 cm is impossible; the clamp bounds 1/z so early predictions near
-        # or behind the camera cannot blow up the gradient
-        in_front = torch.cat([joints[..., :2], joints[..., 2:].clamp_min(MIN_DEPTH_M)], dim=-1)
-        uv = project(in_front, batch["K"].to(joints)) / size
+        uv = project_in_front(joints, batch["K"].to(joints)) / size
         gt = valid_labels(batch["joints_2d"], batch["hand_valid"]).to(joints) / size
         err = F.smooth_l1_loss(uv, gt, reduction="none", beta=self.cfg.reprojection_beta).sum(-1).mean(-1)
         return masked_mean(err, batch["hand_valid"])
