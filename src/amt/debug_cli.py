@@ -23,7 +23,7 @@ import torch
 from amt.checkpoint import CheckpointError, load_checkpoint
 from amt.data.cache import META_FILE, ensure_cache
 from amt.data.loaders import CachedDataset, batch_to_device, collate
-from amt.data.symmetry import ObjectSymmetries
+from amt.data.object_tables import ObjectTables
 from amt.diagnostics.report import format_markdown, run_diagnostics, write_debug_report
 from amt.training.config import RunConfig
 from amt.training.losses import AMTLoss, LossConfig
@@ -84,7 +84,10 @@ def main(argv: list[str]) -> int:
     model.to(args.device)
     loss_cfg = RunConfig.from_resolved(config["train"]).loss if config.get("train") else LossConfig()
     train_root = (config.get("train") or {}).get("data", {}).get("root")
-    loss_fn = AMTLoss(loss_cfg, ObjectSymmetries.for_root(train_root)).to(args.device)
+    # the training run's object tables (symmetries, core radii), as its trainer's loss had them;
+    # read-only here: amt debug never writes into the data root
+    tables = ObjectTables.for_root(train_root, write=False)
+    loss_fn = AMTLoss(loss_cfg, tables.symmetries, tables.core_radius).to(args.device)
     # the memory profile's step: AdamW at lr 1e-6, so the weights barely move
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-6)
     result = run_diagnostics(
