@@ -132,16 +132,6 @@ class ObjectSymmetries:
                 axes[class_id] = torch.from_numpy(axis).float()
         return cls(base.rotations, centres, axes, str(models.models_dir))
 
-    @classmethod
-    def for_root(cls, root: str | Path | None) -> ObjectSymmetries:
-        """`from_models(<root>/models)` for a DexYCB-layout root, the fallback (logged) when the
-        root or its models folder is absent."""
-        folder = Path(root) / "models" if root is not None else None
-        if folder is None or not folder.is_dir():
-            log.warning("no object models folder (%s): symmetries about the model origins (c = 0)", folder)
-            return cls.from_tables()
-        return cls.from_models(folder)
-
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> ObjectSymmetries:
         """A copy with the tables on `device` / in `dtype`."""
 

@@ -59,7 +59,7 @@ class AMTLoss(nn.Module):
 
     With `cfg.dynamic_weighting` the module owns one learnable log-variance per term
     (`log_vars`, (11,)): add `loss.parameters()` to the optimiser. symmetries: the objects'
-    symmetry rotations, centres and axes (`ObjectSymmetries.from_models` / `for_root`; None: the
+    symmetry rotations, centres and axes (`ObjectSymmetries.from_models`, or `ObjectTables.symmetries`; None: the
     fallback `from_tables()`, rotations about the model origins), used by the matching and the
     object terms alike. core_radius: (C+1,) metres per YCB id, the penetration term's solid core
     (`amt.data.object_tables.ObjectTables` of the dataset; None: the reference `core_radius_table()`).
