@@ -79,6 +79,9 @@ class DemoConfig:
     gains), so 20 only catches spikes; 1.0 rescaled every step and slowed learning.
     augment: batch augmentation during training. Off by default: within the demo's step budget
     it made the held-out error worse (the test frames are not augmented).
+    queries: object queries. A hand-centred crop shows ~1.5 supervised objects, so with ten learned
+    queries each is matched too rarely to learn its class (docs/experiments.md "Object queries and
+    out-of-view objects"); three are. DexYCB runs keep the model's ten.
     models: a DexYCB-style `models/` folder of YCB meshes to synthesise with; None (default):
     textured primitives, so the demo's data never depends on files outside the repository
     (no search of $AMT_YCB_MODELS or parent folders, unlike `amt synth`).
@@ -94,6 +97,7 @@ class DemoConfig:
     seed: int = 0
     workers: int = 2
     overlays: int = 8
+    queries: int = 3
     models: str | None = None
 
 
@@ -229,6 +233,7 @@ def _train(cfg: DemoConfig, data: Path, train_cache: Path, run_dir: Path) -> tup
         "data.val_split=null",
         f"data.image_size={cfg.image_size}",
         f"model.image_size={cfg.image_size}",
+        f"model.num_queries={cfg.queries}",
         f"training.output_dir={run_dir}",
         f"training.max_steps={cfg.steps}",
         f"training.batch_size={cfg.batch_size}",
@@ -348,6 +353,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=d.learning_rate, help="peak learning rate of the heads")
     p.add_argument("--image-size", type=int, default=d.image_size, help="crop side in pixels (multiple of 16)")
     p.add_argument("--augment", action="store_true", help="augment training batches (off by default, see DemoConfig)")
+    p.add_argument("--queries", type=int, default=d.queries, help=f"object queries (default {d.queries})")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--workers", type=int, default=d.workers, help="processes for synthesis and caching")
     p.add_argument("--models", type=Path, default=None,
@@ -362,6 +368,7 @@ def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     cfg = DemoConfig(frames=args.frames, steps=args.steps, batch_size=args.batch_size, learning_rate=args.lr,
                      image_size=args.image_size, augment=args.augment, seed=args.seed, workers=args.workers,
+                     queries=args.queries,
                      models=str(args.models) if args.models is not None else None)  # fmt: skip
     if args.models is not None and not args.models.is_dir():
         print(f"amt demo: --models {args.models}: not a folder (expected <name>/textured_simple.obj inside)",

@@ -135,12 +135,16 @@ def test_loading_is_strict_and_names_the_problem(tiny_model: AMT, tmp_path: Path
         AMT.from_pretrained(folder)
 
 
-@pytest.mark.parametrize("queries", ["learned", "selected"])
-def test_trace_and_onnx_export(tiny_model: AMT, make_batch, tmp_path: Path, queries: str) -> None:
+@pytest.mark.parametrize(
+    "fields",
+    [{}, {"object_queries": "selected"}, {"hand_keypoints": "heatmap"}],
+    ids=["default", "selected-queries", "heatmap-keypoints"],
+)
+def test_trace_and_onnx_export(tiny_model: AMT, make_batch, tmp_path: Path, fields: dict[str, str]) -> None:
     onnx = pytest.importorskip("onnx")
     ort = pytest.importorskip("onnxruntime")
     batch = make_batch(1)
-    model = tiny_model if queries == tiny_model.config.object_queries else _with_queries(tiny_model, queries)
+    model = _variant(tiny_model, **fields) if fields else tiny_model
     wrapper = _TensorForward(model).eval()
     with torch.no_grad():
         expected = wrapper(batch["image"], batch["K"])
@@ -159,9 +163,9 @@ def test_trace_and_onnx_export(tiny_model: AMT, make_batch, tmp_path: Path, quer
         torch.testing.assert_close(torch.from_numpy(got), want, rtol=1e-3, atol=1e-4, msg=key)
 
 
-def _with_queries(model: AMT, queries: str) -> AMT:
+def _variant(model: AMT, **fields: str) -> AMT:
     torch.manual_seed(0)
-    return AMT(dataclasses.replace(model.config, object_queries=queries), load_backbone_weights=False).eval()
+    return AMT(dataclasses.replace(model.config, **fields), load_backbone_weights=False).eval()
 
 
 class _TensorForward(torch.nn.Module):

@@ -29,6 +29,19 @@ def test_sequences_become_plain_lists_for_config_yaml() -> None:
 
 def test_variants_are_a_preset_with_changed_fields() -> None:
     cfg = make_config("tiny_conv", image_size=112)
-    changed = dict(backbone_stem="conv", patch_size=16, freeze_blocks=0, backbone_layerscale=1e-5)
+    changed = dict(
+        backbone_stem="conv", patch_size=16, freeze_blocks=0, backbone_layerscale=1e-5, hand_keypoints="heatmap"
+    )
     assert cfg == make_config("tiny", image_size=112, **changed)
     assert cfg.preset == "tiny"
+
+
+def test_scalar_fields_take_their_type_from_command_line_strings_or_name_the_key() -> None:
+    # YAML 1.1 (and `amt bench --set`) reads 1e-5 as a string; the field's type decides
+    cfg = make_config("tiny", backbone_layerscale="1e-5", point_layers="3", sigma_reparam="false", image_size=112.0)
+    assert cfg.backbone_layerscale == 1e-5 and cfg.point_layers == 3 and cfg.sigma_reparam is False
+    assert isinstance(cfg.image_size, int) and cfg.image_size == 112
+    with pytest.raises(ValueError, match="'hidden_dim': expected int, got 'wide'"):
+        make_config("tiny", hidden_dim="wide")
+    with pytest.raises(ValueError, match="hand_keypoints must be 'token' or 'heatmap'"):
+        make_config("tiny", hand_keypoints="dense")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import roma
 import torch
 
@@ -11,7 +12,13 @@ from amt.geometry.frames import local_frames
 from amt.geometry.hand_surface import skeleton_surface_points
 from amt.geometry.mano import ManoLayer, write_fake_mano_pickle
 from amt.models import make_config
-from amt.models.hand import FEATURES_PER_POINT, HandEncoder, mean_hand_offsets, multi_coordinate_features
+from amt.models.hand import (
+    FEATURES_PER_POINT,
+    HandEncoder,
+    KeypointHeatmaps,
+    mean_hand_offsets,
+    multi_coordinate_features,
+)
 
 
 def _features(joints: torch.Tensor) -> torch.Tensor:
@@ -62,3 +69,47 @@ def test_encoder_uses_mano_vertices_when_configured(tmp_path: Path) -> None:
     assert out["hand_points"].shape == (1, 778, 3)
     # MANO buffers come from the user's file, never from a checkpoint
     assert not any(k.startswith("mano.") for k in enc.state_dict())
+
+
+def test_heatmap_soft_argmax_reads_the_peak_cell_and_its_depth() -> None:
+    heat = KeypointHeatmaps(dim=8, size=(6, 6), stride=16.0, image_size=96)
+    with torch.no_grad():
+        heat.prior.zero_()
+    # a feature map whose logits peak at cell (row 2, col 4) for every joint, with depth 3 there
+    fmap = torch.zeros(1, 8, 6, 6)
+    last = heat.net[-1]
+    with torch.no_grad():
+        heat.net[0].weight.zero_()
+        heat.net[0].bias.zero_()
+        last.weight.zero_()
+        last.bias.zero_()
+        logits = torch.full((6, 6), -50.0)
+        logits[2, 4] = 0.0
+    uv, depth = heat.forward_logits(logits.expand(1, 21, 6, 6), torch.full((1, 21, 6, 6), 3.0))
+    # cell (2, 4) of a stride-16 grid is centred at pixel (4 * 16 + 7.5, 2 * 16 + 7.5)
+    torch.testing.assert_close(uv, torch.tensor([71.5, 39.5]).expand(1, 21, 2))
+    torch.testing.assert_close(depth, torch.zeros(1, 21))  # relative to the root
+    uv, _ = heat(fmap)  # zero prior, constant logits: the mean of the cell centres, the crop centre
+    torch.testing.assert_close(uv, torch.full((1, 21, 2), 47.5))
+
+
+def test_heatmap_encoder_starts_from_a_hand_inside_the_crop_and_moves_with_the_camera() -> None:
+    torch.manual_seed(0)
+    cfg = make_config("tiny", hand_keypoints="heatmap")
+    enc = HandEncoder(cfg)
+    D, side = cfg.hidden_dim, int(cfg.grid_size * cfg.pyramid_scales[0])
+    K = torch.tensor([[[600.0, 0, 112], [0, 600.0, 112], [0, 0, 1]]]).expand(2, 3, 3)
+    token, cls, fmap = torch.randn(2, D), torch.randn(2, D), torch.randn(2, D, side, side)
+    out = enc(token, cls, K, fmap)
+    joints = out["joints_3d_coarse"]
+    uv = (joints @ K[0].T)[..., :2] / joints[..., 2:]
+    assert ((uv > 0) & (uv < cfg.image_size)).all()
+    bones = (joints[:, 1:] - joints[:, :1]).norm(dim=-1)
+    assert (bones > 0.01).all()  # distinct joints (the 22 local frames are defined)
+    # the same pixels under another principal point: the lifted joints shift, the pixels do not
+    K2 = K.clone()
+    K2[:, 0, 2] += 10
+    moved = enc(token, cls, K2, fmap)["joints_3d_coarse"]
+    torch.testing.assert_close((moved @ K2[0].T)[..., :2] / moved[..., 2:], uv, atol=1e-3, rtol=0)
+    with pytest.raises(ValueError, match="finest pyramid level"):
+        enc(token, cls, K)

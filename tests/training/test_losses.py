@@ -342,10 +342,11 @@ def test_contact_logits_and_probabilities_agree(example):
     assert a["contact"].item() == pytest.approx(b["contact"].item(), rel=1e-4)
 
 
-def test_real_tiny_model_trains_through_every_term():
+@pytest.mark.parametrize("keypoints", ["token", "heatmap"])
+def test_real_tiny_model_trains_through_every_term(keypoints: str):
     models = pytest.importorskip("amt.models")
     torch.manual_seed(0)
-    model = models.build_model("tiny", load_backbone_weights=False)
+    model = models.build_model("tiny", load_backbone_weights=False, hand_keypoints=keypoints)
     gen = torch.Generator().manual_seed(5)
     batch = make_batch(gen, b=2)
     batch["sequence_length"] = 2

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 import yaml
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
@@ -30,7 +31,7 @@ from amt.models.backbone import DinoBackbone
 from amt.models.config import ModelConfig, make_config
 from amt.models.contact import ContactHead
 from amt.models.hand import HandEncoder
-from amt.models.layers import init_head_weights, sine_positions_2d
+from amt.models.layers import grid_centres, init_head_weights, sine_positions_2d
 from amt.models.objects import ObjectHead, QueryDecoder
 from amt.models.pyramid import FeaturePyramid
 from amt.models.refine import Refiner
@@ -125,6 +126,18 @@ class AMT(nn.Module):
         """Every trainable parameter outside the backbone."""
         return [p for n, p in self.named_parameters() if not n.startswith("backbone.") and p.requires_grad]
 
+    @staticmethod
+    def keypoint_features(levels: list[torch.Tensor]) -> torch.Tensor:
+        """(B, D, h0, w0): the finest pyramid level plus every coarser level resampled to it, an
+        FPN-style sum. The hand's keypoint heatmaps need the finest grid and the deeper taps'
+        context: on the demo, heatmaps on the finest level alone (the first tap block) ended
+        3.5-8 mm worse (docs/experiments.md "Hand keypoints")."""
+        size = levels[0].shape[-2:]
+        out = levels[0]
+        for level in levels[1:]:
+            out = out + F.interpolate(level, size=size, mode="bilinear", align_corners=False)
+        return out
+
     # ----------------------------------------------------------------- forward
     def forward(self, batch: dict[str, Any], return_attention: bool = False) -> dict[str, Any]:
         image, K = batch["image"], batch["K"].float()
@@ -145,7 +158,8 @@ class AMT(nn.Module):
         with torch.autocast(image.device.type, enabled=False):
             hand_token, obj_tokens, cls = hand_token.float(), obj_tokens.float(), cls.float()
             levels = [level.float() for level in levels]
-            hand = self.hand(hand_token, cls, K)
+            keypoint_features = self.keypoint_features(levels) if self.hand.heatmaps is not None else None
+            hand = self.hand(hand_token, cls, K, keypoint_features)
             obj = self.objects(obj_tokens, K, decoded["reference_uv"])
             joints, obj_t, obj_R, obj_tokens, steps = self.refiner(
                 hand["joints_3d"], obj["obj_t"], obj["obj_R"], obj_tokens, hand["hand_feature"], levels,
@@ -264,13 +278,6 @@ class AMT(nn.Module):
             raise ModelFileError(f"{weights_path}: {exc}") from exc
         log.info("loaded %s (%s preset)", folder, model.config.preset)
         return model.to(map_location)
-
-
-def grid_centres(h: int, w: int, stride: float) -> torch.Tensor:
-    """(h*w, 2) crop-pixel centres (u, v) of an h x w feature map with `stride` pixels per cell,
-    row-major like the tokens: cell j spans pixels j s .. j s + s - 1 (amt.models.refine)."""
-    ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32), indexing="ij")
-    return torch.stack([xs.flatten(), ys.flatten()], dim=-1) * stride + (stride - 1) / 2
 
 
 def build_model(preset: str = "tiny", load_backbone_weights: bool | None = None, **overrides: Any) -> AMT:

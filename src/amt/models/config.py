@@ -58,6 +58,10 @@ class ModelConfig:
     num_queries: int = 10
     num_classes: int = NUM_CLASSES
     point_layers: int = 2
+    # where the coarse hand's joints come from (amt.models.hand): "token" = the hand token regresses
+    # the root pixel, its depth and 20 offsets; "heatmap" = per-joint heatmaps on the finest pyramid
+    # level, soft-argmax (integral regression) for every joint's pixel, the token for the root depth
+    hand_keypoints: str = "token"
     refine_steps: int = 2
     refine_axis_length: float = 0.05
     # depth = fx * depth_per_focal * exp(raw): 1e-3 m per pixel of focal length puts a
@@ -78,6 +82,8 @@ class ModelConfig:
             self.backbone_weights = "none"  # kept (not None) so saved configs record the choice
         if self.backbone_stem not in ("patch", "conv"):
             raise ValueError(f"model config: backbone_stem must be 'patch' or 'conv', got {self.backbone_stem!r}")
+        if self.hand_keypoints not in ("token", "heatmap"):
+            raise ValueError(f"model config: hand_keypoints must be 'token' or 'heatmap', got {self.hand_keypoints!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -88,7 +94,10 @@ class ModelConfig:
         unknown = sorted(set(values) - known)
         if unknown:
             raise KeyError(f"{source}: unknown model config key(s) {unknown}; expected a subset of {sorted(known)}")
-        return cls(**values)
+        types = {f.name: f.type for f in dataclasses.fields(cls)}
+        return cls(
+            **{key: _scalar(value, types[key], f"{source}: model config key {key!r}") for key, value in values.items()}
+        )
 
     @property
     def taps(self) -> list[int]:
@@ -132,13 +141,43 @@ PRESETS: dict[str, dict[str, Any]] = {
                    backbone_weights="facebook/dinov2-giant"),
 }  # fmt: skip
 
+
+def _scalar(value: Any, annotation: str, where: str) -> Any:
+    """`value` as the plain scalar type its field is annotated with ("int", "float", "bool"):
+    YAML reads 1e-5 as a string (it wants 1.0e-5) and a command line gives strings; anything that
+    does not convert is the user's mistake, named."""
+    kind = {"int": int, "float": float, "bool": bool}.get(annotation)
+    if kind is None or isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
+        return value
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if kind is int and isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str):
+        text = value.strip().lower()
+        try:
+            if kind is bool and text in ("true", "false"):
+                return text == "true"
+            if kind is int and text.lstrip("+-").isdigit():
+                return int(text)
+            if kind is float:
+                return float(text)
+        except ValueError:
+            pass
+    raise ValueError(f"{where}: expected {annotation}, got {value!r}")
+
+
 # Named variants of a preset: name -> (preset, field overrides). A variant's config keeps the
 # preset's name in `preset` (the same network with other fields, as if they were set by hand).
 VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     # the tiny preset for training from scratch on CPU (what `amt demo` trains): a convolutional
     # stem instead of DINOv2's linear patch embedding, every block trainable, LayerScale 1e-5
-    # (docs/experiments.md "Training from scratch"). Crops must be a multiple of 16 pixels.
-    "tiny_conv": ("tiny", dict(backbone_stem="conv", patch_size=16, freeze_blocks=0, backbone_layerscale=1e-5)),
+    # (docs/experiments.md "Training from scratch"). Crops must be a multiple of 16 pixels. Heatmap
+    # keypoints for the coarse hand (docs/experiments.md "Hand keypoints").
+    "tiny_conv": (
+        "tiny",
+        dict(backbone_stem="conv", patch_size=16, freeze_blocks=0, backbone_layerscale=1e-5, hand_keypoints="heatmap"),
+    ),
 }
 
 # Published parameter counts of the paper model (vitl14 at hidden 1024), millions.

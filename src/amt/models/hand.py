@@ -1,8 +1,11 @@
 """Multi-coordinate hand encoder.
 
-1. Coarse hand from the hand token: root 2D in crop pixels + depth, lifted with the crop K;
-   the other joints as root-relative offsets; MANO shape (and MANO pose when a MANO layer is
-   configured).
+1. Coarse hand, lifted with the crop K. `hand_keypoints="token"`: the hand token regresses the
+   root's crop pixel and depth and the other joints as root-relative offsets.
+   `hand_keypoints="heatmap"`: `KeypointHeatmaps` places every joint's pixel by a soft-argmax over
+   its heatmap on the finest pyramid level, and its depth relative to the root by the same
+   weights over a depth map (integral regression, Sun et al. 2018); the token gives the root
+   depth. Both: the MANO shape (and MANO pose when a MANO layer is configured) from the token.
 2. From the coarse joints, the 22 local frames (`amt.geometry.frames`); hand surface points
    (MANO's 778 vertices when a MANO layer is configured, else skeleton surface points) are
    expressed in all 22 frames (66 values) plus a point-index feature: 67 per point. These
@@ -24,11 +27,13 @@ from amt.geometry.frames import NUM_FRAMES, local_frames, to_local
 from amt.geometry.hand_surface import num_skeleton_points, skeleton_surface_points
 from amt.geometry.mano import ManoLayer
 from amt.models.config import ModelConfig
-from amt.models.layers import MLP, init_head_weights
+from amt.models.layers import MLP, grid_centres, init_head_weights
 
 HAND_SCALE = 0.1  # metres: local coordinates and joint offsets are expressed in units of 10 cm
 RESIDUAL_SCALE = 0.02  # metres per unit of the refinement output
 NUM_SHAPE, NUM_MANO_POSE = 10, 48
+NUM_JOINTS = 21
+MIN_DEPTH = 0.05  # metres: a joint's depth floor (a root-relative depth cannot put it behind the camera)
 FEATURES_PER_POINT = NUM_FRAMES * 3 + 1  # 67
 
 
@@ -77,10 +82,54 @@ def multi_coordinate_features(
     return torch.cat([local, index.to(points.dtype).expand(B, P).unsqueeze(-1)], dim=-1)
 
 
+class KeypointHeatmaps(nn.Module):
+    """Per-joint heatmaps and relative-depth maps on one feature level, read by soft-argmax.
+
+    forward(fmap (B, D, h, w)) -> (uv (B, 21, 2) crop pixels, rel_depth (B, 21) in units of
+    HAND_SCALE, root = joint 0 at 0). A per-cell 1x1 MLP predicts 21 logit and 21 depth maps;
+    the softmax of each joint's logits over the cells weighs the cell centres (its pixel) and its
+    depth map (its depth). The logits add a learned per-joint prior, initialised to a Gaussian
+    around a reference open hand in the crop's centre, so the untrained model starts from a hand
+    shape (the 22 local frames need distinct joints), not from 21 joints at the centre.
+    """
+
+    def __init__(self, dim: int, size: tuple[int, int], stride: float, image_size: int) -> None:
+        super().__init__()
+        h, w = size
+        width = max(dim // 4, 64)  # per-cell MLP: cheap at the finest level whatever the head width
+        self.net = nn.Sequential(nn.Conv2d(dim, width, 1), nn.GELU(), nn.Conv2d(width, 2 * NUM_JOINTS, 1))
+        centres = grid_centres(h, w, stride)  # (h*w, 2)
+        self.register_buffer("centres", centres, persistent=False)
+        # reference hand spanning ~60 % of the crop, fingers up; sigma an eighth of the crop side
+        ref = mean_hand_offsets()[:, :2]
+        scale = 0.6 * image_size / ref[:, 1].abs().amax()  # a tensor, no .item(): AMT builds on meta
+        mean = image_size / 2 - 0.5 + (ref - ref.mean(0)) * scale
+        sigma = image_size / 8
+        self.prior = nn.Parameter(-((centres[None] - mean[:, None]) ** 2).sum(-1) / (2 * sigma**2))  # (21, h*w)
+        for m in self.net:
+            if isinstance(m, nn.Conv2d):
+                nn.init.trunc_normal_(m.weight, std=m.in_channels**-0.5)
+                nn.init.zeros_(m.bias)
+        with torch.no_grad():
+            self.net[-1].weight.mul_(0.1)
+
+    def forward(self, fmap: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self.net(fmap)  # (B, 42, h, w)
+        return self.forward_logits(out[:, :NUM_JOINTS], out[:, NUM_JOINTS:])
+
+    def forward_logits(self, logits: torch.Tensor, depth: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """logits, depth: (B, 21, h, w) -> (uv (B, 21, 2) pixels, root-relative depth (B, 21))."""
+        weights = torch.softmax(logits.flatten(2) + self.prior, dim=-1)  # (B, 21, h*w)
+        uv = weights @ self.centres
+        rel = (weights * depth.flatten(2)).sum(-1)
+        return uv, rel - rel[:, :1]
+
+
 class HandEncoder(nn.Module):
-    """forward(hand_token (B,D), cls (B,D), K (B,3,3)) -> dict:
+    """forward(hand_token (B,D), cls (B,D), K (B,3,3), fmap (B,D,h,w)) -> dict:
     joints_3d_coarse (B,21,3) m, joints_3d (B,21,3) m, joint_conf (B,21) in [0,1],
-    mano_shape (B,10), hand_points (B,P,3) m, hand_feature (B,D)."""
+    mano_shape (B,10), hand_points (B,P,3) m, hand_feature (B,D). fmap: the finest pyramid level
+    (its stride follows from the config), read with `hand_keypoints="heatmap"` only."""
 
     def __init__(self, cfg: ModelConfig, mano: ManoLayer | None = None) -> None:
         super().__init__()
@@ -93,8 +142,14 @@ class HandEncoder(nn.Module):
         num_points = mano.v_template.shape[0] if mano is not None else num_skeleton_points(self.per_bone)
         # a buffer, not computed per forward: torch.linspace exports to ONNX through float64
         self.register_buffer("point_index", point_index_feature(num_points), persistent=False)
-        # one wide output: root uv (2), log depth (1), 20 offsets (60), shape (10), [MANO pose (48)]
-        self.coarse = MLP(2 * D, D, 3 + 60 + NUM_SHAPE + n_pose)
+        # one wide output: [root uv (2)], root log depth (1), [20 offsets (60)], shape (10), [MANO
+        # pose (48)]; uv and offsets only when the token places the joints (hand_keypoints="token")
+        self.heatmaps: KeypointHeatmaps | None = None
+        if cfg.hand_keypoints == "heatmap":
+            grid = int(cfg.grid_size * cfg.pyramid_scales[0])
+            self.heatmaps = KeypointHeatmaps(D, (grid, grid), cfg.patch_size / cfg.pyramid_scales[0], cfg.image_size)
+        self.placed = 2 + 60 if self.heatmaps is None else 0  # token outputs that place joints
+        self.coarse = MLP(2 * D, D, 1 + self.placed + NUM_SHAPE + n_pose)
         self.point_in = MLP(FEATURES_PER_POINT, D, D)
         self.image_in = nn.Linear(2 * D, D)
         self.point_layers = nn.ModuleList(nn.Linear(D, D) for _ in range(max(cfg.point_layers - 1, 0)))
@@ -103,18 +158,30 @@ class HandEncoder(nn.Module):
         init_head_weights(self)
         with torch.no_grad():
             self.coarse[-1].weight.mul_(0.1)
-            self.coarse[-1].bias[3:63].copy_(mean_hand_offsets()[1:].flatten() / HAND_SCALE)
+            if self.heatmaps is None:
+                self.coarse[-1].bias[3:63].copy_(mean_hand_offsets()[1:].flatten() / HAND_SCALE)
             self.out[-1].weight.mul_(0.1)
 
-    def _coarse(self, fused: torch.Tensor, K: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _coarse(
+        self, fused: torch.Tensor, K: torch.Tensor, fmap: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(joints (B,21,3) m, shape (B,10), MANO pose (B,48) or (B,0)) from the token [and fmap]."""
         raw = self.coarse(fused)
+        log_depth = raw[:, 2:3] if self.heatmaps is None else raw[:, 0:1]
+        depth = K[:, 0, 0, None] * self.depth_per_focal * torch.exp(log_depth)  # (B, 1) root, metres
+        rest = raw[:, 1 + self.placed :]
+        if self.heatmaps is not None:
+            if fmap is None:
+                raise ValueError("HandEncoder: hand_keypoints='heatmap' needs the finest pyramid level (fmap)")
+            uv, rel = self.heatmaps(fmap)
+            joints = unproject(uv, (depth + rel * HAND_SCALE).clamp(min=MIN_DEPTH), K)
+            return joints, rest[:, :NUM_SHAPE], rest[:, NUM_SHAPE:]
         half = self.image_size / 2
         uv = half + half * raw[:, None, 0:2]  # (B, 1, 2) crop pixels
-        depth = K[:, 0, 0, None] * self.depth_per_focal * torch.exp(raw[:, 2:3])  # (B, 1) metres
         root = unproject(uv, depth, K)  # (B, 1, 3)
         offsets = raw[:, 3:63].unflatten(-1, (20, 3)) * HAND_SCALE
         joints = torch.cat([root, root + offsets], dim=1)
-        return joints, raw[:, 63 : 63 + NUM_SHAPE], raw[:, 63 + NUM_SHAPE :]
+        return joints, rest[:, :NUM_SHAPE], rest[:, NUM_SHAPE:]
 
     def surface_points(self, joints: torch.Tensor, shape: torch.Tensor, mano_pose: torch.Tensor) -> torch.Tensor:
         """(B, P, 3) metres: MANO vertices placed at the coarse wrist, or skeleton points."""
@@ -124,9 +191,11 @@ class HandEncoder(nn.Module):
         verts, mano_joints = self.mano(mano_pose[:, :3], mano_pose[:, 3:], shape, zeros)
         return verts - mano_joints[:, :1] + joints[:, :1]
 
-    def forward(self, hand_token: torch.Tensor, cls: torch.Tensor, K: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(
+        self, hand_token: torch.Tensor, cls: torch.Tensor, K: torch.Tensor, fmap: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
         fused = torch.cat([hand_token, cls], dim=-1)  # (B, 2D)
-        coarse, shape_coarse, mano_pose = self._coarse(fused, K)
+        coarse, shape_coarse, mano_pose = self._coarse(fused, K, fmap)
         points = self.surface_points(coarse, shape_coarse, mano_pose)
         # the 22 frames are coordinates for the encoder, not a path for gradients: normalising
         # near-parallel bones (Gram-Schmidt) is ill-conditioned; cut with two other paths when the

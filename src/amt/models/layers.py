@@ -82,3 +82,10 @@ def init_head_weights(module: nn.Module) -> None:
         elif isinstance(m, nn.LayerNorm):
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
+
+
+def grid_centres(h: int, w: int, stride: float) -> torch.Tensor:
+    """(h*w, 2) crop-pixel centres (u, v) of an h x w feature map with `stride` pixels per cell,
+    row-major like the tokens: cell j spans pixels j s .. j s + s - 1 (amt.models.refine)."""
+    ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32), indexing="ij")
+    return torch.stack([xs.flatten(), ys.flatten()], dim=-1) * stride + (stride - 1) / 2
