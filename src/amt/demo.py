@@ -73,7 +73,7 @@ class DemoConfig:
 
     frames: synthetic images (8 camera views per scene; s0_test takes ~16% of the scenes). More
     distinct scenes were the cheapest gain, cheaper than more steps.
-    image_size: crop side in pixels, a multiple of 16 (the conv-stem patch); 96 px learned best
+    image_size: crop side in pixels, a multiple of 8 (the conv-stem patch); 96 px learned best
     of the sizes tried and costs less per step than 112 px.
     grad_clip: global gradient-norm clip. Typical norms are 8-20 (dominated by the sigma-reparam
     gains), so 20 only catches spikes; 1.0 rescaled every step and slowed learning.
@@ -351,7 +351,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=d.steps, help=f"training steps (default {d.steps})")
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--lr", type=float, default=d.learning_rate, help="peak learning rate of the heads")
-    p.add_argument("--image-size", type=int, default=d.image_size, help="crop side in pixels (multiple of 16)")
+    p.add_argument("--image-size", type=int, default=d.image_size, help="crop side in pixels (multiple of 8)")
     p.add_argument("--augment", action="store_true", help="augment training batches (off by default, see DemoConfig)")
     p.add_argument("--queries", type=int, default=d.queries, help=f"object queries (default {d.queries})")
     p.add_argument("--seed", type=int, default=d.seed)

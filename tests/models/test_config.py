@@ -30,7 +30,12 @@ def test_sequences_become_plain_lists_for_config_yaml() -> None:
 def test_variants_are_a_preset_with_changed_fields() -> None:
     cfg = make_config("tiny_conv", image_size=112)
     changed = dict(
-        backbone_stem="conv", patch_size=16, freeze_blocks=0, backbone_layerscale=1e-5, hand_keypoints="heatmap"
+        backbone_stem="conv",
+        patch_size=8,
+        pyramid_scales=[2.0, 1.0, 0.5, 0.25],
+        freeze_blocks=0,
+        backbone_layerscale=1e-5,
+        hand_keypoints="heatmap",
     )
     assert cfg == make_config("tiny", image_size=112, **changed)
     assert cfg.preset == "tiny"

@@ -75,7 +75,7 @@ def test_tiny_conv_config_group_selects_the_conv_stem() -> None:
     from amt.training.config import load_run_config
 
     run = load_run_config("tiny", ["model=tiny_conv", "model.image_size=112", "data.root=/nowhere"])
-    assert run.model.backbone_stem == "conv" and run.model.patch_size == 16 and run.model.freeze_blocks == 0
+    assert run.model.backbone_stem == "conv" and run.model.patch_size == 8 and run.model.freeze_blocks == 0
 
 
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript"])

@@ -131,7 +131,7 @@ class AMT(nn.Module):
         """(B, D, h0, w0): the finest pyramid level plus every coarser level resampled to it, an
         FPN-style sum. The hand's keypoint heatmaps need the finest grid and the deeper taps'
         context: on the demo, heatmaps on the finest level alone (the first tap block) ended
-        3.5-8 mm worse (docs/experiments.md "Hand keypoints")."""
+        3.5-8 mm worse (docs/experiments.md "Hand keypoints and object depth")."""
         size = levels[0].shape[-2:]
         out = levels[0]
         for level in levels[1:]:

@@ -172,11 +172,19 @@ def _scalar(value: Any, annotation: str, where: str) -> Any:
 VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     # the tiny preset for training from scratch on CPU (what `amt demo` trains): a convolutional
     # stem instead of DINOv2's linear patch embedding, every block trainable, LayerScale 1e-5
-    # (docs/experiments.md "Training from scratch"). Crops must be a multiple of 16 pixels. Heatmap
-    # keypoints for the coarse hand (docs/experiments.md "Hand keypoints").
+    # (docs/experiments.md "Training from scratch"); 8-px patches (12 x 12 tokens at 96 px) with
+    # the pyramid scaled to keep its 4-32 px strides, and heatmap keypoints for the coarse hand
+    # (docs/experiments.md "Hand keypoints and object depth"). Crops must be a multiple of 8 px.
     "tiny_conv": (
         "tiny",
-        dict(backbone_stem="conv", patch_size=16, freeze_blocks=0, backbone_layerscale=1e-5, hand_keypoints="heatmap"),
+        dict(
+            backbone_stem="conv",
+            patch_size=8,
+            pyramid_scales=[2.0, 1.0, 0.5, 0.25],
+            freeze_blocks=0,
+            backbone_layerscale=1e-5,
+            hand_keypoints="heatmap",
+        ),
     ),
 }
 
