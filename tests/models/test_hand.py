@@ -111,5 +111,5 @@ def test_heatmap_encoder_starts_from_a_hand_inside_the_crop_and_moves_with_the_c
     K2[:, 0, 2] += 10
     moved = enc(token, cls, K2, fmap)["joints_3d_coarse"]
     torch.testing.assert_close((moved @ K2[0].T)[..., :2] / moved[..., 2:], uv, atol=1e-3, rtol=0)
-    with pytest.raises(ValueError, match="finest pyramid level"):
+    with pytest.raises(ValueError, match="finest pyramid grid"):
         enc(token, cls, K)

@@ -3,9 +3,9 @@
 1. Coarse hand, lifted with the crop K. `hand_keypoints="token"`: the hand token regresses the
    root's crop pixel and depth and the other joints as root-relative offsets.
    `hand_keypoints="heatmap"`: `KeypointHeatmaps` places every joint's pixel by a soft-argmax over
-   its heatmap on the finest pyramid level, and its depth relative to the root by the same
-   weights over a depth map (integral regression, Sun et al. 2018); the token gives the root
-   depth. Both: the MANO shape (and MANO pose when a MANO layer is configured) from the token.
+   its heatmap on the pyramid's finest grid (`AMT.keypoint_features`), and its depth relative
+   to the root by the same weights over a depth map (integral regression, Sun et al. 2018); the
+   token gives the root depth. Both: the MANO shape (and MANO pose when a MANO layer is configured) from the token.
 2. From the coarse joints, the 22 local frames (`amt.geometry.frames`); hand surface points
    (MANO's 778 vertices when a MANO layer is configured, else skeleton surface points) are
    expressed in all 22 frames (66 values) plus a point-index feature: 67 per point. These
@@ -128,8 +128,9 @@ class KeypointHeatmaps(nn.Module):
 class HandEncoder(nn.Module):
     """forward(hand_token (B,D), cls (B,D), K (B,3,3), fmap (B,D,h,w)) -> dict:
     joints_3d_coarse (B,21,3) m, joints_3d (B,21,3) m, joint_conf (B,21) in [0,1],
-    mano_shape (B,10), hand_points (B,P,3) m, hand_feature (B,D). fmap: the finest pyramid level
-    (its stride follows from the config), read with `hand_keypoints="heatmap"` only."""
+    mano_shape (B,10), hand_points (B,P,3) m, hand_feature (B,D). fmap: features on the pyramid's
+    finest grid (`AMT.keypoint_features`; its stride follows from the config), read with
+    `hand_keypoints="heatmap"` only."""
 
     def __init__(self, cfg: ModelConfig, mano: ManoLayer | None = None) -> None:
         super().__init__()
@@ -172,7 +173,9 @@ class HandEncoder(nn.Module):
         rest = raw[:, 1 + self.placed :]
         if self.heatmaps is not None:
             if fmap is None:
-                raise ValueError("HandEncoder: hand_keypoints='heatmap' needs the finest pyramid level (fmap)")
+                raise ValueError(
+                    "HandEncoder: hand_keypoints='heatmap' needs features on the finest pyramid grid (fmap)"
+                )
             uv, rel = self.heatmaps(fmap)
             joints = unproject(uv, (depth + rel * HAND_SCALE).clamp(min=MIN_DEPTH), K)
             return joints, rest[:, :NUM_SHAPE], rest[:, NUM_SHAPE:]
