@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from amt.models import PRESETS, ModelConfig, make_config
+from amt.models.config import VARIANTS
 
 
 def test_presets_apply_and_overrides_win() -> None:
@@ -29,13 +30,13 @@ def test_sequences_become_plain_lists_for_config_yaml() -> None:
 
 def test_variants_are_a_preset_with_changed_fields() -> None:
     cfg = make_config("tiny_conv", image_size=112)
-    changed = dict(
-        backbone_stem="conv",
-        patch_size=8,
-        pyramid_scales=[2.0, 1.0, 0.5, 0.25],
-        freeze_blocks=0,
-        backbone_layerscale=1e-5,
-        hand_keypoints="heatmap",
+    preset, changed = VARIANTS["tiny_conv"]
+    assert preset == "tiny" and changed["backbone_stem"] == "conv" and changed["hand_keypoints"] == "heatmap"
+    assert (cfg.patch_size, cfg.pyramid_scales, cfg.freeze_blocks, cfg.backbone_layerscale) == (
+        8,
+        [2, 1, 0.5, 0.25],
+        0,
+        1e-5,
     )
     assert cfg == make_config("tiny", image_size=112, **changed)
     assert cfg.preset == "tiny"
@@ -50,3 +51,5 @@ def test_scalar_fields_take_their_type_from_command_line_strings_or_name_the_key
         make_config("tiny", hidden_dim="wide")
     with pytest.raises(ValueError, match="hand_keypoints must be 'token' or 'heatmap'"):
         make_config("tiny", hand_keypoints="dense")
+    with pytest.raises(ValueError, match="object_queries must be 'learned' or 'selected'"):
+        make_config("tiny", object_queries="anchored")

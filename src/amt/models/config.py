@@ -59,8 +59,9 @@ class ModelConfig:
     num_classes: int = NUM_CLASSES
     point_layers: int = 2
     # where the coarse hand's joints come from (amt.models.hand): "token" = the hand token regresses
-    # the root pixel, its depth and 20 offsets; "heatmap" = per-joint heatmaps on the finest pyramid
-    # level, soft-argmax (integral regression) for every joint's pixel, the token for the root depth
+    # the root pixel, its depth and 20 offsets; "heatmap" = per-joint heatmaps on the pyramid's
+    # finest grid (AMT.keypoint_features), soft-argmax (integral regression) for every joint's
+    # pixel, the token for the root depth
     hand_keypoints: str = "token"
     refine_steps: int = 2
     refine_axis_length: float = 0.05
@@ -82,6 +83,10 @@ class ModelConfig:
             self.backbone_weights = "none"  # kept (not None) so saved configs record the choice
         if self.backbone_stem not in ("patch", "conv"):
             raise ValueError(f"model config: backbone_stem must be 'patch' or 'conv', got {self.backbone_stem!r}")
+        if self.object_queries not in ("learned", "selected"):
+            raise ValueError(
+                f"model config: object_queries must be 'learned' or 'selected', got {self.object_queries!r}"
+            )
         if self.hand_keypoints not in ("token", "heatmap"):
             raise ValueError(f"model config: hand_keypoints must be 'token' or 'heatmap', got {self.hand_keypoints!r}")
 

@@ -62,10 +62,6 @@ class QueryDecoder(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         D = cfg.hidden_dim
-        if cfg.object_queries not in ("selected", "learned"):
-            raise ValueError(
-                f"model config: object_queries must be 'selected' or 'learned', got {cfg.object_queries!r}"
-            )
         self.num_queries = cfg.num_queries
         self.image_size = cfg.image_size
         self.queries = nn.Parameter(torch.randn(1 + cfg.num_queries, D) * 0.02)

@@ -59,6 +59,14 @@ def sum_over_ranks(x: torch.Tensor) -> torch.Tensor:
     return dist_fn.all_reduce(x.clone(), op=dist.ReduceOp.SUM)
 
 
+def mean_over_ranks(x: torch.Tensor) -> torch.Tensor:
+    """Elementwise mean of x over the ranks (differentiable); x itself when not reducing. The
+    means over matched pairs and over proposal positives divide by it (DETR's num_boxes)."""
+    if not reducing():
+        return x
+    return sum_over_ranks(x) / dist.get_world_size()
+
+
 def logsumexp_over_ranks(x: torch.Tensor) -> torch.Tensor:
     """x (N, C) of this rank -> (C,) log sum over the global N of exp(x) (differentiable): each
     rank's logsumexp over its rows, gathered, then combined (log of a sum of sums)."""

@@ -29,7 +29,7 @@ from amt.models.matching import (
     predicted_rotation,
 )
 from amt.training.losses.config import TERM_NAMES, LossConfig
-from amt.training.losses.distributed_stats import gather_batch, logsumexp_over_ranks, reducing, sum_over_ranks
+from amt.training.losses.distributed_stats import gather_batch, logsumexp_over_ranks, mean_over_ranks, sum_over_ranks
 from amt.training.losses.terms import (
     batch_std,
     bend_angles,
@@ -140,10 +140,7 @@ class AMTLoss(nn.Module):
         equals the single-process gradient of the global batch even when the ranks hold different
         numbers of objects. Computed once per step on every rank (a collective must not depend on
         a rank's data)."""
-        count = torch.tensor(float(m.batch.numel()), device=m.batch.device)
-        if reducing():
-            count = sum_over_ranks(count) / torch.distributed.get_world_size()
-        return count
+        return mean_over_ranks(torch.tensor(float(m.batch.numel()), device=m.batch.device))
 
     def _observable_objects(self, batch: Mapping[str, torch.Tensor]) -> Mapping[str, torch.Tensor]:
         """The batch with `obj_valid` limited to the objects the crop can see: in front of the
@@ -281,10 +278,7 @@ class AMTLoss(nn.Module):
         loss = focal_bce(F.logsigmoid(logits), F.logsigmoid(-logits), target, self.cfg.focal_gamma, 0.25)
         # normalised by the mean number of positives per rank (as DETR's num_boxes): after DDP
         # averages the ranks' gradients, the update is the single-process one on the global batch
-        positives = target.sum().detach()
-        if reducing():
-            positives = sum_over_ranks(positives) / torch.distributed.get_world_size()
-        return loss.sum() / positives.clamp_min(1.0)
+        return loss.sum() / mean_over_ranks(target.sum().detach()).clamp_min(1.0)
 
     # contact --------------------------------------------------------------------------------
     def _contact(self, outputs, batch, m: MatchedIndices, pairs: torch.Tensor) -> torch.Tensor:
