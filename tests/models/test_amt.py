@@ -6,12 +6,15 @@ import copy
 import dataclasses
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from amt.data.transforms import crop_intrinsics_for_box
 from amt.data.ycb import NUM_CLASSES
 from amt.models import AMT, OUTPUT_KEYS
+from amt.models.amt import crop_camera_features
 
 EXPECTED_SHAPES = {
     "joints_3d": (21, 3), "joints_3d_coarse": (21, 3), "joint_conf": (21,), "mano_shape": (10,),
@@ -92,6 +95,31 @@ def test_every_head_responds_to_the_input_and_queries_differ(tiny_model: AMT, ma
         assert not torch.allclose(out[key][0, 0], out[key][0, 1]), f"{key}: queries 0 and 1 agree"
 
 
+def test_crop_camera_features_locate_the_box_in_the_camera_image() -> None:
+    """The features are the box centre's viewing ray and log(focal / box side), computed here
+    from the box in the full image, independently of the crop K they are read from."""
+    f, cx, cy, size = 600.0, 320.0, 240.0, 96
+    K = np.array([[f, 0, cx], [0, f, cy], [0, 0, 1]])
+    boxes = [(100, 50, 200), (-40, 300, 96), (400, 10, 150)]
+    crop_K = torch.from_numpy(np.stack([crop_intrinsics_for_box(K, box, size) for box in boxes]))
+    got = crop_camera_features(crop_K, size).double()
+    for (x0, y0, side), row in zip(boxes, got, strict=True):
+        # the box spans pixels x0 .. x0 + side - 1, so its centre is at x0 + side / 2 - 0.5
+        want = [(x0 + side / 2 - 0.5 - cx) / f, (y0 + side / 2 - 0.5 - cy) / f, np.log(f / side)]
+        np.testing.assert_allclose(row.numpy(), want, rtol=1e-5, atol=1e-6)
+
+
+def test_crop_camera_input_reaches_the_outputs(tiny_model: AMT, make_batch) -> None:
+    """With `crop_camera_input` the same pixels under another crop K give other predictions."""
+    model = _variant(tiny_model, crop_camera_input=True)
+    batch = make_batch(1)
+    moved = dict(batch, K=batch["K"].clone())
+    moved["K"][:, :2, 2] += 40.0  # the same crop taken elsewhere in the camera image
+    with torch.no_grad():
+        a, b = model(batch), model(moved)
+    assert not torch.allclose(a["obj_logits"], b["obj_logits"])  # not only through the lift
+
+
 def test_attention_maps_on_request(tiny_model: AMT, make_batch) -> None:
     with torch.no_grad():
         out = tiny_model(make_batch(1), return_attention=True)
@@ -137,10 +165,10 @@ def test_loading_is_strict_and_names_the_problem(tiny_model: AMT, tmp_path: Path
 
 @pytest.mark.parametrize(
     "fields",
-    [{}, {"object_queries": "selected"}, {"hand_keypoints": "heatmap"}],
-    ids=["default", "selected-queries", "heatmap-keypoints"],
+    [{}, {"object_queries": "selected"}, {"hand_keypoints": "heatmap"}, {"crop_camera_input": True}],
+    ids=["default", "selected-queries", "heatmap-keypoints", "crop-camera-input"],
 )
-def test_trace_and_onnx_export(tiny_model: AMT, make_batch, tmp_path: Path, fields: dict[str, str]) -> None:
+def test_trace_and_onnx_export(tiny_model: AMT, make_batch, tmp_path: Path, fields: dict[str, object]) -> None:
     onnx = pytest.importorskip("onnx")
     ort = pytest.importorskip("onnxruntime")
     batch = make_batch(1)
@@ -163,7 +191,7 @@ def test_trace_and_onnx_export(tiny_model: AMT, make_batch, tmp_path: Path, fiel
         torch.testing.assert_close(torch.from_numpy(got), want, rtol=1e-3, atol=1e-4, msg=key)
 
 
-def _variant(model: AMT, **fields: str) -> AMT:
+def _variant(model: AMT, **fields: object) -> AMT:
     torch.manual_seed(0)
     return AMT(dataclasses.replace(model.config, **fields), load_backbone_weights=False).eval()
 

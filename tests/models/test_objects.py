@@ -43,6 +43,31 @@ def test_translation_projects_to_the_predicted_crop_pixel() -> None:
     torch.testing.assert_close(out["obj_quat"].norm(dim=-1), torch.ones(2, cfg.num_queries))
 
 
+def test_heatmap_centre_follows_the_feature_the_query_matches() -> None:
+    """object_centre="heatmap": a feature map that matches the query at one cell only puts the
+    centre on that cell (the regressed offset zeroed); the depth reads that cell's feature."""
+    torch.manual_seed(0)
+    cfg = make_config("tiny", object_centre="heatmap", num_queries=1)
+    head = ObjectHead(cfg)
+    grid = int(cfg.grid_size * cfg.pyramid_scales[0])
+    stride = cfg.patch_size / cfg.pyramid_scales[0]
+    c = cfg.num_classes + 1
+    with torch.no_grad():
+        head.out[-1].weight[c : c + 2].zero_()
+        head.out[-1].bias[c : c + 2].zero_()
+    tokens = torch.randn(1, 1, cfg.hidden_dim)
+    query = head.heatmaps.query(tokens)[0, 0].detach()  # (D,)
+    row, col = 5, 9
+    fmap = torch.zeros(1, cfg.hidden_dim, grid, grid)
+    fmap[0, :, row, col] = 50 * query / query.norm()  # one cell matches the query, the others are 0
+    K = torch.tensor([[[300.0, 0, 40], [0, 300.0, 60], [0, 0, 1]]])
+    out = head(tokens, K, None, fmap)
+    want = torch.tensor([[[col * stride + (stride - 1) / 2, row * stride + (stride - 1) / 2]]])
+    torch.testing.assert_close(project(out["obj_t"], K), want, rtol=0, atol=0.05)
+    log_depth = head.out(tokens)[0, 0, c + 2] + head.heatmaps.depth(fmap[0, :, row, col])[0]
+    torch.testing.assert_close(out["obj_t"][0, 0, 2], 300.0 * cfg.depth_per_focal * log_depth.exp(), rtol=1e-3, atol=0)
+
+
 @pytest.mark.parametrize("queries", ["learned", "selected"])
 def test_decoder_queries_differ_and_attention_is_normalised(queries: str) -> None:
     torch.manual_seed(0)

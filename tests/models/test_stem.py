@@ -16,6 +16,30 @@ def test_conv_stem_replaces_a_patch_embedding_shape_for_shape(size: int) -> None
     assert stem.weight.dtype == torch.float32  # read by Hugging Face's patch embedding
 
 
+def test_conv_stem_features_are_its_forward_and_a_stage_map() -> None:
+    stem = ConvStem(3, 48, 16, width=8).eval()
+    x = torch.randn(2, 3, 64, 64)
+    out, fine = stem.features(x, 4)
+    torch.testing.assert_close(out, stem(x))
+    assert fine.shape == (2, stem.stage_ends[4][1], 16, 16)
+
+
+def test_stem_skip_reaches_the_heatmaps_and_needs_a_conv_stem_at_their_stride() -> None:
+    model = _conv_model(freeze_blocks=0, stem_skip=True, hand_keypoints="heatmap")
+    torch.nn.init.normal_(model.stem_in.weight)  # zero-initialised: make the skip visible
+    batch = {"image": torch.randn(1, 3, 64, 64), "K": torch.tensor([[[50.0, 0, 32], [0, 50.0, 32], [0, 0, 1]]])}
+    feats = model.backbone(batch["image"])
+    assert feats["stem"].shape[-2:] == (16, 16)  # the finest level: 4x the 4 x 4 patch grid
+    levels = model.pyramid(feats["taps"], feats["grid"])
+    with torch.no_grad():
+        with_skip = model.keypoint_features(levels, feats["stem"])
+        assert not torch.allclose(with_skip, model.keypoint_features(levels, torch.zeros_like(feats["stem"])))
+    with pytest.raises(ValueError, match="stem_skip needs backbone_stem='conv'"):
+        make_config("tiny", stem_skip=True)
+    with pytest.raises(ValueError, match="conv stem's"):
+        _conv_model(stem_skip=True, pyramid_scales=[32.0, 2.0, 1.0, 0.5])  # a 0.5-px level
+
+
 def test_conv_stem_rejects_a_patch_size_it_cannot_build() -> None:
     with pytest.raises(ValueError, match="power-of-two patch_size, got 14"):
         ConvStem(3, 48, 14)
@@ -78,11 +102,18 @@ def test_tiny_conv_config_group_selects_the_conv_stem() -> None:
     assert run.model.backbone_stem == "conv" and run.model.patch_size == 8 and run.model.freeze_blocks == 0
 
 
+DEMO_HEADS = dict(hand_keypoints="heatmap", object_centre="heatmap", crop_camera_input=True, stem_skip=True)
+
+
+@pytest.mark.parametrize("heads", [{}, DEMO_HEADS], ids=["plain", "demo-heads"])
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
-def test_conv_stem_model_exports_with_parity(tmp_path, fmt: str) -> None:
-    """The demo's checkpoints use the conv stem (channels-last inside): both runtimes must match."""
+def test_conv_stem_model_exports_with_parity(tmp_path, fmt: str, heads: dict) -> None:
+    """The demo's checkpoints use the conv stem (channels-last inside) and the tiny_conv heads:
+    both runtimes must match."""
     from amt.inference.export import export
 
-    model = _conv_model(freeze_blocks=0).eval()
+    model = _conv_model(freeze_blocks=0, **heads).eval()
+    if heads.get("stem_skip"):
+        torch.nn.init.normal_(model.stem_in.weight, std=0.1)  # zero-initialised: export a live skip
     result = export(model, tmp_path / f"m.{fmt}", fmt, dynamic_batch=True, size=64)
     assert result.worst < 1e-4

@@ -29,7 +29,9 @@ log = logging.getLogger(__name__)
 
 INFERENCE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 # modules of AMT that stay float32 in a bf16 inference model (run under autocast-disabled in AMT.forward)
-FLOAT32_MODULES = ("hand", "objects", "refiner", "contact")
+# the geometric heads, and the two small inputs to them that read float32 tensors (the crop K's
+# features, the stem's skip into the heatmap features); a model without the latter has them None
+FLOAT32_MODULES = ("hand", "objects", "refiner", "contact", "camera_in", "stem_in")
 
 
 class PrecisionError(ValueError):
@@ -75,8 +77,10 @@ def inference_model(
     fold_sigma_reparam(low)  # W_hat in float32 before the cast
     low.to(dtype)
     for name in FLOAT32_MODULES:
-        getattr(low, name).float()
+        if (module := getattr(low, name, None)) is not None:
+            module.float()
     low.backbone.register_forward_pre_hook(_cast_input(dtype))
     low.inference_dtype = dtype
-    log.info("inference model stored in %s (float32 heads: %s)", dtype, ", ".join(FLOAT32_MODULES))
+    kept = [name for name in FLOAT32_MODULES if getattr(low, name, None) is not None]
+    log.info("inference model stored in %s (float32 heads: %s)", dtype, ", ".join(kept))
     return low

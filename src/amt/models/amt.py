@@ -62,6 +62,15 @@ class WeightsMismatch(ModelFileError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
+def crop_camera_features(K: torch.Tensor, image_size: int) -> torch.Tensor:
+    """(B, 3) where a crop sits in its camera's image, from its intrinsics K (B, 3, 3) pixels:
+    the crop centre's viewing ray (x / z, y / z) and log(fx / image_size), the focal length per
+    crop side (larger for a smaller box in the camera image, i.e. a farther or smaller hand)."""
+    centre = (image_size - 1) / 2
+    fx, fy = K[:, 0, 0], K[:, 1, 1]
+    return torch.stack([(centre - K[:, 0, 2]) / fx, (centre - K[:, 1, 2]) / fy, torch.log(fx / image_size)], dim=-1)
+
+
 class AMT(nn.Module):
     """The Advanced Manipulation Transformer.
 
@@ -95,6 +104,18 @@ class AMT(nn.Module):
         # feature), which also gives the heads a short path to pooled features in from-scratch runs
         self.cls_proj = nn.Linear(2 * cfg.backbone_hidden, D)
         init_head_weights(self.cls_proj)
+        self.stem_in: nn.Conv2d | None = None
+        if cfg.stem_skip:
+            channels = self.backbone.model.embeddings.patch_embeddings.projection.stage_ends[self.backbone.stem_stride][
+                1
+            ]
+            self.stem_in = nn.Conv2d(channels, D, 1)
+            nn.init.zeros_(self.stem_in.weight)  # starts as the plain pyramid sum; learns from there
+            nn.init.zeros_(self.stem_in.bias)
+        self.camera_in = None
+        if cfg.crop_camera_input:
+            self.camera_in = nn.Linear(3, D)
+            init_head_weights(self.camera_in)
         self.level_embed = nn.Parameter(torch.randn(len(cfg.decoder_levels), D) * 0.02)
         self.memory_shapes = [self._level_shape(cfg.grid_size, cfg.pyramid_scales[i]) for i in cfg.decoder_levels]
         pos = [sine_positions_2d(h, w, D) for h, w in self.memory_shapes]
@@ -126,16 +147,20 @@ class AMT(nn.Module):
         """Every trainable parameter outside the backbone."""
         return [p for n, p in self.named_parameters() if not n.startswith("backbone.") and p.requires_grad]
 
-    @staticmethod
-    def keypoint_features(levels: list[torch.Tensor]) -> torch.Tensor:
+    def keypoint_features(self, levels: list[torch.Tensor], stem: torch.Tensor | None = None) -> torch.Tensor:
         """(B, D, h0, w0): the finest pyramid level plus every coarser level resampled to it, an
-        FPN-style sum. The hand's keypoint heatmaps need the finest grid and the deeper taps'
-        context: on the demo, heatmaps on the finest level alone (the first tap block) ended
-        3.5-8 mm worse (docs/experiments.md "Hand keypoints and object depth")."""
+        FPN-style sum, plus (`stem_skip`) the conv stem's map at that stride, projected. The
+        hand's keypoint heatmaps need the finest grid and the deeper taps' context: on the demo,
+        heatmaps on the finest level alone (the first tap block) ended 3.5-8 mm worse
+        (docs/experiments.md "Hand keypoints and object depth")."""
         size = levels[0].shape[-2:]
         out = levels[0]
         for level in levels[1:]:
             out = out + F.interpolate(level, size=size, mode="bilinear", align_corners=False)
+        if self.stem_in is not None:
+            if stem is None:
+                raise ValueError("AMT.keypoint_features: stem_skip needs the backbone's stem map")
+            out = out + self.stem_in(stem.float()).contiguous()
         return out
 
     # ----------------------------------------------------------------- forward
@@ -151,6 +176,8 @@ class AMT(nn.Module):
             dim=1,
         )
         cls = self.cls_proj(torch.cat([feats["cls"], feats["patches"].mean(dim=1)], dim=-1))
+        if self.camera_in is not None:
+            cls = cls + self.camera_in(crop_camera_features(K, self.config.image_size)).to(cls.dtype)
         decoded = self.decoder(memory, self.memory_pos, cls, self.memory_uv, return_attention)
         hand_token, obj_tokens, cross = decoded["hand"], decoded["objects"], decoded["cross"]
         # The geometric heads run in float32 even under autocast: bf16's 8-bit mantissa would put
@@ -158,9 +185,10 @@ class AMT(nn.Module):
         with torch.autocast(image.device.type, enabled=False):
             hand_token, obj_tokens, cls = hand_token.float(), obj_tokens.float(), cls.float()
             levels = [level.float() for level in levels]
-            keypoint_features = self.keypoint_features(levels) if self.hand.heatmaps is not None else None
+            needed = self.hand.heatmaps is not None or self.objects.heatmaps is not None
+            keypoint_features = self.keypoint_features(levels, feats.get("stem")) if needed else None
             hand = self.hand(hand_token, cls, K, keypoint_features)
-            obj = self.objects(obj_tokens, K, decoded["reference_uv"])
+            obj = self.objects(obj_tokens, K, decoded["reference_uv"], keypoint_features)
             joints, obj_t, obj_R, obj_tokens, steps = self.refiner(
                 hand["joints_3d"], obj["obj_t"], obj["obj_R"], obj_tokens, hand["hand_feature"], levels,
                 self.pyramid.strides, K,

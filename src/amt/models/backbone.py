@@ -206,7 +206,8 @@ class DinoBackbone(nn.Module):
       "cls": (B, Db) final normed CLS token; "patches": (B, N, Db) final normed patch tokens;
       "taps": list of (B, N, Db) patch tokens after each tap block (normed by the final norm);
       "grid": (h, w) patch grid; "attentions" (on request): list of (B, heads, 1+N, 1+N) attention
-      probabilities of the tap blocks.
+      probabilities of the tap blocks; "stem" (`stem_skip`): (B, C, H / s, W / s) the conv stem's
+      feature map at the finest pyramid level's stride s.
     """
 
     def __init__(self, cfg: ModelConfig) -> None:
@@ -216,8 +217,19 @@ class DinoBackbone(nn.Module):
         if cfg.backbone_stem == "conv":
             patches = self.model.embeddings.patch_embeddings
             patches.projection = ConvStem(
-                patches.num_channels, cfg.backbone_hidden, cfg.patch_size, cfg.backbone_stem_width
-            )
+                patches.num_channels, cfg.backbone_hidden, cfg.patch_size, cfg.backbone_stem_width,
+                cfg.backbone_stem_convs,
+            )  # fmt: skip
+        self.stem_stride: int | None = None
+        if cfg.stem_skip:
+            stride = cfg.patch_size / cfg.pyramid_scales[0]
+            stem = self.model.embeddings.patch_embeddings.projection
+            if stride not in stem.stage_ends:
+                raise ValueError(
+                    f"model config: stem_skip needs the finest pyramid level's stride ({stride:g} px) to be one "
+                    f"of the conv stem's ({sorted(stem.stage_ends)})"
+                )
+            self.stem_stride = int(stride)
         self.taps = cfg.taps
         if not all(1 <= t <= cfg.backbone_layers for t in self.taps):
             raise ValueError(f"model config: tap_blocks {self.taps} must lie in 1..{cfg.backbone_layers}")
@@ -273,14 +285,20 @@ class DinoBackbone(nn.Module):
         k = attn.k_proj(x).unflatten(-1, (attn.num_attention_heads, attn.head_dim)).transpose(1, 2)
         return torch.softmax((q @ k.transpose(-1, -2)) * attn.scaling, dim=-1)
 
-    def embed(self, image: torch.Tensor) -> torch.Tensor:
+    def embed(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Tokens entering the first block: [CLS, patches] + position embeddings resized the way
-        Meta's DINOv2 does (HF's own resize samples a slightly different grid). (B,3,H,W) -> (B,1+N,Db)."""
+        Meta's DINOv2 does (HF's own resize samples a slightly different grid). (B,3,H,W) ->
+        ((B,1+N,Db), the conv stem's map at `stem_stride` or None)."""
         emb = self.model.embeddings
-        patches = emb.patch_embeddings(image)  # (B, N, Db)
+        stem_map = None
+        if self.stem_stride is None:
+            patches = emb.patch_embeddings(image)  # (B, N, Db)
+        else:  # Hugging Face's patch embedding is projection(image).flatten(2).transpose(1, 2)
+            out, stem_map = emb.patch_embeddings.projection.features(image, self.stem_stride)
+            patches = out.flatten(2).transpose(1, 2)
         tokens = torch.cat([emb.cls_token.expand(patches.shape[0], -1, -1), patches], dim=1)
         h, w = image.shape[-2] // self.cfg.patch_size, image.shape[-1] // self.cfg.patch_size
-        return emb.dropout(tokens + meta_position_embeddings(emb.position_embeddings, h, w))
+        return emb.dropout(tokens + meta_position_embeddings(emb.position_embeddings, h, w)), stem_map
 
     def forward(self, image: torch.Tensor, return_attention: bool = False) -> dict:
         h, w = image.shape[-2] // self.cfg.patch_size, image.shape[-1] // self.cfg.patch_size
@@ -288,7 +306,7 @@ class DinoBackbone(nn.Module):
         # Frozen parts run without autograd unless someone asks for gradients w.r.t. the image.
         frozen_grad = grad and image.requires_grad
         with torch.set_grad_enabled(frozen_grad or (grad and self.model.embeddings.cls_token.requires_grad)):
-            hidden = self.embed(image)
+            hidden, stem_map = self.embed(image)
         normed, attentions = [], []
         norm = self.model.layernorm
         for i, block in enumerate(self.model.encoder.layer):
@@ -306,4 +324,6 @@ class DinoBackbone(nn.Module):
         out = {"cls": final[:, 0], "patches": final[:, 1:], "taps": [t[:, 1:] for t in normed], "grid": (h, w)}
         if return_attention:
             out["attentions"] = attentions
+        if stem_map is not None:
+            out["stem"] = stem_map
         return out

@@ -36,6 +36,8 @@ class ModelConfig:
     # (amt.models.stem, power-of-two patch_size) for backbones trained from scratch, e.g. the demo
     backbone_stem: str = "patch"
     backbone_stem_width: int = 32
+    # stride-1 3x3 convolutions after each stem stage's stride-2 one; None = one per stage
+    backbone_stem_convs: list[int] | None = None
     # hub id ("facebook/dinov2-large"), local HF folder, or Meta checkpoint (dinov2_vit*14_pretrain.pth);
     # the ViT presets default to their official DINOv2 hub id, "none" = random initialisation on purpose
     backbone_weights: str | None = None
@@ -63,6 +65,19 @@ class ModelConfig:
     # finest grid (AMT.keypoint_features), soft-argmax (integral regression) for every joint's
     # pixel, the token for the root depth
     hand_keypoints: str = "token"
+    # where an object's projected centre comes from (amt.models.objects): "token" = regressed from
+    # its query token; "heatmap" = a soft-argmax over the cells of AMT.keypoint_features weighted by
+    # the query's attention to them, plus a small regressed offset (centres just outside the crop),
+    # and its depth read from a per-cell log-depth map under the same weights plus the token's
+    object_centre: str = "token"
+    # add the conv stem's own feature map at the finest pyramid level's stride to the hand and
+    # object heatmaps' features (AMT.keypoint_features), a U-Net-style skip: pixel detail the
+    # tokens' upsampling does not carry (backbone_stem="conv" only)
+    stem_skip: bool = False
+    # feed where the crop sits in the camera image and its scale (from the crop K: the crop
+    # centre's viewing ray and log focal length per crop pixel) into the global token, as CLIFF
+    # (Li et al. 2022) does for bounding boxes: absolute depth is not in the crop's pixels alone
+    crop_camera_input: bool = False
     refine_steps: int = 2
     refine_axis_length: float = 0.05
     # depth = fx * depth_per_focal * exp(raw): 1e-3 m per pixel of focal length puts a
@@ -79,6 +94,8 @@ class ModelConfig:
         self.decoder_levels = [int(x) for x in self.decoder_levels]
         if self.tap_blocks is not None:
             self.tap_blocks = [int(x) for x in self.tap_blocks]
+        if self.backbone_stem_convs is not None:
+            self.backbone_stem_convs = [int(x) for x in self.backbone_stem_convs]
         if isinstance(self.backbone_weights, str) and self.backbone_weights.lower() == "none":
             self.backbone_weights = "none"  # kept (not None) so saved configs record the choice
         if self.backbone_stem not in ("patch", "conv"):
@@ -86,6 +103,17 @@ class ModelConfig:
         if self.object_queries not in ("learned", "selected"):
             raise ValueError(
                 f"model config: object_queries must be 'learned' or 'selected', got {self.object_queries!r}"
+            )
+        if self.object_centre not in ("token", "heatmap"):
+            raise ValueError(f"model config: object_centre must be 'token' or 'heatmap', got {self.object_centre!r}")
+        if self.object_centre == "heatmap" and self.object_queries == "selected":
+            raise ValueError(
+                "model config: object_centre='heatmap' places the centre itself; selected queries anchor it "
+                "at their token (object_queries='selected'): choose one"
+            )
+        if self.stem_skip and self.backbone_stem != "conv":
+            raise ValueError(
+                "model config: stem_skip needs backbone_stem='conv' (a patch embedding has no feature maps)"
             )
         if self.hand_keypoints not in ("token", "heatmap"):
             raise ValueError(f"model config: hand_keypoints must be 'token' or 'heatmap', got {self.hand_keypoints!r}")
@@ -189,6 +217,8 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
             freeze_blocks=0,
             backbone_layerscale=1e-5,
             hand_keypoints="heatmap",
+            object_centre="heatmap",
+            crop_camera_input=True,
         ),
     ),
 }

@@ -26,7 +26,7 @@ from torch import nn
 from amt.geometry.camera import unproject
 from amt.geometry.rotations import matrix_to_quat_wxyz, rot6d_to_matrix
 from amt.models.config import ModelConfig
-from amt.models.layers import MLP, Attention, init_head_weights, sine_encode_points
+from amt.models.layers import MLP, Attention, grid_centres, init_head_weights, sine_encode_points
 
 IDENTITY_6D = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
 
@@ -117,11 +117,37 @@ class QueryDecoder(nn.Module):
         }
 
 
+class CentreHeatmaps(nn.Module):
+    """Per-query soft-argmax over a feature map: where each object query looks is its centre.
+
+    forward(tokens (B,Q,D), fmap (B,D,h,w)) -> (uv (B,Q,2) crop pixels, log_depth (B,Q)). The
+    weights are the softmax over cells of the projected query's scaled dot product with the
+    cells' features; uv is the weighted mean of the cell centres, log_depth (relative to the
+    focal length, as the token's) a linear read of the weighted mean feature. A key projection
+    of the cells would add nothing: q . (W f + b) = (W^T q) . f + a constant over the cells, and
+    the per-cell 1x1 convolution cost ~10 % of the demo's step."""
+
+    def __init__(self, dim: int, size: tuple[int, int], stride: float) -> None:
+        super().__init__()
+        self.query = nn.Linear(dim, dim)
+        self.depth = nn.Linear(dim, 1)
+        self.register_buffer("centres", grid_centres(*size, stride), persistent=False)  # (h*w, 2)
+        self.scale = dim**-0.5
+
+    def forward(self, tokens: torch.Tensor, fmap: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        cells = fmap.flatten(2)  # (B, D, h*w)
+        weights = torch.softmax(self.query(tokens) @ cells * self.scale, dim=-1)  # (B, Q, h*w)
+        attended = weights @ cells.transpose(1, 2)  # (B, Q, D)
+        return weights @ self.centres, self.depth(attended).squeeze(-1)
+
+
 class ObjectHead(nn.Module):
-    """forward(tokens (B,Q,D), K (B,3,3), reference_uv (B,Q,2) pixels or None) -> dict obj_logits
-    (B,Q,C+1), obj_t (B,Q,3) m, obj_R (B,Q,3,3), obj_quat (B,Q,4) unit (w,x,y,z). With a reference
-    (selected queries) the projected centre is an offset from it, in units of an eighth of the
-    crop; without, a position in the crop (its centre +- half its side per unit)."""
+    """forward(tokens (B,Q,D), K (B,3,3), reference_uv (B,Q,2) pixels or None, fmap (B,D,h,w) or
+    None) -> dict obj_logits (B,Q,C+1), obj_t (B,Q,3) m, obj_R (B,Q,3,3), obj_quat (B,Q,4) unit
+    (w,x,y,z). The projected centre: with `object_centre="heatmap"`, `CentreHeatmaps` on fmap
+    (`AMT.keypoint_features`) plus an offset in units of an eighth of the crop; with a reference
+    (selected queries), an offset from it in the same units; else a position in the crop (its
+    centre +- half its side per unit)."""
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -130,22 +156,39 @@ class ObjectHead(nn.Module):
         self.depth_per_focal = cfg.depth_per_focal
         # one wide output: logits (C+1), centre uv (2), log depth (1), rotation 6D (6)
         self.out = MLP(cfg.hidden_dim, cfg.hidden_dim, self.num_logits + 9)
+        self.heatmaps: CentreHeatmaps | None = None
+        if cfg.object_centre == "heatmap":
+            grid = int(cfg.grid_size * cfg.pyramid_scales[0])
+            self.heatmaps = CentreHeatmaps(cfg.hidden_dim, (grid, grid), cfg.patch_size / cfg.pyramid_scales[0])
         init_head_weights(self)
         with torch.no_grad():  # start near the image centre, the working depth and the identity
             self.out[-1].weight.mul_(0.1)
             self.out[-1].bias[self.num_logits + 3 :].copy_(torch.tensor(IDENTITY_6D))
+            if self.heatmaps is not None:  # the depth starts at the token's (the working depth)
+                self.heatmaps.depth.weight.mul_(0.1)
 
     def forward(
-        self, tokens: torch.Tensor, K: torch.Tensor, reference_uv: torch.Tensor | None = None
+        self,
+        tokens: torch.Tensor,
+        K: torch.Tensor,
+        reference_uv: torch.Tensor | None = None,
+        fmap: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         raw = self.out(tokens)
         c = self.num_logits
-        if reference_uv is None:
+        log_depth = raw[..., c + 2]
+        if self.heatmaps is not None:
+            if fmap is None:
+                raise ValueError("ObjectHead: object_centre='heatmap' needs AMT.keypoint_features (fmap)")
+            centre, cell_depth = self.heatmaps(tokens, fmap)
+            uv = centre + (self.image_size / 8) * raw[..., c : c + 2]
+            log_depth = log_depth + cell_depth
+        elif reference_uv is None:
             half = self.image_size / 2
             uv = half + half * raw[..., c : c + 2]
         else:
             uv = reference_uv.to(raw) + (self.image_size / 8) * raw[..., c : c + 2]
-        depth = K[:, None, 0, 0] * self.depth_per_focal * torch.exp(raw[..., c + 2])
+        depth = K[:, None, 0, 0] * self.depth_per_focal * torch.exp(log_depth)
         R = rot6d_to_matrix(raw[..., c + 3 : c + 9])
         return {
             "obj_logits": raw[..., :c],

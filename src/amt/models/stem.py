@@ -25,23 +25,40 @@ def _block(cin: int, cout: int, stride: int) -> list[nn.Module]:
 class ConvStem(nn.Module):
     """(B, 3, H, W) -> (B, dim, H / patch, W / patch); `patch` must be a power of two.
 
-    log2(patch) stages, each a stride-2 3x3 conv then a stride-1 3x3 conv (BatchNorm + ReLU),
-    widths `width * 2**stage` capped at 4 * width, then a 1x1 projection to `dim`.
+    log2(patch) stages, each a stride-2 3x3 conv then `convs[stage]` stride-1 3x3 convs (default
+    one; BatchNorm + ReLU), widths `width * 2**stage` capped at 4 * width, then a 1x1 projection
+    to `dim`.
     """
 
-    def __init__(self, in_ch: int, dim: int, patch: int, width: int = 32) -> None:
+    def __init__(self, in_ch: int, dim: int, patch: int, width: int = 32, convs: list[int] | None = None) -> None:
         super().__init__()
         stages = int(round(math.log2(patch))) if patch > 0 else 0
         if patch < 2 or 2**stages != patch:
             raise ValueError(f"model config: backbone_stem='conv' needs a power-of-two patch_size, got {patch}")
+        convs = [1] * stages if convs is None else list(convs)
+        if len(convs) != stages or min(convs) < 0:
+            raise ValueError(
+                f"model config: backbone_stem_convs {convs} needs one count >= 0 per stem stage ({stages} for patch {patch})"
+            )
         layers: list[nn.Module] = []
         cin = in_ch
+        self.stage_ends: dict[int, tuple[int, int]] = {}  # stride -> (modules up to it, channels)
         for s in range(stages):
             cout = width * min(2**s, 4)
-            layers += _block(cin, cout, 2) + _block(cout, cout, 1)
+            layers += _block(cin, cout, 2)
+            for _ in range(convs[s]):
+                layers += _block(cout, cout, 1)
             cin = cout
+            self.stage_ends[2 ** (s + 1)] = (len(layers), cout)
         layers.append(nn.Conv2d(cin, dim, 1))
         self.net = nn.Sequential(*layers)
+
+    def features(self, x: torch.Tensor, stride: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(forward(x), the stem's own feature map at `stride` (B, C, H / stride, W / stride))."""
+        end = self.stage_ends[stride][0]
+        x = x.contiguous(memory_format=torch.channels_last)
+        fine = self.net[:end](x)
+        return self.net[end:](fine), fine
 
     @property
     def weight(self) -> torch.Tensor:
