@@ -38,6 +38,12 @@ def test_variants_are_a_preset_with_changed_fields() -> None:
         0,
         1e-5,
     )
+    assert (cfg.object_centre, cfg.crop_camera_input, cfg.stem_skip, cfg.backbone_stem_convs) == (
+        "heatmap",
+        True,
+        True,
+        [0, 1, 1],
+    )
     assert cfg == make_config("tiny", image_size=112, **changed)
     assert cfg.preset == "tiny"
 

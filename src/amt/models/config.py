@@ -207,7 +207,10 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     # stem instead of DINOv2's linear patch embedding, every block trainable, LayerScale 1e-5
     # (docs/experiments.md "Training from scratch"); 8-px patches (12 x 12 tokens at 96 px) with
     # the pyramid scaled to keep its 4-32 px strides, and heatmap keypoints for the coarse hand
-    # (docs/experiments.md "Hand keypoints and object depth"). Crops must be a multiple of 8 px.
+    # (docs/experiments.md "Hand keypoints and object depth"); heatmap object centres, the crop's
+    # camera position as an input, the stem's stride-4 map into the heatmap features, and no
+    # stride-1 conv at the stem's 48 x 48 stage (~14 % of a step; docs/experiments.md "Absolute
+    # position"). Crops must be a multiple of 8 px.
     "tiny_conv": (
         "tiny",
         dict(
@@ -219,6 +222,8 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
             hand_keypoints="heatmap",
             object_centre="heatmap",
             crop_camera_input=True,
+            stem_skip=True,
+            backbone_stem_convs=[0, 1, 1],
         ),
     ),
 }
