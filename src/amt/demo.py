@@ -88,7 +88,7 @@ class DemoConfig:
     """
 
     frames: int = 4800
-    steps: int = 2050
+    steps: int = 1800
     batch_size: int = 32
     learning_rate: float = 1.5e-3
     image_size: int = 96
