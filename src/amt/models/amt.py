@@ -106,10 +106,7 @@ class AMT(nn.Module):
         init_head_weights(self.cls_proj)
         self.stem_in: nn.Conv2d | None = None
         if cfg.stem_skip:
-            channels = self.backbone.model.embeddings.patch_embeddings.projection.stage_ends[self.backbone.stem_stride][
-                1
-            ]
-            self.stem_in = nn.Conv2d(channels, D, 1)
+            self.stem_in = nn.Conv2d(self.backbone.stem_channels, D, 1)
             nn.init.zeros_(self.stem_in.weight)  # starts as the plain pyramid sum; learns from there
             nn.init.zeros_(self.stem_in.bias)
         self.camera_in = None

@@ -220,7 +220,8 @@ class DinoBackbone(nn.Module):
                 patches.num_channels, cfg.backbone_hidden, cfg.patch_size, cfg.backbone_stem_width,
                 cfg.backbone_stem_convs,
             )  # fmt: skip
-        self.stem_stride: int | None = None
+        self.stem_stride: int | None = None  # `stem_skip`: the stride and channels of the stem map
+        self.stem_channels: int | None = None
         if cfg.stem_skip:
             stride = cfg.patch_size / cfg.pyramid_scales[0]
             stem = self.model.embeddings.patch_embeddings.projection
@@ -230,6 +231,7 @@ class DinoBackbone(nn.Module):
                     f"of the conv stem's ({sorted(stem.stage_ends)})"
                 )
             self.stem_stride = int(stride)
+            self.stem_channels = stem.stage_ends[self.stem_stride][1]
         self.taps = cfg.taps
         if not all(1 <= t <= cfg.backbone_layers for t in self.taps):
             raise ValueError(f"model config: tap_blocks {self.taps} must lie in 1..{cfg.backbone_layers}")
