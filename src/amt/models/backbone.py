@@ -223,7 +223,7 @@ class DinoBackbone(nn.Module):
         self.stem_stride: int | None = None  # `stem_skip`: the stride and channels of the stem map
         self.stem_channels: int | None = None
         if cfg.stem_skip:
-            stride = cfg.patch_size / cfg.pyramid_scales[0]
+            stride = cfg.finest_stride
             stem = self.model.embeddings.patch_embeddings.projection
             if stride not in stem.stage_ends:
                 raise ValueError(

@@ -68,7 +68,7 @@ class ModelConfig:
     # where an object's projected centre comes from (amt.models.objects): "token" = regressed from
     # its query token; "heatmap" = a soft-argmax over the cells of AMT.keypoint_features weighted by
     # the query's attention to them, plus a small regressed offset (centres just outside the crop),
-    # and its depth read from a per-cell log-depth map under the same weights plus the token's
+    # and a linear read of the attended feature added to the token's log depth
     object_centre: str = "token"
     # add the conv stem's own feature map at the finest pyramid level's stride to the hand and
     # object heatmaps' features (AMT.keypoint_features), a U-Net-style skip: pixel detail the
@@ -149,6 +149,16 @@ class ModelConfig:
     def grid_size(self) -> int:
         """Patch-grid side for `image_size` (16 for 224 / 14)."""
         return self.image_size // self.patch_size
+
+    @property
+    def finest_grid(self) -> int:
+        """Cells per side of the finest pyramid level, where the heatmaps are read."""
+        return int(self.grid_size * self.pyramid_scales[0])
+
+    @property
+    def finest_stride(self) -> float:
+        """Crop pixels per cell of the finest pyramid level."""
+        return self.patch_size / self.pyramid_scales[0]
 
 
 _VIT = dict(backbone_image_size=518, backbone_layerscale=1e-5)

@@ -147,8 +147,8 @@ class HandEncoder(nn.Module):
         # pose (48)]; uv and offsets only when the token places the joints (hand_keypoints="token")
         self.heatmaps: KeypointHeatmaps | None = None
         if cfg.hand_keypoints == "heatmap":
-            grid = int(cfg.grid_size * cfg.pyramid_scales[0])
-            self.heatmaps = KeypointHeatmaps(D, (grid, grid), cfg.patch_size / cfg.pyramid_scales[0], cfg.image_size)
+            grid = cfg.finest_grid
+            self.heatmaps = KeypointHeatmaps(D, (grid, grid), cfg.finest_stride, cfg.image_size)
         self.placed = 2 + 60 if self.heatmaps is None else 0  # token outputs that place joints
         self.coarse = MLP(2 * D, D, 1 + self.placed + NUM_SHAPE + n_pose)
         self.point_in = MLP(FEATURES_PER_POINT, D, D)

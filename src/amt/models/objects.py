@@ -161,8 +161,8 @@ class ObjectHead(nn.Module):
         self.out = MLP(cfg.hidden_dim, cfg.hidden_dim, self.num_logits + 9)
         self.heatmaps: CentreHeatmaps | None = None
         if cfg.object_centre == "heatmap":
-            grid = int(cfg.grid_size * cfg.pyramid_scales[0])
-            self.heatmaps = CentreHeatmaps(cfg.hidden_dim, (grid, grid), cfg.patch_size / cfg.pyramid_scales[0])
+            grid = cfg.finest_grid
+            self.heatmaps = CentreHeatmaps(cfg.hidden_dim, (grid, grid), cfg.finest_stride)
         init_head_weights(self)
         with torch.no_grad():  # start near the image centre, the working depth and the identity
             self.out[-1].weight.mul_(0.1)
