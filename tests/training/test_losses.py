@@ -438,3 +438,53 @@ def test_nan_outputs_never_raise(example, key):
     total, _ = AMTLoss()(outputs, batch)
     if TERM_INPUTS[key]:
         assert not torch.isfinite(total)
+
+
+def test_hand_heatmap_kl_matches_an_independent_computation_and_trains_the_heatmaps():
+    """`heatmap_kl`: KL(Gaussian around the true pixel || softmax of the heatmap scores), zero
+    when the scores are the target's log-probabilities; with `heatmap_weight` /
+    `object_heatmap_weight` it joins the reprojection term and its gradient reaches the hand's and
+    the object centres' heatmaps."""
+    from amt.models.amt import AMT
+    from amt.models.config import make_config
+    from amt.models.layers import grid_centres
+    from amt.testing import random_batch
+    from amt.training.losses import heatmap_kl
+
+    centres = grid_centres(6, 6, 16.0)  # (36, 2), pixel centres of a stride-16 grid
+    gt = torch.tensor([[[40.0, 20.0]] * 21, [[70.0, 80.0]] * 21])  # (2, 21, 2)
+    d2 = ((gt[:, :, None] - centres) ** 2).sum(-1)
+    target = torch.softmax(-d2 / (2 * 16.0**2), dim=-1)
+    assert heatmap_kl(target.log(), gt, centres, 16.0).abs().max() < 1e-5
+    scores = torch.randn(2, 21, 36, generator=torch.Generator().manual_seed(0))
+    expected = torch.nn.functional.kl_div(scores.log_softmax(-1), target, reduction="none").sum(-1)
+    torch.testing.assert_close(heatmap_kl(scores, gt, centres, 16.0), expected)
+
+    torch.manual_seed(0)
+    model = AMT(make_config("tiny_conv", image_size=96, num_queries=3))
+    batch = random_batch(2, image_size=96)
+    outputs = model(batch)
+    cells = model.config.finest_grid**2
+    assert outputs["aux"]["hand_heatmap_scores"].shape == (2, 21, cells)
+    assert outputs["aux"]["object_heatmap_scores"].shape == (2, 3, cells)
+    _, off = AMTLoss(LossConfig())(outputs, batch)
+    _, on = AMTLoss(LossConfig(heatmap_weight=0.1, object_heatmap_weight=0.2))(outputs, batch)
+    assert "reprojection/heatmap" not in off and "reprojection/object_heatmap" not in off
+    torch.testing.assert_close(
+        on["reprojection"],
+        off["reprojection"] + 0.1 * on["reprojection/heatmap"] + 0.2 * on["reprojection/object_heatmap"],
+    )
+    assert on["reprojection/object_heatmap"] > 0
+    on["reprojection"].backward()
+    assert model.hand.heatmaps.net[-1].weight.grad.abs().sum() > 0
+    assert model.objects.heatmaps.query.weight.grad.abs().sum() > 0
+
+
+def test_reprojection_of_the_coarse_joints_is_optional(example):
+    """`reprojection_coarse`: the term is the mean of the refined and the coarse joints' errors."""
+    batch, outputs = example
+    _, refined = AMTLoss(LossConfig())(outputs, batch)
+    _, coarse = AMTLoss(LossConfig())({**outputs, "joints_3d": outputs["joints_3d_coarse"]}, batch)
+    _, both = AMTLoss(LossConfig(reprojection_coarse=True))(outputs, batch)
+    assert not torch.allclose(refined["reprojection"], coarse["reprojection"])
+    torch.testing.assert_close(both["reprojection"], (refined["reprojection"] + coarse["reprojection"]) / 2)

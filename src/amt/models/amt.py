@@ -199,6 +199,14 @@ class AMT(nn.Module):
             "obj_R": obj_R,
             "contact_logit": contact["contact_logit"],
         }
+        # the heatmaps' scores on the finest grid, for the loss on the heatmaps themselves
+        if "heatmap_scores" in hand:
+            aux["hand_heatmap_scores"] = hand["heatmap_scores"]
+        if "centre_scores" in obj:
+            aux["object_heatmap_scores"] = obj["centre_scores"]
+        heatmaps = self.hand.heatmaps or self.objects.heatmaps  # both on the finest grid
+        if heatmaps is not None:
+            aux["heatmap_uv"], aux["heatmap_stride"] = heatmaps.centres, self.config.finest_stride
         if decoded["proposal_logits"] is not None:
             aux["proposal_logits"] = decoded["proposal_logits"]
             aux["proposal_uv"], aux["proposal_stride"] = self.memory_uv, self.memory_stride

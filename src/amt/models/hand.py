@@ -114,12 +114,22 @@ class KeypointHeatmaps(nn.Module):
             self.net[-1].weight.mul_(0.1)
 
     def forward(self, fmap: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        uv, rel, _ = self.scored(fmap)
+        return uv, rel
+
+    def scored(self, fmap: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """-> (uv, rel_depth, scores (B, 21, h*w): the logits whose softmax weighs the cells, for
+        a loss on the heatmaps themselves)."""
         out = self.net(fmap)  # (B, 42, h, w)
-        return self.forward_logits(out[:, :NUM_JOINTS], out[:, NUM_JOINTS:])
+        scores = out[:, :NUM_JOINTS].flatten(2) + self.prior
+        return (*self._read(scores, out[:, NUM_JOINTS:]), scores)
 
     def forward_logits(self, logits: torch.Tensor, depth: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """logits, depth: (B, 21, h, w) -> (uv (B, 21, 2) pixels, root-relative depth (B, 21))."""
-        weights = torch.softmax(logits.flatten(2) + self.prior, dim=-1)  # (B, 21, h*w)
+        return self._read(logits.flatten(2) + self.prior, depth)
+
+    def _read(self, scores: torch.Tensor, depth: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        weights = torch.softmax(scores, dim=-1)  # (B, 21, h*w)
         uv = weights @ self.centres
         rel = (weights * depth.flatten(2)).sum(-1)
         return uv, rel - rel[:, :1]
@@ -128,7 +138,8 @@ class KeypointHeatmaps(nn.Module):
 class HandEncoder(nn.Module):
     """forward(hand_token (B,D), cls (B,D), K (B,3,3), fmap (B,D,h,w)) -> dict:
     joints_3d_coarse (B,21,3) m, joints_3d (B,21,3) m, joint_conf (B,21) in [0,1],
-    mano_shape (B,10), hand_points (B,P,3) m, hand_feature (B,D). fmap: features on the pyramid's
+    mano_shape (B,10), hand_points (B,P,3) m, hand_feature (B,D) [, heatmap_scores (B,21,h*w)
+    with hand_keypoints="heatmap"]. fmap: features on the pyramid's
     finest grid (`AMT.keypoint_features`; its stride follows from the config), read with
     `hand_keypoints="heatmap"` only."""
 
@@ -149,7 +160,10 @@ class HandEncoder(nn.Module):
         if cfg.hand_keypoints == "heatmap":
             grid = cfg.finest_grid
             self.heatmaps = KeypointHeatmaps(D, (grid, grid), cfg.finest_stride, cfg.image_size)
-        self.placed = 2 + 60 if self.heatmaps is None else 0  # token outputs that place joints
+        self.depth_map = cfg.hand_relative_depth in ("map", "both")
+        token_depth = self.heatmaps is not None and cfg.hand_relative_depth in ("token", "both")
+        # token outputs that place joints: root uv + 20 offsets, or the 20 relative depths
+        self.placed = 2 + 60 if self.heatmaps is None else 20 if token_depth else 0
         self.coarse = MLP(2 * D, D, 1 + self.placed + NUM_SHAPE + n_pose)
         self.point_in = MLP(FEATURES_PER_POINT, D, D)
         self.image_in = nn.Linear(2 * D, D)
@@ -165,8 +179,9 @@ class HandEncoder(nn.Module):
 
     def _coarse(
         self, fused: torch.Tensor, K: torch.Tensor, fmap: torch.Tensor | None
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(joints (B,21,3) m, shape (B,10), MANO pose (B,48) or (B,0)) from the token [and fmap]."""
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(joints (B,21,3) m, shape (B,10), MANO pose (B,48) or (B,0), heatmap scores (B,21,h*w)
+        or None) from the token [and fmap]."""
         raw = self.coarse(fused)
         log_depth = raw[:, 2:3] if self.heatmaps is None else raw[:, 0:1]
         depth = K[:, 0, 0, None] * self.depth_per_focal * torch.exp(log_depth)  # (B, 1) root, metres
@@ -176,15 +191,19 @@ class HandEncoder(nn.Module):
                 raise ValueError(
                     "HandEncoder: hand_keypoints='heatmap' needs features on the finest pyramid grid (fmap)"
                 )
-            uv, rel = self.heatmaps(fmap)
+            uv, rel, scores = self.heatmaps.scored(fmap)
+            if not self.depth_map:
+                rel = torch.zeros_like(rel)
+            if self.placed:  # the token's relative depths of joints 1..20, HAND_SCALE units
+                rel = rel + F.pad(raw[:, 1 : 1 + self.placed], (1, 0))
             joints = unproject(uv, (depth + rel * HAND_SCALE).clamp(min=MIN_DEPTH), K)
-            return joints, rest[:, :NUM_SHAPE], rest[:, NUM_SHAPE:]
+            return joints, rest[:, :NUM_SHAPE], rest[:, NUM_SHAPE:], scores
         half = self.image_size / 2
         uv = half + half * raw[:, None, 0:2]  # (B, 1, 2) crop pixels
         root = unproject(uv, depth, K)  # (B, 1, 3)
         offsets = raw[:, 3:63].unflatten(-1, (20, 3)) * HAND_SCALE
         joints = torch.cat([root, root + offsets], dim=1)
-        return joints, rest[:, :NUM_SHAPE], rest[:, NUM_SHAPE:]
+        return joints, rest[:, :NUM_SHAPE], rest[:, NUM_SHAPE:], None
 
     def surface_points(self, joints: torch.Tensor, shape: torch.Tensor, mano_pose: torch.Tensor) -> torch.Tensor:
         """(B, P, 3) metres: MANO vertices placed at the coarse wrist, or skeleton points."""
@@ -198,7 +217,7 @@ class HandEncoder(nn.Module):
         self, hand_token: torch.Tensor, cls: torch.Tensor, K: torch.Tensor, fmap: torch.Tensor | None = None
     ) -> dict[str, torch.Tensor]:
         fused = torch.cat([hand_token, cls], dim=-1)  # (B, 2D)
-        coarse, shape_coarse, mano_pose = self._coarse(fused, K, fmap)
+        coarse, shape_coarse, mano_pose, scores = self._coarse(fused, K, fmap)
         points = self.surface_points(coarse, shape_coarse, mano_pose)
         # the 22 frames are coordinates for the encoder, not a path for gradients: normalising
         # near-parallel bones (Gram-Schmidt) is ill-conditioned; cut with two other paths when the
@@ -215,7 +234,7 @@ class HandEncoder(nn.Module):
         raw = self.out(torch.cat([pooled, image], dim=-1))
         # residuals are predicted in the palm frame (the last frame) and rotated to the camera
         delta = raw[:, :63].unflatten(-1, (21, 3)) @ R[:, -1].transpose(-1, -2) * RESIDUAL_SCALE
-        return {
+        out = {
             "joints_3d_coarse": coarse,
             "joints_3d": coarse + delta,
             "joint_conf": torch.sigmoid(raw[:, 63:84]),
@@ -223,3 +242,6 @@ class HandEncoder(nn.Module):
             "hand_points": points,
             "hand_feature": pooled + image,
         }
+        if scores is not None:
+            out["heatmap_scores"] = scores
+        return out

@@ -138,16 +138,22 @@ class CentreHeatmaps(nn.Module):
         self.scale = dim**-0.5
 
     def forward(self, tokens: torch.Tensor, fmap: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        uv, log_depth, _ = self.scored(tokens, fmap)
+        return uv, log_depth
+
+    def scored(self, tokens: torch.Tensor, fmap: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """-> (uv, log_depth, scores (B, Q, h*w): the logits whose softmax weighs the cells)."""
         cells = fmap.flatten(2)  # (B, D, h*w)
-        weights = torch.softmax(self.query(tokens) @ cells * self.scale, dim=-1)  # (B, Q, h*w)
+        scores = self.query(tokens) @ cells * self.scale
+        weights = torch.softmax(scores, dim=-1)  # (B, Q, h*w)
         attended = weights @ cells.transpose(1, 2)  # (B, Q, D)
-        return weights @ self.centres, self.depth(attended).squeeze(-1)
+        return weights @ self.centres, self.depth(attended).squeeze(-1), scores
 
 
 class ObjectHead(nn.Module):
     """forward(tokens (B,Q,D), K (B,3,3), reference_uv (B,Q,2) pixels or None, fmap (B,D,h,w) or
     None) -> dict obj_logits (B,Q,C+1), obj_t (B,Q,3) m, obj_R (B,Q,3,3), obj_quat (B,Q,4) unit
-    (w,x,y,z). The projected centre: with `object_centre="heatmap"`, `CentreHeatmaps` on fmap
+    (w,x,y,z) [, centre_scores (B,Q,h*w) with object_centre="heatmap"]. The projected centre: with `object_centre="heatmap"`, `CentreHeatmaps` on fmap
     (`AMT.keypoint_features`) plus an offset in units of an eighth of the crop; with a reference
     (selected queries), an offset from it in the same units; else a position in the crop (its
     centre +- half its side per unit)."""
@@ -183,7 +189,7 @@ class ObjectHead(nn.Module):
         if self.heatmaps is not None:
             if fmap is None:
                 raise ValueError("ObjectHead: object_centre='heatmap' needs AMT.keypoint_features (fmap)")
-            centre, cell_depth = self.heatmaps(tokens, fmap)
+            centre, cell_depth, scores = self.heatmaps.scored(tokens, fmap)
             uv = centre + (self.image_size / 8) * raw[..., c : c + 2]
             log_depth = log_depth + cell_depth
         elif reference_uv is None:
@@ -193,9 +199,12 @@ class ObjectHead(nn.Module):
             uv = reference_uv.to(raw) + (self.image_size / 8) * raw[..., c : c + 2]
         depth = K[:, None, 0, 0] * self.depth_per_focal * torch.exp(log_depth)
         R = rot6d_to_matrix(raw[..., c + 3 : c + 9])
-        return {
+        out = {
             "obj_logits": raw[..., :c],
             "obj_t": unproject(uv, depth, K),
             "obj_R": R,
             "obj_quat": matrix_to_quat_wxyz(R),
         }
+        if self.heatmaps is not None:
+            out["centre_scores"] = scores
+        return out

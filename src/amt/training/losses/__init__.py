@@ -11,6 +11,7 @@ from amt.training.losses.terms import (
     bone_lengths,
     focal_bce,
     hand_joint_loss,
+    heatmap_kl,
     joint_weights,
     rotation_error,
 )
@@ -30,6 +31,7 @@ __all__ = [
     "bone_lengths",
     "focal_bce",
     "hand_joint_loss",
+    "heatmap_kl",
     "joint_weights",
     "rotation_error",
     "symmetry_table",

@@ -37,6 +37,7 @@ from amt.training.losses.terms import (
     focal_bce,
     graph_zero,
     hand_joint_loss,
+    heatmap_kl,
     joint_weights,
     masked_mean,
     nan_safe_bce,
@@ -118,7 +119,7 @@ class AMTLoss(nn.Module):
         terms["contact"] = self._contact(outputs, batch, matched, pairs)
         terms["physics"] = self._physics(outputs, batch, matched, pairs, terms)
         terms["diversity"] = self._diversity(outputs)
-        terms["reprojection"] = self._reprojection(outputs, batch)
+        terms["reprojection"] = self._reprojection(outputs, batch, matched, pairs, terms)
         terms["kl"] = self._kl(outputs, batch, matched)
         terms["temporal"] = self._temporal(outputs, batch)
         total = graph_zero(outputs["joints_3d"])
@@ -367,14 +368,50 @@ class AMTLoss(nn.Module):
         objects = torch.relu(self.cfg.object_std_target_m - batch_std(obj_t)).mean()
         return hand + objects
 
-    def _reprojection(self, outputs, batch) -> torch.Tensor:
+    def _reprojection(
+        self, outputs, batch, matched: MatchedIndices, pairs: torch.Tensor, terms: dict[str, torch.Tensor]
+    ) -> torch.Tensor:
+        """The image-plane term: smooth-L1 of the refined (and with `reprojection_coarse` the
+        coarse) joints' pixels, as fractions of the image size, plus `heatmap_weight` x the hand
+        heatmaps' and `object_heatmap_weight` x the matched object centre heatmaps' `heatmap_kl`."""
         joints = outputs["joints_3d"]
         h, w = batch["image"].shape[-2:]
         size = torch.tensor([w, h], dtype=joints.dtype, device=joints.device)
-        uv = project_in_front(joints, batch["K"].to(joints)) / size
-        gt = valid_labels(batch["joints_2d"], batch["hand_valid"]).to(joints) / size
-        err = F.smooth_l1_loss(uv, gt, reduction="none", beta=self.cfg.reprojection_beta).sum(-1).mean(-1)
-        return masked_mean(err, batch["hand_valid"])
+        gt = valid_labels(batch["joints_2d"], batch["hand_valid"]).to(joints)
+        preds = [joints, outputs["joints_3d_coarse"]] if self.cfg.reprojection_coarse else [joints]
+        errs = []
+        for pred in preds:
+            uv = project_in_front(pred, batch["K"].to(joints)) / size
+            errs.append(
+                F.smooth_l1_loss(uv, gt / size, reduction="none", beta=self.cfg.reprojection_beta).sum(-1).mean(-1)
+            )
+        total = masked_mean(torch.stack(errs).mean(0), batch["hand_valid"])
+        aux = outputs.get("aux", {})
+        if self.cfg.heatmap_weight > 0 and "hand_heatmap_scores" in aux:
+            kl = heatmap_kl(aux["hand_heatmap_scores"], gt, aux["heatmap_uv"], aux["heatmap_stride"])  # (B, 21)
+            heat = masked_mean(kl.mean(-1), batch["hand_valid"])
+            terms["reprojection/heatmap"] = heat.detach()
+            total = total + self.cfg.heatmap_weight * heat
+        if self.cfg.object_heatmap_weight > 0 and "object_heatmap_scores" in aux:
+            heat = self._object_heatmap(aux, batch, matched, pairs)
+            terms["reprojection/object_heatmap"] = heat.detach()
+            total = total + self.cfg.object_heatmap_weight * heat
+        return total
+
+    @staticmethod
+    def _object_heatmap(aux, batch, m: MatchedIndices, pairs: torch.Tensor) -> torch.Tensor:
+        """`heatmap_kl` of the matched queries' centre heatmaps around their objects' true
+        centre pixels, clamped to the grid (the head's offset reaches centres outside the crop),
+        summed over pairs / the (cross-rank mean) pair count."""
+        scores = aux["object_heatmap_scores"]
+        if m.batch.numel() == 0:
+            return graph_zero(scores)
+        centres = aux["heatmap_uv"].to(scores)
+        t = batch["obj_t"][m.batch, m.slot].to(scores)
+        uv = project_in_front(t[:, None], batch["K"][m.batch].to(scores))[:, 0]  # (N, 2)
+        uv = torch.maximum(torch.minimum(uv, centres.amax(0)), centres.amin(0))
+        kl = heatmap_kl(scores[m.batch, m.query][:, None], uv[:, None], centres, aux["heatmap_stride"])
+        return kl.sum() / pairs.clamp_min(1.0)
 
     def _kl(self, outputs, batch, m: MatchedIndices) -> torch.Tensor:
         """KL(label marginal || predicted marginal) of the class distribution over all queries."""

@@ -69,6 +69,17 @@ def hand_joint_loss(
     return masked_mean(absolute + relative, valid)
 
 
+def heatmap_kl(scores: torch.Tensor, uv: torch.Tensor, centres: torch.Tensor, sigma: float) -> torch.Tensor:
+    """KL(target || softmax(scores)) per heatmap, nats. scores: (B, K, C) logits over C cells;
+    uv: (B, K, 2) true pixels; centres: (C, 2) the cells' pixel centres; sigma: pixels. The
+    target is a Gaussian over the cell centres around the true pixel: the dense signal 2D pose
+    heatmaps learn from, which a soft-argmax's coordinate loss gives only through the weighted
+    mean. Returns (B, K)."""
+    d2 = ((uv.to(scores)[:, :, None] - centres.to(scores)) ** 2).sum(-1)  # (B, K, C)
+    log_target = torch.log_softmax(-d2 / (2 * float(sigma) ** 2), dim=-1)
+    return (log_target.exp() * (log_target - torch.log_softmax(scores, dim=-1))).sum(-1)
+
+
 def rotation_error(
     pred_R: torch.Tensor, gt_R: torch.Tensor, class_id: torch.Tensor, symmetries: ObjectSymmetries | None = None
 ) -> torch.Tensor:
