@@ -10,7 +10,10 @@ refinement step; the final outputs are the last step's),
 of each pyramid level in the decoder memory, in token order). With selected object queries
 (`ModelConfig.object_queries`) also `proposal_logits` (B,T,C) per memory token and class,
 `proposal_uv` (T,2) and `proposal_stride` (T,) the tokens' centres and cell sides in crop pixels,
-and `query_reference_uv` (B,Q,2) each query's anchor.
+and `query_reference_uv` (B,Q,2) each query's anchor. With heatmaps (`hand_keypoints` /
+`object_centre` = "heatmap") `hand_heatmap_scores` (B,21,C) / `object_heatmap_scores` (B,Q,C),
+the logits over the C cells of the finest grid whose softmax places the joints / centres, and
+`heatmap_uv` (C,2) / `heatmap_stride` the cells' centres and side in crop pixels.
 """
 
 from __future__ import annotations

@@ -65,10 +65,6 @@ class ModelConfig:
     # finest grid (AMT.keypoint_features), soft-argmax (integral regression) for every joint's
     # pixel, the token for the root depth
     hand_keypoints: str = "token"
-    # hand_keypoints="heatmap" only: where each joint's depth relative to the root comes from:
-    # "map" = its heatmap's weights over a per-cell depth map; "token" = regressed from the hand
-    # token (the whole hand's view: its out-of-plane orientation); "both" = their sum
-    hand_relative_depth: str = "map"
     # where an object's projected centre comes from (amt.models.objects): "token" = regressed from
     # its query token; "heatmap" = a soft-argmax over the cells of AMT.keypoint_features weighted by
     # the query's attention to them, plus a small regressed offset (centres just outside the crop),
@@ -118,10 +114,6 @@ class ModelConfig:
         if self.stem_skip and self.backbone_stem != "conv":
             raise ValueError(
                 "model config: stem_skip needs backbone_stem='conv' (a patch embedding has no feature maps)"
-            )
-        if self.hand_relative_depth not in ("map", "token", "both"):
-            raise ValueError(
-                f"model config: hand_relative_depth must be 'map', 'token' or 'both', got {self.hand_relative_depth!r}"
             )
         if self.hand_keypoints not in ("token", "heatmap"):
             raise ValueError(f"model config: hand_keypoints must be 'token' or 'heatmap', got {self.hand_keypoints!r}")

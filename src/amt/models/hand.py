@@ -160,10 +160,7 @@ class HandEncoder(nn.Module):
         if cfg.hand_keypoints == "heatmap":
             grid = cfg.finest_grid
             self.heatmaps = KeypointHeatmaps(D, (grid, grid), cfg.finest_stride, cfg.image_size)
-        self.depth_map = cfg.hand_relative_depth in ("map", "both")
-        token_depth = self.heatmaps is not None and cfg.hand_relative_depth in ("token", "both")
-        # token outputs that place joints: root uv + 20 offsets, or the 20 relative depths
-        self.placed = 2 + 60 if self.heatmaps is None else 20 if token_depth else 0
+        self.placed = 2 + 60 if self.heatmaps is None else 0  # token outputs that place joints
         self.coarse = MLP(2 * D, D, 1 + self.placed + NUM_SHAPE + n_pose)
         self.point_in = MLP(FEATURES_PER_POINT, D, D)
         self.image_in = nn.Linear(2 * D, D)
@@ -192,10 +189,6 @@ class HandEncoder(nn.Module):
                     "HandEncoder: hand_keypoints='heatmap' needs features on the finest pyramid grid (fmap)"
                 )
             uv, rel, scores = self.heatmaps.scored(fmap)
-            if not self.depth_map:
-                rel = torch.zeros_like(rel)
-            if self.placed:  # the token's relative depths of joints 1..20, HAND_SCALE units
-                rel = rel + F.pad(raw[:, 1 : 1 + self.placed], (1, 0))
             joints = unproject(uv, (depth + rel * HAND_SCALE).clamp(min=MIN_DEPTH), K)
             return joints, rest[:, :NUM_SHAPE], rest[:, NUM_SHAPE:], scores
         half = self.image_size / 2

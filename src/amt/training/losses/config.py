@@ -57,13 +57,11 @@ class LossConfig:
     object_std_target_m: float = 0.02
     # reprojection: smooth-L1 transition as a fraction of the image size
     reprojection_beta: float = 0.01
-    # reprojection: the coarse joints' 2D error too (the refined joints' alone when False)
-    reprojection_coarse: bool = False
     # reprojection: weight of the hand heatmaps' KL divergence from a Gaussian (sigma one cell)
-    # around each joint's true pixel (hand_keypoints="heatmap"; 0 = off)
-    heatmap_weight: float = 0.0
+    # around each joint's true pixel (hand_keypoints="heatmap" only; 0 = off); docs/losses.md
+    heatmap_weight: float = 0.3
     # reprojection: the same for the matched object queries' centre heatmaps (object_centre="heatmap")
-    object_heatmap_weight: float = 0.0
+    object_heatmap_weight: float = 0.3
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.stage_multipliers) - set(TERM_NAMES))

@@ -371,21 +371,16 @@ class AMTLoss(nn.Module):
     def _reprojection(
         self, outputs, batch, matched: MatchedIndices, pairs: torch.Tensor, terms: dict[str, torch.Tensor]
     ) -> torch.Tensor:
-        """The image-plane term: smooth-L1 of the refined (and with `reprojection_coarse` the
-        coarse) joints' pixels, as fractions of the image size, plus `heatmap_weight` x the hand
-        heatmaps' and `object_heatmap_weight` x the matched object centre heatmaps' `heatmap_kl`."""
+        """The image-plane term: smooth-L1 of the joints' pixels, as fractions of the image size,
+        plus `heatmap_weight` x the hand heatmaps' and `object_heatmap_weight` x the matched object
+        centre heatmaps' `heatmap_kl`."""
         joints = outputs["joints_3d"]
         h, w = batch["image"].shape[-2:]
         size = torch.tensor([w, h], dtype=joints.dtype, device=joints.device)
+        uv = project_in_front(joints, batch["K"].to(joints)) / size
         gt = valid_labels(batch["joints_2d"], batch["hand_valid"]).to(joints)
-        preds = [joints, outputs["joints_3d_coarse"]] if self.cfg.reprojection_coarse else [joints]
-        errs = []
-        for pred in preds:
-            uv = project_in_front(pred, batch["K"].to(joints)) / size
-            errs.append(
-                F.smooth_l1_loss(uv, gt / size, reduction="none", beta=self.cfg.reprojection_beta).sum(-1).mean(-1)
-            )
-        total = masked_mean(torch.stack(errs).mean(0), batch["hand_valid"])
+        err = F.smooth_l1_loss(uv, gt / size, reduction="none", beta=self.cfg.reprojection_beta).sum(-1).mean(-1)
+        total = masked_mean(err, batch["hand_valid"])
         aux = outputs.get("aux", {})
         if self.cfg.heatmap_weight > 0 and "hand_heatmap_scores" in aux:
             kl = heatmap_kl(aux["hand_heatmap_scores"], gt, aux["heatmap_uv"], aux["heatmap_stride"])  # (B, 21)
