@@ -402,9 +402,8 @@ class AMTLoss(nn.Module):
         if m.batch.numel() == 0:
             return graph_zero(scores)
         centres = aux["heatmap_uv"].to(scores)
-        t = batch["obj_t"][m.batch, m.slot].to(scores)
-        uv = project_in_front(t[:, None], batch["K"][m.batch].to(scores))[:, 0]  # (N, 2)
-        uv = torch.maximum(torch.minimum(uv, centres.amax(0)), centres.amin(0))
+        uv = project_in_front(batch["obj_t"].to(scores), batch["K"].to(scores))[m.batch, m.slot]  # (N, 2)
+        uv = uv.clamp(centres.amin(0), centres.amax(0))
         kl = heatmap_kl(scores[m.batch, m.query][:, None], uv[:, None], centres, aux["heatmap_stride"])
         return kl.sum() / pairs.clamp_min(1.0)
 
