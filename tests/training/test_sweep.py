@@ -99,6 +99,18 @@ def sweep_root(tmp_path_factory) -> Path:
     return root
 
 
+def _mid_trial(storage: str) -> bool:
+    """Both workers have claimed trials, one trial is complete and one is running with its
+    parameters drawn (False while a worker's write locks the database)."""
+    try:
+        trials = optuna.load_study(study_name="t", storage=storage).get_trials(deepcopy=False)
+    except OperationalError:
+        return False
+    running = [t for t in trials if t.state == TrialState.RUNNING and t.params]
+    workers = {t.user_attrs.get("worker") for t in trials} - {None}
+    return bool(running) and len(workers) == 2 and any(t.state == TrialState.COMPLETE for t in trials)
+
+
 def _finished(study) -> list:
     return [t for t in study.get_trials(deepcopy=False) if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
 
@@ -126,14 +138,17 @@ def test_tiny_sweep_with_two_workers_resumes_after_a_kill_and_its_best_trial_tra
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline and all(w.poll() is None for w in workers):
             time.sleep(0.5)
-            try:
-                trials = optuna.load_study(study_name="t", storage=storage).get_trials(deepcopy=False)
-            except OperationalError:  # the database is locked by a worker's write
+            if not _mid_trial(storage):
                 continue
-            running = [t for t in trials if t.state == TrialState.RUNNING and t.params]  # mid-trial
-            pids = {t.user_attrs.get("worker") for t in trials}
-            if running and len(pids - {None}) == 2 and any(t.state == TrialState.COMPLETE for t in trials):
+            # Freeze both workers, then look again: a trial seen running may have finished since,
+            # and only a frozen sweep is killed at a known point (a kill that lands after the last
+            # trial finished would leave nothing to resume).
+            for w in workers:
+                w.send_signal(signal.SIGSTOP)
+            if _mid_trial(storage):
                 break
+            for w in workers:
+                w.send_signal(signal.SIGCONT)
         assert all(w.poll() is None for w in workers), (tmp_path / "worker0.log").read_text()[-3000:]
     finally:
         for w in workers:  # the whole sweep dies, mid-trial
