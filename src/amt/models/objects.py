@@ -154,9 +154,9 @@ class ObjectHead(nn.Module):
     """forward(tokens (B,Q,D), K (B,3,3), reference_uv (B,Q,2) pixels or None, fmap (B,D,h,w) or
     None) -> dict obj_logits (B,Q,C+1), obj_t (B,Q,3) m, obj_R (B,Q,3,3), obj_quat (B,Q,4) unit
     (w,x,y,z) [, centre_scores (B,Q,h*w) with object_centre="heatmap"]. The projected centre:
-    with `object_centre="heatmap"`, `CentreHeatmaps` on fmap (`AMT.keypoint_features`) plus an offset in units of an eighth of the crop; with a reference
-    (selected queries), an offset from it in the same units; else a position in the crop (its
-    centre +- half its side per unit)."""
+    with `object_centre="heatmap"`, `CentreHeatmaps` on fmap (`AMT.keypoint_features`) plus an
+    offset in units of an eighth of the crop; with a reference (selected queries), an offset from
+    it in the same units; else a position in the crop (its centre +- half its side per unit)."""
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
