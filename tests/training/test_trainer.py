@@ -18,6 +18,7 @@ from amt.training.config import DataConfig, StageConfig
 from amt.training.data import resolve_cache
 from amt.training.distributed import DistContext
 from amt.training.ema import ModelEMA
+from amt.training.losses import TERM_NAMES
 from amt.training.optim import param_groups
 from amt.training.rng import epoch_order
 from amt.training.schedule import StageSchedule, warmup_cosine
@@ -167,6 +168,22 @@ def test_param_groups_give_the_backbone_a_lower_lr_and_skip_decay_on_1d():
     grouped = {id(p) for g in groups.values() for p in g["params"]}
     assert grouped == {id(p) for p in model.parameters() if p.requires_grad}
     assert {id(p) for p in groups["backbone"]["params"]} <= {id(p) for p in model.trainable_backbone_parameters()}
+
+
+def test_learned_task_weights_are_logged(tmp_path, tiny_run_config):
+    """With learned task weighting, every log carries each term's log-variance s_i (its weight is
+    0.5 exp(-s_i) w_i), as the optimizer has left it."""
+    run = tiny_run_config(
+        tmp_path / "run", "training.max_steps=2", "training.batch_size=4", "training.log_every_steps=1",
+        "loss.dynamic_weighting=true",
+    )  # fmt: skip
+    trainer = Trainer(run, evaluator=None)
+    logged: list[dict[str, float]] = []
+    trainer.loggers.log_scalars = lambda scalars, step: logged.append(dict(scalars))
+    trainer.fit()
+    assert len(logged) == 2
+    values = [logged[-1][f"train/log_var/{n}"] for n in TERM_NAMES]
+    assert values == trainer.loss_fn.log_vars.detach().tolist() and any(v != 0.0 for v in values)
 
 
 # --- training step behaviour -------------------------------------------------------------------
