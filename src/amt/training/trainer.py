@@ -363,9 +363,9 @@ class Trainer:
         if not self.ctx.is_main:
             return
         scalars = {f"train/{k}": v for k, v in values.items()}
-        log_vars = self.loss_fn.log_vars
-        if log_vars is not None:  # the learned task weights' log-variances s_i (one host read per log)
-            scalars.update({f"train/log_var/{n}": v for n, v in zip(TERM_NAMES, log_vars.detach().tolist())})
+        log_vars = self.loss_fn.learned_log_variances()
+        if log_vars is not None:
+            scalars.update({f"train/log_var/{n}": v for n, v in log_vars.items()})
         for g in self.optimizer.param_groups:
             scalars[f"lr/{g.get('name', 'group')}"] = g["lr"]
         if info.grad_norm is not None:

@@ -96,6 +96,13 @@ class AMTLoss(nn.Module):
             raise ValueError(f"AMTLoss.set_stage_multipliers: unknown terms {unknown}; expected {TERM_NAMES}")
         self.cfg.stage_multipliers = dict(multipliers)
 
+    def learned_log_variances(self) -> dict[str, float] | None:
+        """Term name -> its learned log-variance s_i (weight 0.5 exp(-s_i) w_i); None without
+        dynamic weighting. One host read."""
+        if self.log_vars is None:
+            return None
+        return dict(zip(TERM_NAMES, self.log_vars.detach().tolist(), strict=True))
+
     @property
     def symmetries(self) -> ObjectSymmetries:
         """The symmetry tables on the module's device."""
