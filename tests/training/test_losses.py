@@ -478,3 +478,38 @@ def test_hand_heatmap_kl_matches_an_independent_computation_and_trains_the_heatm
     on["reprojection"].backward()
     assert model.hand.heatmaps.net[-1].weight.grad.abs().sum() > 0
     assert model.objects.heatmaps.query.weight.grad.abs().sum() > 0
+
+
+def test_bone_term_matches_an_independent_computation_and_ignores_a_rigid_shift():
+    """`hand_joint_loss` with `bone_weight`: adds the weighted smooth-L1 of each bone vector (a
+    joint minus its parent, the wrist's own row zero) to the absolute and root-relative terms;
+    a translated hand costs the absolute term only, a bent finger the bone term too."""
+    from amt.geometry.hand_skeleton import BONES
+    from amt.training.losses import hand_joint_loss
+
+    g = torch.Generator().manual_seed(0)
+    gt = torch.randn(4, 21, 3, generator=g) * 0.05
+    pred = gt + torch.randn(4, 21, 3, generator=g) * 0.01
+    valid = torch.tensor([True, True, False, True])
+    weights = torch.rand(21, generator=g) + 0.5
+    beta = 0.01
+    without = hand_joint_loss(pred, gt, valid, weights, beta)
+    with_bones = hand_joint_loss(pred, gt, valid, weights, beta, bone_weight=0.7)
+    expected = torch.zeros(4)
+    for parent, child in BONES:
+        err = torch.nn.functional.smooth_l1_loss(
+            pred[:, child] - pred[:, parent], gt[:, child] - gt[:, parent], reduction="none", beta=beta
+        )
+        expected += err.sum(-1) * weights[child] / 21
+    torch.testing.assert_close(with_bones - without, 0.7 * expected[valid].mean())
+
+    shifted = gt + torch.tensor([0.03, -0.02, 0.1])
+    torch.testing.assert_close(
+        hand_joint_loss(shifted, gt, valid, weights, beta, bone_weight=5.0),
+        hand_joint_loss(shifted, gt, valid, weights, beta),
+    )
+    bent = gt.clone()
+    bent[:, 8] += torch.tensor([0.0, 0.02, 0.0])  # the index tip moves: its bone changes
+    assert hand_joint_loss(bent, gt, valid, weights, beta, bone_weight=1.0) > hand_joint_loss(
+        bent, gt, valid, weights, beta
+    )

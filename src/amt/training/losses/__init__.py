@@ -9,6 +9,7 @@ from amt.training.losses.loss import MIN_DEPTH_M, AMTLoss
 from amt.training.losses.terms import (
     bend_angles,
     bone_lengths,
+    bone_vectors,
     focal_bce,
     hand_joint_loss,
     heatmap_kl,
@@ -29,6 +30,7 @@ __all__ = [
     "LossConfig",
     "bend_angles",
     "bone_lengths",
+    "bone_vectors",
     "focal_bce",
     "hand_joint_loss",
     "heatmap_kl",

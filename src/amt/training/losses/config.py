@@ -35,6 +35,8 @@ class LossConfig:
     # hand: smooth-L1 transition (m) and the relative weight of fingertips (others 1)
     smooth_l1_beta_m: float = 0.01
     tip_weight: float = 2.0
+    # hand: weight of the bone-vector (child - parent) smooth-L1 inside both hand terms (0 = off)
+    bone_weight: float = 1.0
     # hand: MANO betas (inside hand_coarse) and joint confidence (inside hand_refined), whose
     # target is exp(-joint error / confidence_scale_m)
     shape_weight: float = 0.01

@@ -172,7 +172,7 @@ class AMTLoss(nn.Module):
     def _hand(self, pred: torch.Tensor, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         w = joint_weights(self.cfg.tip_weight, pred.device)
         gt = valid_labels(batch["joints_3d"], batch["hand_valid"])
-        return hand_joint_loss(pred, gt, batch["hand_valid"], w, self.cfg.smooth_l1_beta_m)
+        return hand_joint_loss(pred, gt, batch["hand_valid"], w, self.cfg.smooth_l1_beta_m, self.cfg.bone_weight)
 
     def _hand_coarse(self, outputs, batch, terms: dict[str, torch.Tensor]) -> torch.Tensor:
         """Coarse joints, plus the MANO betas (squared error) where `mano_valid`."""

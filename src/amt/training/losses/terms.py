@@ -13,6 +13,8 @@ import torch.nn.functional as F
 from amt.data.symmetry import ObjectSymmetries, symmetric_rotation_error
 from amt.geometry.hand_skeleton import BEND_LIMIT_DEG, BONES, NUM_JOINTS, PARENTS, TIP_JOINTS
 
+_SELF_PARENTS = [max(p, 0) for p in PARENTS]  # the wrist as its own parent: a zero bone
+
 
 def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean of `values` over `mask` (same leading shape); 0 (graph kept) when the mask is empty."""
@@ -52,21 +54,32 @@ def joint_weights(tip_weight: float, device=None) -> torch.Tensor:
     return w / w.mean()
 
 
-def hand_joint_loss(
-    pred: torch.Tensor, gt: torch.Tensor, valid: torch.Tensor, weights: torch.Tensor, beta: float
-) -> torch.Tensor:
-    """Smooth-L1 on absolute plus root-relative joints, per-joint weighted.
+def bone_vectors(joints: torch.Tensor) -> torch.Tensor:
+    """(B, 21, 3) -> (B, 21, 3): each joint minus its parent (the wrist's row is 0)."""
+    return joints - joints[:, _SELF_PARENTS]
 
-    pred, gt: (B, 21, 3) metres; valid: (B,) bool; weights: (21,). Returns metres (scalar).
+
+def hand_joint_loss(
+    pred: torch.Tensor, gt: torch.Tensor, valid: torch.Tensor, weights: torch.Tensor, beta: float,
+    bone_weight: float = 0.0,
+) -> torch.Tensor:  # fmt: skip
+    """Smooth-L1 on absolute plus root-relative joints, plus `bone_weight` x the same on the bone
+    vectors (`bone_vectors`), per-joint weighted (a bone carries its child joint's weight).
+
+    The root-relative term sums the errors of every bone from the wrist, so a finger's tip pays
+    for its palm's orientation; the bone term gives each bone's direction and length its own
+    signal (docs/losses.md "Hand"). pred, gt: (B, 21, 3) metres; valid: (B,) bool; weights:
+    (21,). Returns metres (scalar).
     """
 
     def per_joint(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         return (F.smooth_l1_loss(a, b, reduction="none", beta=beta).sum(-1) * weights).mean(-1)
 
     gt = gt.to(pred)
-    absolute = per_joint(pred, gt)
-    relative = per_joint(pred - pred[:, :1], gt - gt[:, :1])
-    return masked_mean(absolute + relative, valid)
+    total = per_joint(pred, gt) + per_joint(pred - pred[:, :1], gt - gt[:, :1])
+    if bone_weight:
+        total = total + bone_weight * per_joint(bone_vectors(pred), bone_vectors(gt))
+    return masked_mean(total, valid)
 
 
 def heatmap_kl(scores: torch.Tensor, uv: torch.Tensor, centres: torch.Tensor, sigma: float) -> torch.Tensor:
