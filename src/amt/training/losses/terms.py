@@ -128,15 +128,15 @@ def bend_angles(joints: torch.Tensor) -> torch.Tensor:
     """(B, 21, 3) -> (B, 15) radians: angle between incoming and outgoing bone at each
     articulated joint in `BEND_LIMIT_DEG` order (0 = straight)."""
     ids = list(BEND_LIMIT_DEG)
-    incoming = joints[:, ids] - joints[:, [PARENTS[j] for j in ids]]
-    outgoing = joints[:, [j + 1 for j in ids]] - joints[:, ids]
+    bones = bone_vectors(joints)
+    incoming, outgoing = bones[:, ids], bones[:, [j + 1 for j in ids]]  # joint j + 1's parent is j
     cross = torch.linalg.cross(incoming, outgoing).norm(dim=-1)
     return torch.atan2(cross, (incoming * outgoing).sum(-1))
 
 
 def bone_lengths(joints: torch.Tensor) -> torch.Tensor:
     """(B, 21, 3) -> (B, 20) metres, `BONES` order."""
-    return (joints[:, [c for _, c in BONES]] - joints[:, [p for p, _ in BONES]]).norm(dim=-1)
+    return bone_vectors(joints)[:, [c for _, c in BONES]].norm(dim=-1)
 
 
 def batch_std(x: torch.Tensor) -> torch.Tensor:
