@@ -61,7 +61,8 @@ def main(argv: list[str]) -> int:
             cache = args.data
         else:
             root = args.data.expanduser().resolve()
-            cache = ensure_cache(root, args.split, int(model.config.image_size), workers=args.workers)
+            cache = ensure_cache(root, args.split, int(model.config.image_size), workers=args.workers,
+                                 margin=getattr(model.config, "crop_margin", None))  # fmt: skip
     except (FileNotFoundError, ValueError, KeyError) as exc:
         print(f"amt debug: {args.data}: cannot open the data ({exc})", file=sys.stderr)
         return 1

@@ -7,10 +7,12 @@ import math
 
 import pytest
 import torch
+import yaml
 from torch import nn
 
 from amt.data.loaders import collate
 from amt.data.testing import write_fake_dexycb
+from amt.data.transforms import CropConfig
 from amt.evaluation.metrics import hpe_metrics
 from amt.models import build_model
 from amt.training.callbacks import Callback, StepInfo
@@ -278,6 +280,9 @@ def test_amt_train_cli_end_to_end(tmp_path, tiny_train_root, capsys):
     # the default evaluator (amt.evaluation.evaluator) ran and chose a best checkpoint
     assert (out / "checkpoints" / "best" / "complete.json").exists()
     assert (out / "checkpoints" / "last" / "model.safetensors").exists()
+    # the training cache's crop margin (built with the default) is recorded in the checkpoint
+    saved = yaml.safe_load((out / "checkpoints" / "last" / "config.yaml").read_text())
+    assert saved["crop_margin"] == CropConfig().margin
     # a second run into the same folder that may not resume it is refused without overwrite (one line)
     assert train_main([*argv, "checkpoint.resume_from=null"]) == 2
     assert "training.overwrite" in capsys.readouterr().err

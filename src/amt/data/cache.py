@@ -500,19 +500,38 @@ def ensure_cache(
     workers: int = 2,
     progress: bool = True,
     format: str = "dexycb",
+    margin: float | None = None,
 ) -> Path:
     """The cache folder of `split` (default `cache_folder(root, split, image_size)`), built from
     the dataset `root` when it is not complete: an unfinished build is resumed, a damaged cache
-    (sizes differ from its meta.json) rebuilt; returns the folder."""
+    (sizes differ from its meta.json) rebuilt; returns the folder. margin: the crop margin to build
+    with, and then a complete cache built with another is a CacheError (a model evaluated on crops
+    framed unlike its training crops would give wrong numbers, silently); None: CropConfig's margin
+    for a new build, any margin for a complete cache."""
     folder = Path(folder) if folder is not None else cache_folder(root, split, image_size)
     problem = cache_problem(folder)
+    if problem is None and margin is not None:
+        built = float(read_cache_meta(folder)["params"]["crop"]["margin"])
+        if abs(built - margin) > 1e-6:
+            raise CacheError(
+                f"{folder}: built with crop margin {built:g}, but the model was trained on crops of margin "
+                f"{margin:g}; rebuild it (`amt cache --margin {margin:g} --force`) or pass another cache folder"
+            )
     if problem is not None:
         damaged = (folder / META_FILE).exists()
         if damaged:
             log.warning("%s; rebuilding it", problem)
         log.info("building the %s cache of %s in %s", split, root, folder)
         build_cache(
-            root, split, folder, size=image_size, workers=workers, progress=progress, force=damaged, format=format
+            root,
+            split,
+            folder,
+            size=image_size,
+            workers=workers,
+            progress=progress,
+            force=damaged,
+            format=format,
+            margin=CropConfig().margin if margin is None else float(margin),
         )
     return folder
 

@@ -65,7 +65,8 @@ def main(argv: list[str]) -> int:
     root = args.data.expanduser().resolve()
     size = int(getattr(getattr(model, "config", None), "image_size", 224) or 224)
     try:
-        cache = ensure_cache(root, args.split, size, args.cache, args.workers, format=args.format)
+        margin = getattr(getattr(model, "config", None), "crop_margin", None)  # crops framed as in training
+        cache = ensure_cache(root, args.split, size, args.cache, args.workers, format=args.format, margin=margin)
         dataset = CachedDataset(cache, mode="memmap")
     except (CacheError, *READER_ERRORS, FileExistsError) as exc:  # a bad dataset or cache: one line, no traceback
         print(f"amt eval: {exc}", file=sys.stderr)

@@ -121,7 +121,9 @@ def _predict_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--hfov", type=float, default=DEFAULT_HFOV_DEG, help="horizontal FOV (deg) of the default intrinsics"
     )
-    p.add_argument("--margin", type=float, default=CropConfig().margin, help="crop side / hand box side")
+    p.add_argument("--margin", type=float, default=None,
+                   help="crop side / hand box side (default: the margin the model was trained on, else "
+                        f"{CropConfig().margin:g})")  # fmt: skip
     p.add_argument(
         "--hand", choices=HANDS, default=None,
         help="which hand: right or left (a left hand runs mirrored; results are unmirrored); "
@@ -232,9 +234,9 @@ def predict_main(argv: list[str]) -> int:
     """Entry point of `amt predict`. Exit code 0 when at least one frame was predicted."""
     args = _predict_parser().parse_args(argv)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    crop = CropConfig(margin=args.margin)
+    crop = CropConfig(margin=args.margin) if args.margin is not None else None  # None: the model's
     try:  # every input is checked before the (slower) model load
-        choose_box = _CropChooser(args, crop)
+        choose_box = _CropChooser(args, crop or CropConfig())
         if args.K or args.calib:
             _intrinsics_for(args, 0, 0)
         frames = iter_frames(args.input, args.max_pixels)
@@ -246,6 +248,7 @@ def predict_main(argv: list[str]) -> int:
             args.checkpoint, device=device, score_threshold=args.score_threshold, crop=crop,
             fastpath=FastPathConfig(autocast=args.autocast, compile=args.compile), dtype=args.dtype,
         )  # fmt: skip
+        choose_box.crop = predictor.crop  # the boxes are framed with the model's margin unless --margin
     except (
         CheckpointError,
         BoxFileError,

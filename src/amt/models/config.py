@@ -32,6 +32,11 @@ class ModelConfig:
     backbone_image_size: int = 224
     patch_size: int = 14
     image_size: int = 224
+    # crop side / longest side of the hand's 2D box, of the crops the model was trained on
+    # (amt.data.transforms.square_box): the trainer records its training cache's, and `amt predict`,
+    # `amt eval` and `amt debug` crop new data the same way. None: not recorded (older checkpoints;
+    # the default CropConfig margin, 1.5, is assumed).
+    crop_margin: float | None = None
     # "patch": DINOv2's linear patch embedding (pretrained presets); "conv": a convolutional stem
     # (amt.models.stem, power-of-two patch_size) for backbones trained from scratch, e.g. the demo
     backbone_stem: str = "patch"
@@ -189,6 +194,8 @@ def _scalar(value: Any, annotation: str, where: str) -> Any:
     """`value` as the plain scalar type its field is annotated with ("int", "float", "bool"):
     YAML reads 1e-5 as a string (it wants 1.0e-5) and a command line gives strings; anything that
     does not convert is the user's mistake, named."""
+    if annotation.endswith(" | None"):  # an optional scalar: None stays None, anything else converts
+        return None if value is None else _scalar(value, annotation[: -len(" | None")], where)
     kind = {"int": int, "float": float, "bool": bool}.get(annotation)
     if kind is None or isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
         return value

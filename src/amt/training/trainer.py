@@ -36,6 +36,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from amt.data.augment import BatchAugment
+from amt.data.cache_format import read_cache_meta
 from amt.data.loaders import CachedDataset, batch_to_device
 from amt.models import AMT
 from amt.models.backbone import check_backbone_weights
@@ -65,6 +66,19 @@ from amt.training.step import TrainStep, autocast_dtype_for
 from amt.training.validation import ShardedEvaluator
 
 log = logging.getLogger(__name__)
+
+
+def record_crop_margin(model: torch.nn.Module, train_folder: Path) -> None:
+    """Write the training cache's crop margin into the model's config, which its checkpoints save:
+    `amt predict`, `amt eval` and `amt debug` then frame new crops as the model learned them."""
+    config = getattr(model, "config", None)
+    if config is None or not hasattr(config, "crop_margin"):
+        return
+    margin = float(read_cache_meta(train_folder)["params"]["crop"]["margin"])
+    if config.crop_margin is not None and abs(config.crop_margin - margin) > 1e-6:
+        log.warning("%s: crops of margin %g, the model's config says %g: the model learns (and records) %g",
+                    train_folder, margin, config.crop_margin, margin)  # fmt: skip
+    config.crop_margin = margin
 
 
 class Trainer:
@@ -137,6 +151,7 @@ class Trainer:
         torch.manual_seed(t.seed)  # identical initial weights on every rank
         fresh = self.resume_path is None  # a resumed run takes its backbone from the checkpoint
         self.model = (model if model is not None else AMT(cfg.model, load_backbone_weights=fresh)).to(self.device)
+        record_crop_margin(self.model, train_folder)
         # symmetry centres and core radii from the data's own object meshes (the loss and its matching use them)
         tables = object_tables_of(train_folder, write=self.ctx.is_main)
         self.loss_fn = AMTLoss(cfg.loss, tables.symmetries, tables.core_radius).to(self.device)
