@@ -16,7 +16,10 @@ from amt.data.testing import write_fake_dexycb
 from amt.data.transforms import CropConfig
 from amt.inference.predictor import Predictor
 from amt.models.amt import build_model
-from amt.training.trainer import record_crop_margin
+from amt.training.config import DataConfig
+from amt.training.data import resolve_cache
+from amt.training.distributed import DistContext
+from amt.training.trainer import record_crop_margin, train_crop_margin
 
 SPLIT, SIZE = "s0_val", 32
 
@@ -54,3 +57,13 @@ def test_a_cache_framed_with_another_margin_is_refused_naming_the_folder(tree: P
     # a missing cache is built with the margin asked for
     built = ensure_cache(tree, SPLIT, SIZE, tmp_path / "new", workers=1, progress=False, margin=2.0)
     assert ensure_cache(tree, SPLIT, SIZE, built, workers=1, progress=False, margin=2.0) == built
+
+
+def test_the_validation_cache_is_framed_like_the_training_cache(tree: Path, tmp_path: Path) -> None:
+    """The trainer asks `resolve_cache` for the validation split at the training cache's margin."""
+    data = DataConfig(root=str(tree), image_size=SIZE, cache_workers=1)
+    other = _cache(tree, tmp_path / "val15", margin=1.5)
+    with pytest.raises(CacheError, match=re.escape(str(other))):
+        resolve_cache(data, SPLIT, str(other), DistContext(), optional=True, margin=2.0)
+    built = resolve_cache(data, SPLIT, str(tmp_path / "val2"), DistContext(), optional=True, margin=2.0)
+    assert built is not None and train_crop_margin(built) == 2.0

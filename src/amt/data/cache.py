@@ -492,6 +492,16 @@ def cache_folder(root: str | Path, split: str, image_size: int) -> Path:
     return Path(root) / CACHE_SUBDIR / f"{split}_{image_size}"
 
 
+def check_cache_margin(folder: str | Path, margin: float) -> None:
+    """CacheError naming `folder` when its complete cache was built with another crop margin."""
+    built = float(read_cache_meta(folder)["params"]["crop"]["margin"])
+    if abs(built - margin) > 1e-6:
+        raise CacheError(
+            f"{folder}: built with crop margin {built:g}, but the model was trained on crops of margin "
+            f"{margin:g}; rebuild it (`amt cache --margin {margin:g} --force`) or pass another cache folder"
+        )
+
+
 def ensure_cache(
     root: str | Path,
     split: str,
@@ -511,12 +521,7 @@ def ensure_cache(
     folder = Path(folder) if folder is not None else cache_folder(root, split, image_size)
     problem = cache_problem(folder)
     if problem is None and margin is not None:
-        built = float(read_cache_meta(folder)["params"]["crop"]["margin"])
-        if abs(built - margin) > 1e-6:
-            raise CacheError(
-                f"{folder}: built with crop margin {built:g}, but the model was trained on crops of margin "
-                f"{margin:g}; rebuild it (`amt cache --margin {margin:g} --force`) or pass another cache folder"
-            )
+        check_cache_margin(folder, margin)
     if problem is not None:
         damaged = (folder / META_FILE).exists()
         if damaged:

@@ -12,7 +12,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from amt.data.cache import CacheError, EmptySplitError, cache_folder, cache_problem, ensure_cache, open_cache
+from amt.data.cache import (
+    CacheError,
+    EmptySplitError,
+    cache_folder,
+    cache_problem,
+    check_cache_margin,
+    ensure_cache,
+    open_cache,
+)
 from amt.data.loaders import (
     CacheBudgetError,
     CachedDataset,
@@ -34,13 +42,19 @@ Evaluator = Callable[[nn.Module, Any], dict]  # (model, dataset) -> nested metri
 
 
 def resolve_cache(
-    data: DataConfig, split: str, cache_dir: str | None, ctx: DistContext, optional: bool = False
+    data: DataConfig,
+    split: str,
+    cache_dir: str | None,
+    ctx: DistContext,
+    optional: bool = False,
+    margin: float | None = None,
 ) -> Path | None:
     """The cache folder of `split`, built from `data.root` when missing or incomplete (rank 0
     builds: an unfinished build resumes, a damaged cache is rebuilt). CacheError when there is no
     complete cache and no `data.root` to build it. optional: a split with no samples in
     `data.root` logs a warning and gives None (used for the validation split) instead of raising
-    EmptySplitError."""
+    EmptySplitError. margin: the crop margin the cache must have (`ensure_cache`; the validation
+    split's is the training cache's), None: any."""
     if cache_dir is None:
         if data.root is None:
             raise ValueError(
@@ -51,13 +65,17 @@ def resolve_cache(
         folder = Path(cache_dir)
     problem = cache_problem(folder)
     if problem is None:
+        if margin is not None:
+            check_cache_margin(folder, margin)
         return folder
     if data.root is None:
         raise CacheError(f"{problem}; data.root is not set, so it cannot be built")
     empty: EmptySplitError | None = None
     if ctx.is_main:
         try:
-            ensure_cache(data.root, split, data.image_size, folder, workers=data.cache_workers, format=data.format)
+            ensure_cache(
+                data.root, split, data.image_size, folder, workers=data.cache_workers, format=data.format, margin=margin
+            )
         except EmptySplitError as exc:
             if not optional:
                 raise

@@ -68,13 +68,18 @@ from amt.training.validation import ShardedEvaluator
 log = logging.getLogger(__name__)
 
 
+def train_crop_margin(train_folder: Path) -> float:
+    """The crop margin the training cache was built with."""
+    return float(read_cache_meta(train_folder)["params"]["crop"]["margin"])
+
+
 def record_crop_margin(model: torch.nn.Module, train_folder: Path) -> None:
     """Write the training cache's crop margin into the model's config, which its checkpoints save:
     `amt predict`, `amt eval` and `amt debug` then frame new crops as the model learned them."""
     config = getattr(model, "config", None)
     if config is None or not hasattr(config, "crop_margin"):
         return
-    margin = float(read_cache_meta(train_folder)["params"]["crop"]["margin"])
+    margin = train_crop_margin(train_folder)
     if config.crop_margin is not None and abs(config.crop_margin - margin) > 1e-6:
         log.warning("%s: crops of margin %g, the model's config says %g: the model learns (and records) %g",
                     train_folder, margin, config.crop_margin, margin)  # fmt: skip
@@ -134,7 +139,9 @@ class Trainer:
         self.sharded_validation = self.ctx.enabled and t.shard_validation and evaluator == "default"
         if cfg.data.val_split is not None and evaluator is not None and (self.ctx.is_main or self.sharded_validation):
             val_ctx = self.ctx if self.sharded_validation else DistContext()
-            val_folder = resolve_cache(cfg.data, cfg.data.val_split, cfg.data.val_cache_dir, val_ctx, True)
+            # validated on crops framed like the training crops (a cache of another margin is refused)
+            margin = train_crop_margin(train_folder)
+            val_folder = resolve_cache(cfg.data, cfg.data.val_split, cfg.data.val_cache_dir, val_ctx, True, margin)
             self.val_dataset = CachedDataset(val_folder, cfg.data.cache_mode) if val_folder else None
             if evaluator == "default" and val_folder:
                 batch = t.batch_size // self.ctx.world_size
