@@ -25,6 +25,7 @@ from amt.data.cache import META_FILE, ensure_cache
 from amt.data.loaders import CachedDataset, batch_to_device, collate
 from amt.data.object_tables import ObjectTables
 from amt.diagnostics.report import format_markdown, run_diagnostics, write_debug_report
+from amt.models.config import recorded_crop_margin
 from amt.training.config import RunConfig
 from amt.training.losses import AMTLoss, LossConfig
 from amt.training.step import TrainStep
@@ -62,7 +63,7 @@ def main(argv: list[str]) -> int:
         else:
             root = args.data.expanduser().resolve()
             cache = ensure_cache(root, args.split, int(model.config.image_size), workers=args.workers,
-                                 margin=getattr(model.config, "crop_margin", None))  # fmt: skip
+                                 margin=recorded_crop_margin(model))  # fmt: skip
     except (FileNotFoundError, ValueError, KeyError) as exc:
         print(f"amt debug: {args.data}: cannot open the data ({exc})", file=sys.stderr)
         return 1

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from amt.checkpoint import load_model
-from amt.data.cache import build_cache, ensure_cache
+from amt.data.cache import build_cache, cache_crop_margin, ensure_cache
 from amt.data.cache_format import CacheError
 from amt.data.testing import write_fake_dexycb
 from amt.data.transforms import CropConfig
@@ -19,7 +19,7 @@ from amt.models.amt import build_model
 from amt.training.config import DataConfig
 from amt.training.data import resolve_cache
 from amt.training.distributed import DistContext
-from amt.training.trainer import record_crop_margin, train_crop_margin
+from amt.training.trainer import record_crop_margin
 
 SPLIT, SIZE = "s0_val", 32
 
@@ -36,7 +36,8 @@ def _cache(tree: Path, out: Path, margin: float) -> Path:
 def test_the_trained_margin_is_recorded_saved_and_used_to_crop(tree: Path, tmp_path: Path) -> None:
     model = build_model("tiny", load_backbone_weights=False, image_size=SIZE)
     assert model.config.crop_margin is None  # nothing recorded before training
-    record_crop_margin(model, _cache(tree, tmp_path / "m2", margin=2.0))
+    folder = _cache(tree, tmp_path / "m2", margin=2.0)
+    record_crop_margin(model, cache_crop_margin(folder), folder)
     assert model.config.crop_margin == 2.0
     model.save_pretrained(tmp_path / "ckpt")
     assert load_model(tmp_path / "ckpt").config.crop_margin == 2.0
@@ -66,4 +67,4 @@ def test_the_validation_cache_is_framed_like_the_training_cache(tree: Path, tmp_
     with pytest.raises(CacheError, match=re.escape(str(other))):
         resolve_cache(data, SPLIT, str(other), DistContext(), optional=True, margin=2.0)
     built = resolve_cache(data, SPLIT, str(tmp_path / "val2"), DistContext(), optional=True, margin=2.0)
-    assert built is not None and train_crop_margin(built) == 2.0
+    assert built is not None and cache_crop_margin(built) == 2.0

@@ -492,9 +492,14 @@ def cache_folder(root: str | Path, split: str, image_size: int) -> Path:
     return Path(root) / CACHE_SUBDIR / f"{split}_{image_size}"
 
 
+def cache_crop_margin(folder: str | Path) -> float:
+    """The crop margin a complete cache was built with (crop side / the hand box's longer side)."""
+    return float(read_cache_meta(folder)["params"]["crop"]["margin"])
+
+
 def check_cache_margin(folder: str | Path, margin: float) -> None:
     """CacheError naming `folder` when its complete cache was built with another crop margin."""
-    built = float(read_cache_meta(folder)["params"]["crop"]["margin"])
+    built = cache_crop_margin(folder)
     if abs(built - margin) > 1e-6:
         raise CacheError(
             f"{folder}: built with crop margin {built:g}, but the model was trained on crops of margin "

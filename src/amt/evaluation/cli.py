@@ -26,6 +26,7 @@ from amt.evaluation.ho3d import predict_ho3d_submission
 from amt.evaluation.html_report import write_html_report
 from amt.evaluation.report import format_tables, provenance, write_report
 from amt.evaluation.submission import bop_ids
+from amt.models.config import recorded_crop_margin
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +66,7 @@ def main(argv: list[str]) -> int:
     root = args.data.expanduser().resolve()
     size = int(getattr(getattr(model, "config", None), "image_size", 224) or 224)
     try:
-        margin = getattr(getattr(model, "config", None), "crop_margin", None)  # crops framed as in training
+        margin = recorded_crop_margin(model)  # crops framed as in training
         cache = ensure_cache(root, args.split, size, args.cache, args.workers, format=args.format, margin=margin)
         dataset = CachedDataset(cache, mode="memmap")
     except (CacheError, *READER_ERRORS, FileExistsError) as exc:  # a bad dataset or cache: one line, no traceback

@@ -35,6 +35,7 @@ from amt.inference.export import InputSpec
 from amt.inference.fastpath import FastPath, FastPathConfig
 from amt.inference.intrinsics import Intrinsics
 from amt.inference.precision import inference_model
+from amt.models.config import recorded_crop_margin
 
 log = logging.getLogger(__name__)
 
@@ -203,19 +204,12 @@ def decode(
     return hand, objects, contacts
 
 
-def trained_crop_margin(model: nn.Module) -> float:
-    """The crop margin `model` was trained on (`ModelConfig.crop_margin`, recorded by the trainer),
-    else CropConfig's default (a model or checkpoint that does not record it)."""
-    margin = getattr(getattr(model, "config", None), "crop_margin", None)
-    return CropConfig().margin if margin is None else float(margin)
-
-
 class Predictor:
     """Runs an AMT model on full images (see module docstring).
 
     score_threshold: minimum object score kept; crop: margin and minimum side of the crop box
     (its `size` is replaced by the model's `image_size`: the crop side the model was trained on;
-    None: the margin the model was trained on, `trained_crop_margin`);
+    None: the margin the model was trained on, `recorded_crop_margin`, else CropConfig's);
     fastpath: FastPath settings (CUDA graphs and bf16 apply on CUDA only by default);
     dtype: 'float32' or 'bfloat16', the inference model's storage dtype (`amt.inference.precision`:
     bf16 weights cast once, geometric heads in float32; parity in tests/inference/test_precision.py).
@@ -233,7 +227,10 @@ class Predictor:
         self.input_spec = InputSpec.of(model)
         if crop is not None and crop.size not in (self.input_spec.size, CropConfig().size):
             log.warning("crop size %d ignored: the model was trained on %d-px crops", crop.size, self.input_spec.size)
-        self.crop = replace(crop or CropConfig(margin=trained_crop_margin(model)), size=self.input_spec.size)
+        if crop is None:
+            margin = recorded_crop_margin(model)
+            crop = CropConfig() if margin is None else CropConfig(margin=margin)
+        self.crop = replace(crop, size=self.input_spec.size)
         self.score_threshold = score_threshold
         self.runner = FastPath(inference_model(model, dtype, device), device, fastpath)
 

@@ -217,6 +217,13 @@ def _scalar(value: Any, annotation: str, where: str) -> Any:
     raise ValueError(f"{where}: expected {annotation}, got {value!r}")
 
 
+def recorded_crop_margin(model: Any) -> float | None:
+    """The crop margin `model` was trained on (`ModelConfig.crop_margin`, which the trainer
+    records), None when its config records none (older checkpoints, models without a config)."""
+    margin = getattr(getattr(model, "config", None), "crop_margin", None)
+    return None if margin is None else float(margin)
+
+
 # Named variants of a preset: name -> (preset, field overrides). A variant's config keeps the
 # preset's name in `preset` (the same network with other fields, as if they were set by hand).
 VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {

@@ -36,7 +36,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from amt.data.augment import BatchAugment
-from amt.data.cache_format import read_cache_meta
+from amt.data.cache import cache_crop_margin
 from amt.data.loaders import CachedDataset, batch_to_device
 from amt.models import AMT
 from amt.models.backbone import check_backbone_weights
@@ -68,18 +68,13 @@ from amt.training.validation import ShardedEvaluator
 log = logging.getLogger(__name__)
 
 
-def train_crop_margin(train_folder: Path) -> float:
-    """The crop margin the training cache was built with."""
-    return float(read_cache_meta(train_folder)["params"]["crop"]["margin"])
-
-
-def record_crop_margin(model: torch.nn.Module, train_folder: Path) -> None:
-    """Write the training cache's crop margin into the model's config, which its checkpoints save:
-    `amt predict`, `amt eval` and `amt debug` then frame new crops as the model learned them."""
+def record_crop_margin(model: torch.nn.Module, margin: float, train_folder: Path) -> None:
+    """Write the crop margin of the training cache `train_folder` into the model's config, which its
+    checkpoints save: `amt predict`, `amt eval` and `amt debug` then frame new crops as the model
+    learned them."""
     config = getattr(model, "config", None)
     if config is None or not hasattr(config, "crop_margin"):
         return
-    margin = train_crop_margin(train_folder)
     if config.crop_margin is not None and abs(config.crop_margin - margin) > 1e-6:
         log.warning("%s: crops of margin %g, the model's config says %g: the model learns (and records) %g",
                     train_folder, margin, config.crop_margin, margin)  # fmt: skip
@@ -115,6 +110,7 @@ class Trainer:
 
         train_folder = resolve_cache(cfg.data, cfg.data.split, cfg.data.cache_dir, self.ctx)
         self.data = TrainBatches(train_folder, cfg.data, self.ctx, t.seed)  # placed first: auto batch sees it
+        self.crop_margin = cache_crop_margin(train_folder)  # recorded in the model; validation crops must match
         if t.batch_size == "auto":
             t.batch_size = resolve_batch_size(cfg, self.ctx, samples=self.data.samples)
         if not isinstance(t.batch_size, int):
@@ -140,8 +136,9 @@ class Trainer:
         if cfg.data.val_split is not None and evaluator is not None and (self.ctx.is_main or self.sharded_validation):
             val_ctx = self.ctx if self.sharded_validation else DistContext()
             # validated on crops framed like the training crops (a cache of another margin is refused)
-            margin = train_crop_margin(train_folder)
-            val_folder = resolve_cache(cfg.data, cfg.data.val_split, cfg.data.val_cache_dir, val_ctx, True, margin)
+            val_folder = resolve_cache(
+                cfg.data, cfg.data.val_split, cfg.data.val_cache_dir, val_ctx, True, self.crop_margin
+            )
             self.val_dataset = CachedDataset(val_folder, cfg.data.cache_mode) if val_folder else None
             if evaluator == "default" and val_folder:
                 batch = t.batch_size // self.ctx.world_size
@@ -158,7 +155,7 @@ class Trainer:
         torch.manual_seed(t.seed)  # identical initial weights on every rank
         fresh = self.resume_path is None  # a resumed run takes its backbone from the checkpoint
         self.model = (model if model is not None else AMT(cfg.model, load_backbone_weights=fresh)).to(self.device)
-        record_crop_margin(self.model, train_folder)
+        record_crop_margin(self.model, self.crop_margin, train_folder)
         # symmetry centres and core radii from the data's own object meshes (the loss and its matching use them)
         tables = object_tables_of(train_folder, write=self.ctx.is_main)
         self.loss_fn = AMTLoss(cfg.loss, tables.symmetries, tables.core_radius).to(self.device)
