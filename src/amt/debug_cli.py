@@ -28,6 +28,7 @@ from amt.diagnostics.report import format_markdown, run_diagnostics, write_debug
 from amt.models.config import recorded_crop_margin
 from amt.training.config import RunConfig
 from amt.training.losses import AMTLoss, LossConfig
+from amt.training.optim import adamw
 from amt.training.step import TrainStep
 
 log = logging.getLogger(__name__)
@@ -91,7 +92,7 @@ def main(argv: list[str]) -> int:
     tables = ObjectTables.for_root(train_root, write=False)
     loss_fn = AMTLoss(loss_cfg, tables.symmetries, tables.core_radius).to(args.device)
     # the memory profile's step: AdamW at lr 1e-6, so the weights barely move
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-6)
+    optimizer = adamw([p for p in model.parameters() if p.requires_grad], 1e-6, torch.device(args.device))
     result = run_diagnostics(
         model, batches, args.out, loss_fn=loss_fn, attention_images=args.attention_images,
         memory_step=TrainStep(model, loss_fn, optimizer),

@@ -33,6 +33,7 @@ from amt.models.info import count_flops
 from amt.testing import free_port, random_batch
 from amt.training.ema import ModelEMA
 from amt.training.losses import AMTLoss
+from amt.training.optim import adamw
 from amt.training.step import TrainStep
 
 log = logging.getLogger(__name__)
@@ -87,7 +88,7 @@ def _time_variant(
 ) -> float:
     """Median seconds per step of one variant (fresh optimizer and EMA)."""
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=1e-5, fused=device.type == "cuda")
+    opt = adamw(params, 1e-5, device)
     ema = ModelEMA(model)
     with _one_rank_group() if variant.startswith("ddp") else contextlib.nullcontext():
         net = model
@@ -132,7 +133,7 @@ def bench_train(
         rows.append({"variant": variant, "step_ms": seconds * 1e3, "samples_per_s": batch / seconds})
         log.info("train %s: %.1f ms/step, %.1f samples/s", variant, seconds * 1e3, batch / seconds)
     params = [p for p in model.parameters() if p.requires_grad]
-    probe = TrainStep(model, AMTLoss().to(device), torch.optim.AdamW(params, lr=0.0), autocast_dtype=autocast)
+    probe = TrainStep(model, AMTLoss().to(device), adamw(params, 0.0, device), autocast_dtype=autocast)
     flops = count_flops(lambda: probe(next(batches)))
     model.eval()
     head = rows[0]

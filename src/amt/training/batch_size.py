@@ -30,6 +30,7 @@ from amt.models import AMT
 from amt.training.data import cache_samples
 from amt.training.distributed import gather_object
 from amt.training.losses import AMTLoss
+from amt.training.optim import adamw
 from amt.training.step import TrainStep, autocast_dtype_for
 
 log = logging.getLogger(__name__)
@@ -104,7 +105,7 @@ class TrainingStepProbe:
         self.ema = copy.deepcopy(self.model) if t.ema.enabled else None
         self.loss_fn = AMTLoss(cfg.loss).to(device)
         trainable = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(trainable, lr=0.0)
+        self.optimizer = adamw(trainable, 0.0, device)
         # DDP's gradient buckets: one more copy of the trainable parameters' gradients
         numel = sum(p.numel() for p in trainable)
         self.ddp_buckets = torch.empty(numel if distributed else 0, dtype=torch.float32, device=device)

@@ -33,6 +33,16 @@ def param_groups(model: nn.Module, lr: float, backbone_lr_mult: float, weight_de
     return out
 
 
+def adamw(params: Any, lr: float, device: torch.device, betas: tuple[float, float] = (0.9, 0.999)) -> torch.optim.AdamW:
+    """The training step's AdamW over `params` (tensors or parameter groups) on `device`; every
+    user of the training step (trainer, batch-size probe, `amt bench --train`, `amt debug`'s memory
+    step) builds it here so that all of them time and size the same update. The fused kernel on
+    CPU too: one kernel per group instead of ~10 ops per tensor (several times faster per step for
+    the tiny model: docs/experiments.md "Speed choices")."""
+    fused = torch.device(device).type in ("cuda", "cpu")
+    return torch.optim.AdamW(params, lr=lr, betas=betas, fused=fused)
+
+
 def build_optimizer(
     model: nn.Module, loss_fn: nn.Module, t: Any, device: torch.device, total_steps: int, stages: StageSchedule
 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
@@ -42,11 +52,7 @@ def build_optimizer(
     loss_params = [p for p in loss_fn.parameters() if p.requires_grad]
     if loss_params:  # learned uncertainty weights (LossConfig.dynamic_weighting)
         groups.append({"name": "loss", "params": loss_params, "lr": t.learning_rate, "weight_decay": 0.0})
-    # the fused kernel on CPU too: one kernel per group instead of ~10 ops per tensor
-    # (several times faster per step for the tiny model: docs/experiments.md "Speed choices")
-    optimizer = torch.optim.AdamW(
-        groups, lr=t.learning_rate, betas=tuple(t.betas), fused=device.type in ("cuda", "cpu")
-    )
+    optimizer = adamw(groups, t.learning_rate, device, betas=tuple(t.betas))
     scheduler = build_lr_scheduler(optimizer, total_steps, t.warmup_fraction, t.min_lr_ratio, stages)
     return optimizer, scheduler
 
