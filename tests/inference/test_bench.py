@@ -162,3 +162,16 @@ def test_train_variants_report_each_switch(tmp_path: Path) -> None:
     assert (
         all(v["samples_per_s"] > 0 for v in t["variants"]) and t["samples_per_s"] == t["variants"][0]["samples_per_s"]
     )
+
+
+def test_reset_peak_before_cuda_is_initialised_is_a_no_op(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The allocator has no devices before CUDA's lazy init, where resetting its peak raises."""
+    from amt.inference import timing
+
+    def boom(device=None):
+        raise RuntimeError("Invalid device argument 0: did you call init?")
+
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: False)
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", boom)
+    timing.reset_peak(torch.device("cuda"))
+    timing.reset_peak(torch.device("cpu"))

@@ -44,3 +44,20 @@ def test_a_broken_compiler_gives_one_clear_error(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setattr(step_module.torch, "compile", broken)
     with pytest.raises(CompileUnavailable, match=r"training\.compile=true.*InvalidCxxCompiler.*compile=false"):
         _step(True)
+
+
+def test_the_compiler_probe_runs_on_the_models_device(monkeypatch: pytest.MonkeyPatch):
+    """The probe must exercise the toolchain the model's device uses (Triton on CUDA, C++ on CPU)."""
+    seen: list[torch.device] = []
+
+    def recording(fn, *args, **kwargs):
+        def run(*a, **k):
+            seen.extend(x.device for x in a if isinstance(x, torch.Tensor))
+            return fn(*a, **k)
+
+        return run
+
+    monkeypatch.setattr(step_module.torch, "compile", recording)
+    step_module.compile_step(lambda x: x, torch.device("meta"))
+    _step(True)
+    assert [d.type for d in seen] == ["meta", "cpu"]

@@ -28,6 +28,7 @@ def _worker(rank: int, world_size: int, port: int, cfg, out: str) -> None:
         trainer = Trainer(cfg, ctx, evaluator=None)
         trainer.fit()
         torch.save(trainer.model.state_dict(), Path(out) / f"rank{rank}.pt")
+        torch.save(trainer.loss_fn.state_dict(), Path(out) / f"loss{rank}.pt")
         del trainer  # free DDP's reducer before the process group goes (see amt.training.cli)
     finally:
         cleanup(ctx)
@@ -70,3 +71,21 @@ def test_two_process_step_with_diversity_and_kl_equals_one_process_step(tmp_path
     rank0 = torch.load(tmp_path / "rank0.pt")
     for name, value in single.model.state_dict().items():
         torch.testing.assert_close(rank0[name], value, rtol=1e-4, atol=1e-5, msg=lambda m, n=name: f"{n}: {m}")
+
+
+@pytest.mark.slow  # ~40 s on the 2-core VM
+def test_learned_task_weights_and_clipping_stay_equal_across_ranks(tmp_path: Path, tiny_run_config) -> None:
+    # the loss's learned task weights (loss.dynamic_weighting) are outside DDP's model: their
+    # gradients are averaged over the ranks by the training step, so the weights, the clipped
+    # norm and hence the model stay the same on every rank, and equal the one-process run's
+    overrides = [*OVERRIDES, "training.max_steps=3", "loss.dynamic_weighting=true", "training.grad_clip=0.5"]
+    single = Trainer(tiny_run_config(tmp_path / "single", *overrides), DistContext(), evaluator=None)
+    single.fit()
+    cfg = tiny_run_config(tmp_path / "ddp", *overrides)
+    mp.spawn(_worker, args=(2, free_port(), cfg, str(tmp_path)), nprocs=2, join=True)
+    for kind, reference in (("loss", single.loss_fn.state_dict()), ("rank", single.model.state_dict())):
+        rank0, rank1 = torch.load(tmp_path / f"{kind}0.pt"), torch.load(tmp_path / f"{kind}1.pt")
+        assert rank0.keys() == reference.keys() and reference
+        for name, value in reference.items():
+            assert torch.equal(rank0[name], rank1[name]), f"{kind} {name}: ranks disagree"
+            torch.testing.assert_close(rank0[name], value, rtol=1e-4, atol=1e-4, msg=lambda m, n=name: f"{n}: {m}")

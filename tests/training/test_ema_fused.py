@@ -82,3 +82,16 @@ def test_loaded_state_continues_the_count():
     assert resumed.num_updates == ema.num_updates == 4
     for got, want in zip(resumed.module.parameters(), ema.module.parameters(), strict=True):
         assert torch.equal(got, want)
+
+
+def test_grouping_puts_the_live_tensors_on_the_emas_device_and_dtype():
+    """A foreach op takes one device per call: the live tensors follow the EMA copy's device."""
+    from amt.training.ema import _grouped
+
+    ema = torch.zeros(3, device="meta", dtype=torch.float64)
+    live = torch.ones(3)
+    [(dst, src)] = _grouped([(ema, live)])
+    assert dst[0] is ema and src[0].device.type == "meta" and src[0].dtype == torch.float64
+    same = torch.ones(2)
+    [(_, src)] = _grouped([(torch.zeros(2), same)])
+    assert src[0] is same  # nothing copied when device and dtype already match

@@ -360,6 +360,9 @@ class Prefetcher:
     def __iter__(self) -> Iterator[Any]:
         items: queue.Queue = queue.Queue(maxsize=self.depth)
         stop = threading.Event()
+        # a new thread starts on CUDA device 0: pin (and start a DataLoader's pin thread) for the consumer's
+        # device, not a context and pinned memory on GPU 0 from every rank
+        cuda_device = torch.cuda.current_device() if torch.cuda.is_initialized() else None
 
         def put(item: Any) -> bool:
             while not stop.is_set():
@@ -371,6 +374,8 @@ class Prefetcher:
             return False
 
         def produce() -> None:
+            if cuda_device is not None:
+                torch.cuda.set_device(cuda_device)
             try:
                 for item in self.iterable:
                     if not put(item):

@@ -72,16 +72,19 @@ class _GraphedForward:
     """One captured CUDA graph for a fixed (image, K) shape, with static input/output buffers."""
 
     def __init__(self, fn, image: torch.Tensor, K: torch.Tensor, warmup: int = 3) -> None:
-        self.image, self.K = image.clone(), K.clone()
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
-            for _ in range(warmup):
-                fn(self.image, self.K)
-        torch.cuda.current_stream().wait_stream(stream)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            self.outputs = fn(self.image, self.K)
+        # on the inputs' device (e.g. cuda:1): Stream() and current_stream() follow the current device
+        with torch.cuda.device(image.device):
+            self.image, self.K = image.clone(), K.clone()
+            stream = torch.cuda.Stream()
+            stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(stream):
+                for _ in range(warmup):
+                    fn(self.image, self.K)
+            torch.cuda.current_stream().wait_stream(stream)
+            self.graph = torch.cuda.CUDAGraph()
+            # our stream: torch.cuda.graph's shared default capture stream lives on the device current at its first use
+            with torch.cuda.graph(self.graph, stream=stream):
+                self.outputs = fn(self.image, self.K)
 
     def __call__(self, image: torch.Tensor, K: torch.Tensor) -> tuple[torch.Tensor, ...]:
         self.image.copy_(image)

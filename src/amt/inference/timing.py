@@ -39,5 +39,6 @@ def peak_memory_mb(device: torch.device) -> float:
 
 def reset_peak(device: torch.device) -> None:
     """Start a new CUDA peak-memory window (nothing on CPU)."""
-    if device.type == "cuda":
+    # before CUDA's lazy init the allocator has no devices and the reset raises (nothing to reset anyway)
+    if device.type == "cuda" and torch.cuda.is_initialized():
         torch.cuda.reset_peak_memory_stats(device)

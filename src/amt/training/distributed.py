@@ -75,13 +75,14 @@ def init_distributed(device: str = "auto") -> DistContext:
 def cleanup(ctx: DistContext) -> None:
     """Barrier, then leave the process group (without the barrier a rank can abort at exit)."""
     if ctx.enabled and dist.is_initialized():
-        dist.barrier()
+        barrier(ctx)
         dist.destroy_process_group()
 
 
 def barrier(ctx: DistContext) -> None:
     if ctx.enabled:
-        dist.barrier()
+        # NCCL: the rank's own GPU, not whichever device is current (else a warning, or GPU 0 when unset)
+        dist.barrier(device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
 
 
 def all_reduce_mean(values: dict[str, float], ctx: DistContext) -> dict[str, float]:

@@ -29,7 +29,7 @@ def _grouped(pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> list[tuple[list[
     for ema, live in pairs:
         dst, src = groups.setdefault((ema.device, ema.dtype), ([], []))
         dst.append(ema)
-        src.append(live.to(ema.dtype) if live.dtype != ema.dtype else live)
+        src.append(live.to(ema.device, ema.dtype))  # a no-op when both match; foreach ops need one device per call
     return list(groups.values())
 
 

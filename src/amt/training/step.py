@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
@@ -88,12 +89,12 @@ class CompileUnavailable(RuntimeError):
     """`training.compile=true` on a machine where torch.compile cannot build kernels."""
 
 
-def compile_step(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """`torch.compile(fn)` (graph breaks allowed), checked up front on a tiny function so that a machine without a working compiler toolchain gives one
+def compile_step(fn: Callable[..., Any], device: torch.device | str = "cpu") -> Callable[..., Any]:
+    """`torch.compile(fn)` (graph breaks allowed), checked up front on a tiny function on `device` so that a machine without a working compiler toolchain gives one
     clear `CompileUnavailable` instead of a traceback at the first step."""
     try:
         probe = torch.compile(lambda x: x * 2 + 1)
-        probe(torch.ones(2))
+        probe(torch.ones(2, device=device))  # the device's toolchain: Triton on CUDA, a C++ compiler on CPU
     except Exception as exc:  # inductor raises many types (missing C++ compiler, triton, ...)
         raise CompileUnavailable(
             f"config training.compile=true: torch.compile does not work here ({type(exc).__name__}: "
@@ -140,7 +141,8 @@ class TrainStep:
         self.ctx = ctx or DistContext()
         # compile=True: the model's forward is compiled; the loss stays eager (its Hungarian matching
         # runs on the host and its data-dependent shapes, e.g. `unique`, do not trace)
-        self._run_model: Callable[[dict[str, Any]], Any] = compile_step(model) if compile else model
+        device = next(model.parameters(), torch.empty(0)).device
+        self._run_model: Callable[[dict[str, Any]], Any] = compile_step(model, device) if compile else model
 
     def autocast(self, device: torch.device) -> contextlib.AbstractContextManager:
         """The forward's autocast context on `device` (a no-op in fp32)."""
@@ -183,6 +185,7 @@ class TrainStep:
             values = [v.float().reshape(()).to(total.device) for v in values]
             bad = (~torch.isfinite(values[0]) | nonfinite_flag(outputs).to(total.device)).float()
             rows.append(torch.stack([bad, *values]))
+        self._average_unowned_grads()
         grad_norm_t = None
         if self.grad_clip > 0 or self.monitor_grad_norm:
             params = [p for g in self.optimizer.param_groups for p in g["params"]]
@@ -206,6 +209,25 @@ class TrainStep:
         if grad_norm is not None:
             nonfinite |= not math.isfinite(grad_norm)  # DDP's gradients, and so their norm, agree on every rank
         return StepResult(loss_sum, term_sums, grad_norm, nonfinite, outputs, batch)
+
+    def _average_unowned_grads(self) -> None:
+        """Mean over the ranks of the gradients DDP does not own: the optimizer's parameters outside
+        the wrapped model (the loss's learned task weights, `loss.dynamic_weighting`). Left per rank,
+        they and the clipped norm would differ between ranks and the replicas drift apart."""
+        if not self.ctx.enabled:
+            return
+        owned = {id(p) for p in self.model.parameters()}
+        params = [p for g in self.optimizer.param_groups for p in g["params"] if id(p) not in owned]
+        if not params:
+            return
+        # every rank sends every such gradient (zeros where a rank has none), so the shapes agree and
+        # every rank applies the same update
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+        flat /= self.ctx.world_size
+        for p, part in zip(params, flat.split([g.numel() for g in grads]), strict=True):
+            p.grad = part.view_as(p).clone()
 
     def __call__(self, batch: dict[str, Any]) -> StepResult:
         """One whole step on one batch: forward, backward, update."""

@@ -50,6 +50,7 @@ from amt.training.distributed import (
     all_reduce_mean,
     any_rank,
     broadcast_object,
+    gather_object,
     resolve_device,
     terms_switched_off,
 )
@@ -66,6 +67,8 @@ from amt.training.step import TrainStep, autocast_dtype_for
 from amt.training.validation import ShardedEvaluator
 
 log = logging.getLogger(__name__)
+
+SPREAD_RANKS = "_spread_ranks"  # all_reduce_mean key of _log_step: the fraction of ranks with a spread
 
 
 def record_crop_margin(model: torch.nn.Module, margin: float, train_folder: Path) -> None:
@@ -123,7 +126,9 @@ class Trainer:
             )
         self.micro_batch = micro
 
-        self.steps_per_epoch = self.data.steps_per_epoch(micro * t.grad_accum_steps)
+        # the smallest over the ranks: sequence clips are counted per rank shard, and a rank with more
+        # steps would wait alone in a collective (DDP, any_rank) the others never reach
+        self.steps_per_epoch = min(gather_object(self.data.steps_per_epoch(micro * t.grad_accum_steps), self.ctx))
         if self.steps_per_epoch == 0:
             raise ValueError(
                 f"{train_folder}: {self.data.global_size} samples are fewer than one global batch "
@@ -376,9 +381,14 @@ class Trainer:
 
     def _log_step(self, info: StepInfo) -> None:
         values = {"loss": info.loss, **{f"loss/{k}": v for k, v in info.terms.items()}}
-        if info.spread is not None:
-            values["spread"] = info.spread
+        # every rank must reduce the same keys: the spread (None on a rank with < 2 valid hands) goes
+        # as a sum and a count of the ranks that have it, then the mean over those ranks
+        values["spread"] = info.spread if info.spread is not None else 0.0
+        values[SPREAD_RANKS] = float(info.spread is not None)
         values = all_reduce_mean(values, self.ctx)
+        spread, ranks = values.pop("spread"), values.pop(SPREAD_RANKS)
+        if ranks > 0:
+            values["spread"] = spread / ranks
         if not self.ctx.is_main:
             return
         scalars = {f"train/{k}": v for k, v in values.items()}
