@@ -36,11 +36,14 @@ class DistContext:
 
 
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    """ "auto" -> cuda:<local_rank> when CUDA is available, else cpu; "cuda" -> cuda:<local_rank>."""
+    """ "auto" -> cuda:<local_rank> when CUDA is available, else cpu; "cuda" -> cuda:<local_rank>,
+    modulo the visible GPUs: a scheduler that gives each process its own GPU (SLURM
+    `--gpus-per-task=1`, CUDA_VISIBLE_DEVICES per rank) leaves one visible device, cuda:0."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda":
-        return torch.device("cuda", local_rank)
+        visible = torch.cuda.device_count()
+        return torch.device("cuda", local_rank % visible if visible else local_rank)
     return torch.device(name)
 
 
