@@ -175,3 +175,9 @@ def test_reset_peak_before_cuda_is_initialised_is_a_no_op(monkeypatch: pytest.Mo
     monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", boom)
     timing.reset_peak(torch.device("cuda"))
     timing.reset_peak(torch.device("cpu"))
+
+
+def test_fp16_training_bench_is_refused_with_one_line(capsys) -> None:
+    assert bench_main(["--train", "--autocast", "fp16"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("amt bench: --train") and err.count("\n") == 1

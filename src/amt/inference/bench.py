@@ -393,6 +393,14 @@ def main(argv: list[str]) -> int:
     p.add_argument("--cache", default=None, help="training data cache folder (default: synthetic tensors)")
     p.add_argument("--json", type=Path, default=None, help="write the results here")
     args = p.parse_args(argv)
+    if args.train and args.autocast == "fp16":
+        # the trainer runs bf16 or fp32 (training.precision) and has no loss scaler: an fp16 step
+        # would time a step no run takes
+        print(
+            "amt bench: --train times the trainer's step, which runs bf16 or fp32; use --autocast bf16 or none",
+            file=sys.stderr,
+        )
+        return 2
     batches = args.batch or ((1, 256) if args.device == "cuda" else (1, 8))
     cfg = BenchConfig(
         device=args.device, preset=args.preset, overrides=dict(args.set), batches=batches, train=args.train,

@@ -185,7 +185,7 @@ def decode(
     hand = {k: out[k][index].detach().float().cpu().numpy() for k in ("joints_3d", "joint_conf", "mano_shape")}
     hand["joints_2d"] = project_points(hand["joints_3d"], K)
     probs = out["obj_logits"][index].float().softmax(-1)[:, :NUM_CLASSES]
-    scores, classes = probs.max(-1)
+    scores, classes = (t.cpu() for t in probs.max(-1))  # one transfer, not a device sync per object
     obj_t = out["obj_t"][index].float().cpu().numpy()
     obj_q = out["obj_quat"][index].float().cpu().numpy()
     c_pts = out["contact_points"][index].float().cpu().numpy()
