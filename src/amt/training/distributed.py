@@ -125,6 +125,16 @@ def gather_object(obj: Any, ctx: DistContext) -> list[Any]:
     return out
 
 
+def gather_to_main(obj: Any, ctx: DistContext) -> list[Any] | None:
+    """List of every rank's `obj`, in rank order, on rank 0 only (None elsewhere): what only the
+    main rank reads (validation shards) is not sent to every rank."""
+    if not ctx.enabled:
+        return [obj]
+    out: list[Any] | None = [None] * ctx.world_size if ctx.is_main else None
+    dist.gather_object(obj, out, dst=0)
+    return out
+
+
 def terms_switched_off(weights: Mapping[str, float], stage_multipliers: Sequence[Mapping[str, float]]) -> list[str]:
     """Loss terms whose weight (base weight x a stage's multiplier, missing = 1) is 0 in some stage.
 

@@ -17,7 +17,7 @@ import torch
 from torch.utils.data import Dataset, Subset
 
 from amt.evaluation.evaluator import collect_predictions, concat_predictions, report_from_predictions
-from amt.training.distributed import DistContext, gather_object
+from amt.training.distributed import DistContext, gather_to_main
 
 
 def shard_bounds(size: int, rank: int, world_size: int) -> tuple[int, int]:
@@ -42,7 +42,8 @@ class ShardedEvaluator:
         if stop > start:
             subset = Subset(dataset, range(start, stop))
             shard = collect_predictions(model, subset, batch_size=self.batch_size, device=self.device)
-        parts = [p for p in gather_object(shard, self.ctx) if p is not None]
-        if not self.ctx.is_main:
+        gathered = gather_to_main(shard, self.ctx)
+        if gathered is None:
             return {}
+        parts = [p for p in gathered if p is not None]
         return report_from_predictions(concat_predictions(parts), self.models_dir)
