@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 from amt.checkpoint import CheckpointError
 from amt.models.backbone import BackboneWeightsError
 from amt.training.config import load_run_config
-from amt.training.distributed import cleanup, init_distributed
+from amt.training.distributed import DeviceConfigError, cleanup, init_distributed
 from amt.training.preemption import EXIT_PREEMPTED, TrainingPreempted
 from amt.training.step import CompileUnavailable
 from amt.training.trainer import train
@@ -65,7 +65,11 @@ def train_main(argv: list[str]) -> int:
         return 0
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    ctx = init_distributed(cfg.training.device)
+    try:
+        ctx = init_distributed(cfg.training.device)
+    except DeviceConfigError as exc:
+        print(f"amt train: {exc}", file=sys.stderr)
+        return 2
     if not ctx.is_main:
         logging.getLogger().setLevel(logging.WARNING)
     try:

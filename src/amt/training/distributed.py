@@ -47,12 +47,22 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     return torch.device(name)
 
 
+class DeviceConfigError(ValueError):
+    """A `training.device` that cannot work for this launch (one line for the user)."""
+
+
 def init_distributed(device: str = "auto") -> DistContext:
     """Join the process group described by torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK,
     MASTER_ADDR, MASTER_PORT), or return a single-process context when WORLD_SIZE is unset/1."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if world_size > 1 and device.startswith("cuda:"):
+        # NCCL refuses two ranks on one GPU, deep inside the first collective
+        raise DeviceConfigError(
+            f"config training.device={device} with {world_size} ranks would put every rank on that one GPU; "
+            "use training.device=cuda (each rank takes its LOCAL_RANK's GPU)"
+        )
     dev = resolve_device(device, local_rank)
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
