@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint bench chromium clean
+.PHONY: install demo test lint bench gpu-wheels chromium clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -30,8 +30,12 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/amt bench --device cpu --preset tiny
 
+# Wheels the GPU machine lacks, for benchmarks/gpu_session.sh (benchmarks/README.md "GPU").
+gpu-wheels: $(STAMP)
+	VENV_PYTHON=$(BIN)/python bash benchmarks/gpu_session.sh prepare
+
 clean:
-	rm -rf $(VENV) runs
+	rm -rf $(VENV) runs .gpu
 
 # The HTML report's browser check: installs chromium (Debian: /usr/bin/chromium) and runs the test
 # that screenshots report.html headless (skipped when chromium is absent).

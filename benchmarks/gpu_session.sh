@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# One prepared GPU session (issue 17): `amt bench --device cuda` for vitl14 / vitb14 / vits14 at
+# batch 1 and 256 plus the training step, next to the bare backbone, and the CUDA-only tests.
+#
+#   bash benchmarks/gpu_session.sh prepare   # here, with the project's venv: pure-Python wheels the
+#                                            # GPU machine lacks -> .gpu/wheels (git-ignored)
+#   bash benchmarks/gpu_session.sh           # there, from the repo root, with its own python3
+#
+# The GPU machine has its own python3 with torch + CUDA but no network, and lacks hydra-core,
+# omegaconf, antlr4, roma and trimesh; its transformers predates the DINOv2 attention names the
+# backbone uses (>= 5.18). `prepare` builds wheels of the versions this venv has; the session
+# installs them with --no-deps into .gpu/site, first on PYTHONPATH. Every phase writes its log (and
+# JSON) to $OUT as it ends, so a run cut short still leaves what it measured.
+# Environment: OUT (default runs/gpu), PYTHON (default python3), DEVICE (default cuda),
+# PRESETS (default "vitl14 vitb14 vits14"), BATCH (default 1,256), PHASE_LIMIT_S (default 160),
+# COMPILE=1 to time the compiled training step too (minutes of compilation), RUN_TESTS=0 to skip
+# the tests, GPU_WHEELS / GPU_SITE for other wheel and install folders.
+set -u
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+WHEELS=${GPU_WHEELS:-.gpu/wheels}
+SITE=${GPU_SITE:-.gpu/site}
+CARRIED="transformers hydra-core omegaconf antlr4-python3-runtime roma trimesh"
+
+if [ "${1:-}" = prepare ]; then
+  VENV_PY=${VENV_PYTHON:-.venv/bin/python}
+  specs=$("$VENV_PY" -c "
+import importlib.metadata as m
+print(' '.join(f'{p}=={m.version(p)}' for p in '$CARRIED'.split()))") || { echo "prepare: $VENV_PY cannot read the installed versions (make install first)"; exit 2; }
+  rm -rf "$WHEELS" && mkdir -p "$WHEELS"
+  # `pip wheel` also builds the pure-Python sdists (antlr4-python3-runtime ships no wheel)
+  "$VENV_PY" -m pip wheel -q --no-deps -w "$WHEELS" $specs || exit 2
+  ls -s "$WHEELS"; du -sh "$WHEELS"
+  exit 0
+fi
+
+OUT=${OUT:-runs/gpu}
+DEVICE=${DEVICE:-cuda}
+PRESETS=${PRESETS:-vitl14 vitb14 vits14}
+BATCH=${BATCH:-1,256}
+LIMIT=${PHASE_LIMIT_S:-160}
+mkdir -p "$OUT"
+SUMMARY="$OUT/summary.txt"
+: > "$SUMMARY"
+
+if compgen -G "$WHEELS/*.whl" > /dev/null; then
+  rm -rf "$SITE"
+  "$PY" -m pip install -q --no-index --no-deps --target "$SITE" "$WHEELS"/*.whl > "$OUT/wheels.log" 2>&1 \
+    || echo "wheels: install failed (see wheels.log)" >> "$SUMMARY"
+fi
+export PYTHONPATH="$SITE:src${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONUNBUFFERED=1
+
+phase() {  # phase NAME LIMIT_S COMMAND...: run with a time limit, log to $OUT/NAME.log, note rc
+  local name=$1 limit=$2 start rc
+  shift 2
+  start=$(date +%s)
+  timeout "$limit" "$@" > "$OUT/$name.log" 2>&1
+  rc=$?
+  echo "$name rc=$rc $(( $(date +%s) - start ))s $(date -u +%H:%M:%S)" | tee -a "$SUMMARY"
+}
+
+phase env 60 bash -c "date -u; nvidia-smi 2>&1 | head -15; $PY -c '
+import sys, torch, transformers, hydra, roma
+print(sys.version.split()[0], \"torch\", torch.__version__, \"transformers\", transformers.__version__,
+      \"cuda\", torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else \"-\")'"
+
+for preset in $PRESETS; do
+  phase "bench_$preset" "$LIMIT" "$PY" -m amt bench --device "$DEVICE" --preset "$preset" --batch "$BATCH" --train \
+    --json "$OUT/bench_$preset.json"
+done
+
+# the test that skips without CUDA (the fast path's CUDA graphs against eager), with its module
+if [ "${RUN_TESTS:-1}" = 1 ]; then
+  phase cuda_tests 90 "$PY" -m pytest -q -p no:cacheprovider -rs tests/inference/test_fastpath.py
+fi
+
+if [ "${COMPILE:-0}" = 1 ]; then
+  first=${PRESETS%% *}
+  phase "compiled_$first" 400 "$PY" -m amt bench --device "$DEVICE" --preset "$first" --batch "${BATCH##*,}" --train \
+    --train-variants default,compiled --json "$OUT/compiled_$first.json"
+fi
+cat "$SUMMARY"
