@@ -13,13 +13,14 @@
 # JSON) to $OUT as it ends, so a run cut short still leaves what it measured.
 # Environment: OUT (default runs/gpu), PYTHON (default python3), DEVICE (default cuda),
 # PRESETS (default "vitl14 vitb14 vits14"), BATCH (default 1,256), PHASE_LIMIT_S (default 160),
-# COMPILE=1 to time the compiled training step too (minutes of compilation), RUN_TESTS=0 to skip
+# GPU_DATA the training cache's folder, COMPILE=1 to time the compiled training step too (minutes of compilation), RUN_TESTS=0 to skip
 # the tests, GPU_WHEELS / GPU_SITE for other wheel and install folders.
 set -u
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 WHEELS=${GPU_WHEELS:-.gpu/wheels}
 SITE=${GPU_SITE:-.gpu/site}
+DATA=${GPU_DATA:-.gpu/data}
 CARRIED="transformers hydra-core omegaconf antlr4-python3-runtime roma trimesh"
 
 if [ "${1:-}" = prepare ]; then
@@ -30,7 +31,12 @@ print(' '.join(f'{p}=={m.version(p)}' for p in '$CARRIED'.split()))") || { echo 
   rm -rf "$WHEELS" && mkdir -p "$WHEELS"
   # `pip wheel` also builds the pure-Python sdists (antlr4-python3-runtime ships no wheel)
   "$VENV_PY" -m pip wheel -q --no-deps -w "$WHEELS" $specs || exit 2
-  ls -s "$WHEELS"; du -sh "$WHEELS"
+  # a small training cache (the demo's 96-px crops) for the GPU training phase: the synthetic
+  # generator needs EGL / moderngl, which that machine lacks, so the cache travels, not the images
+  rm -rf "$DATA" && "$VENV_PY" -m amt synth "$DATA" --frames 400 --seed 0 > /dev/null \
+    && "$VENV_PY" -m amt cache "$DATA" --split s0_train --size 96 --margin 2.0 --workers 2 > /dev/null || exit 2
+  find "$DATA" -mindepth 1 -maxdepth 1 ! -name cache -exec rm -rf {} +
+  du -sh "$WHEELS" "$DATA"
   exit 0
 fi
 
@@ -71,6 +77,20 @@ for preset in $PRESETS; do
 done
 
 # the test that skips without CUDA (the fast path's CUDA graphs against eager), with its module
+# the trainer on the device: GPU-resident cache, bf16 autocast (precision=auto), the demo's model;
+# run twice: the second run finds the finished run and resumes it (nothing left to do)
+CACHE="$DATA/cache/s0_train_96"
+if [ -d "$CACHE" ]; then
+  train=(--config-name tiny model=tiny_conv "data.root=$DATA" "data.cache_dir=$CACHE" data.val_split=null
+         data.image_size=96 model.image_size=96 model.num_queries=3 training.batch_size=32 "training.max_steps=${TRAIN_STEPS:-300}"
+         training.precision=auto "training.device=$DEVICE" training.output_dir=runs/gpu_train training.log_every_steps=50)
+  rm -rf runs/gpu_train
+  phase train 150 "$PY" -m amt train "${train[@]}"
+  phase train_resume 60 "$PY" -m amt train "${train[@]}"
+  phase bench_demo_model 120 "$PY" -m amt bench --device "$DEVICE" --checkpoint runs/gpu_train/checkpoints/last \
+    --batch "$BATCH" --train --cache "$CACHE" --json "$OUT/bench_demo_model.json"
+fi
+
 if [ "${RUN_TESTS:-1}" = 1 ]; then
   phase cuda_tests 90 "$PY" -m pytest -q -p no:cacheprovider -rs tests/inference/test_fastpath.py
 fi

@@ -24,6 +24,7 @@ def test_gpu_session_script_runs_its_phases_and_writes_each_result(tmp_path: Pat
         RUN_TESTS="0",
         GPU_WHEELS=str(tmp_path / "no_wheels"),  # nothing to carry here: the venv has every package
         GPU_SITE=str(tmp_path / "site"),
+        GPU_DATA=str(tmp_path / "no_data"),  # no training cache: the training phases are skipped
     )
     run = subprocess.run(["bash", str(SCRIPT)], env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
