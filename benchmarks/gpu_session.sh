@@ -1,20 +1,22 @@
 #!/usr/bin/env bash
 # One prepared GPU session (issue 17): `amt bench --device cuda` for vitl14 / vitb14 / vits14 at
-# batch 1 and 256 plus the training step, next to the bare backbone, and the CUDA-only tests.
+# batch 1 and 256 with the training step, next to the bare backbone; `amt train` of the demo's
+# model on the device; the CUDA-only test.
 #
-#   bash benchmarks/gpu_session.sh prepare   # here, with the project's venv: pure-Python wheels the
-#                                            # GPU machine lacks -> .gpu/wheels (git-ignored)
+#   bash benchmarks/gpu_session.sh prepare   # here (`make gpu-wheels`): wheels the GPU machine
+#                                            # lacks -> .gpu/wheels, a training cache -> .gpu/data
 #   bash benchmarks/gpu_session.sh           # there, from the repo root, with its own python3
 #
 # The GPU machine has its own python3 with torch + CUDA but no network, and lacks hydra-core,
 # omegaconf, antlr4, roma and trimesh; its transformers predates the DINOv2 attention names the
 # backbone uses (>= 5.18). `prepare` builds wheels of the versions this venv has; the session
 # installs them with --no-deps into .gpu/site, first on PYTHONPATH. Every phase writes its log (and
-# JSON) to $OUT as it ends, so a run cut short still leaves what it measured.
+# JSON) to $OUT as it ends, so a run cut short still leaves what it measured; the script exits 1
+# when a phase failed.
 # Environment: OUT (default runs/gpu), PYTHON (default python3), DEVICE (default cuda),
 # PRESETS (default "vitl14 vitb14 vits14"), BATCH (default 1,256), PHASE_LIMIT_S (default 160),
-# GPU_DATA the training cache's folder, COMPILE=1 to time the compiled training step too (minutes of compilation), RUN_TESTS=0 to skip
-# the tests, GPU_WHEELS / GPU_SITE for other wheel and install folders.
+# TRAIN_STEPS (default 300), RUN_TESTS=0 to skip the test, COMPILE=1 to time the compiled
+# training step too (minutes of compilation), GPU_WHEELS / GPU_SITE / GPU_DATA for other folders.
 set -u
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -33,6 +35,9 @@ print(' '.join(f'{p}=={m.version(p)}' for p in '$CARRIED'.split()))") || { echo 
   "$VENV_PY" -m pip wheel -q --no-deps -w "$WHEELS" $specs || exit 2
   # a small training cache (the demo's 96-px crops) for the GPU training phase: the synthetic
   # generator needs EGL / moderngl, which that machine lacks, so the cache travels, not the images
+  if [ -n "$(ls -A "$DATA" 2>/dev/null)" ] && [ ! -d "$DATA/cache" ]; then
+    echo "prepare: $DATA holds files this script did not write; not replacing it"; exit 2
+  fi
   rm -rf "$DATA" && "$VENV_PY" -m amt synth "$DATA" --frames 400 --seed 0 > /dev/null \
     && "$VENV_PY" -m amt cache "$DATA" --split s0_train --size 96 --margin 2.0 --workers 2 > /dev/null || exit 2
   find "$DATA" -mindepth 1 -maxdepth 1 ! -name cache -exec rm -rf {} +
@@ -57,12 +62,14 @@ fi
 export PYTHONPATH="$SITE:src${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1
 
+FAILED=0
 phase() {  # phase NAME LIMIT_S COMMAND...: run with a time limit, log to $OUT/NAME.log, note rc
   local name=$1 limit=$2 start rc
   shift 2
   start=$(date +%s)
   timeout "$limit" "$@" > "$OUT/$name.log" 2>&1
   rc=$?
+  [ $rc = 0 ] || FAILED=1
   echo "$name rc=$rc $(( $(date +%s) - start ))s $(date -u +%H:%M:%S)" | tee -a "$SUMMARY"
 }
 
@@ -76,7 +83,6 @@ for preset in $PRESETS; do
     --json "$OUT/bench_$preset.json"
 done
 
-# the test that skips without CUDA (the fast path's CUDA graphs against eager), with its module
 # the trainer on the device: GPU-resident cache, bf16 autocast (precision=auto), the demo's model;
 # run twice: the second run finds the finished run and resumes it (nothing left to do)
 CACHE="$DATA/cache/s0_train_96"
@@ -91,6 +97,7 @@ if [ -d "$CACHE" ]; then
     --batch "$BATCH" --train --cache "$CACHE" --json "$OUT/bench_demo_model.json"
 fi
 
+# the test that skips without CUDA (the fast path's CUDA graphs against eager), with its module
 if [ "${RUN_TESTS:-1}" = 1 ]; then
   phase cuda_tests 90 "$PY" -m pytest -q -p no:cacheprovider -rs tests/inference/test_fastpath.py
 fi
@@ -101,3 +108,4 @@ if [ "${COMPILE:-0}" = 1 ]; then
     --train-variants default,compiled --json "$OUT/compiled_$first.json"
 fi
 cat "$SUMMARY"
+exit $FAILED
