@@ -60,11 +60,21 @@ def _build(tree: Path, out: Path, **kw) -> Path:
     return build_cache(tree, SPLIT, out, size=SIZE, workers=1, chunk_size=CHUNK, progress=False, **kw)
 
 
-@pytest.mark.slow  # four interpreter start-ups: ~10 s alone, up to a minute on a loaded 2-core machine
+def _kill_when(proc: subprocess.Popen, ready, timeout: float = 120.0) -> None:
+    """SIGKILL `proc` as soon as `ready()` holds (polled every 2 ms) or it has run `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while not ready() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.002)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+
+@pytest.mark.slow  # five interpreter start-ups: ~10 s alone, up to a minute on a loaded 2-core machine
 def test_builds_killed_at_random_moments_are_never_read_as_complete(tree: Path, reference: Path, tmp_path: Path):
-    """kill -9 a real `amt cache` process at 3 random moments of the same build (start-up,
-    allocation, mid-chunk, finishing): after each kill the cache is either complete and equal to
-    an uninterrupted build, or refused; the next build resumes it to the same arrays."""
+    """kill -9 a real `amt cache` process once mid-chunk (as soon as its first chunk is recorded)
+    and then at 3 random moments of the resumed build (start-up, allocation, mid-chunk,
+    finishing): after each kill the cache is either complete and equal to an uninterrupted
+    build, or refused; the next build resumes it to the same arrays."""
     out = tmp_path / "killed"
     code = (
         "import sys; from amt.data.cache_cli import main; "
@@ -72,30 +82,38 @@ def test_builds_killed_at_random_moments_are_never_read_as_complete(tree: Path, 
         f"'--workers', '1', '--chunk-size', '{CHUNK}']))"
     )
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    # time to import and finish once, measured, so the kills spread over the whole run
+
+    def start() -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)  # fmt: skip
+
+    def inspect() -> str:
+        if cache_problem(out) is None:
+            _same(out, reference)
+            return "complete"
+        with pytest.raises(CacheError):
+            open_cache(out)
+        with pytest.raises(CacheError):
+            CachedDataset(out)
+        done = len((out / PROGRESS_FILE).read_text().splitlines()) if (out / PROGRESS_FILE).exists() else 0
+        return f"partial ({done} chunks)"
+
+    # time to import and finish once, measured, so the random kills spread over the whole run
     t0 = time.perf_counter()
     subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True)
     full = time.perf_counter() - t0
     shutil.rmtree(out)
+    # One kill tied to the build's progress, not to the clock: a wall-clock delay alone can land
+    # after the build ends when the machine's speed changes between runs (all "complete").
+    progress = out / PROGRESS_FILE
+    _kill_when(start(), lambda: progress.exists() and progress.read_text().count("\n") >= 1)
+    states = [inspect()]
+    assert states[0].startswith("partial"), states
     rng = np.random.default_rng(14)
-    states = []
     for delay in sorted(rng.uniform(0.3, 1.0, 3) * full):
-        proc = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)  # fmt: skip
-        time.sleep(delay)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        problem = cache_problem(out)
-        if problem is None:
-            _same(out, reference)
-            states.append("complete")
-        else:
-            with pytest.raises(CacheError):
-                open_cache(out)
-            with pytest.raises(CacheError):
-                CachedDataset(out)
-            done = len((out / PROGRESS_FILE).read_text().splitlines()) if (out / PROGRESS_FILE).exists() else 0
-            states.append(f"partial ({done} chunks)")
+        started = time.monotonic()
+        _kill_when(start(), lambda delay=delay, started=started: time.monotonic() - started >= delay)
+        states.append(inspect())
     assert any(s.startswith("partial") for s in states), states
     ensure_cache(tree, SPLIT, SIZE, out, workers=1, progress=False)  # what the next `amt train`/`eval` does
     _same(out, reference)
