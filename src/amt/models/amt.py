@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 import yaml
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
@@ -34,7 +33,7 @@ from amt.models.backbone import DinoBackbone
 from amt.models.config import ModelConfig, make_config
 from amt.models.contact import ContactHead
 from amt.models.hand import HandEncoder
-from amt.models.layers import grid_centres, init_head_weights, sine_positions_2d
+from amt.models.layers import BilinearResize, grid_centres, init_head_weights, sine_positions_2d
 from amt.models.objects import ObjectHead, QueryDecoder
 from amt.models.pyramid import FeaturePyramid
 from amt.models.refine import Refiner
@@ -117,6 +116,10 @@ class AMT(nn.Module):
             self.camera_in = nn.Linear(3, D)
             init_head_weights(self.camera_in)
         self.level_embed = nn.Parameter(torch.randn(len(cfg.decoder_levels), D) * 0.02)
+        finest = self._level_shape(cfg.grid_size, cfg.pyramid_scales[0])
+        self.keypoint_resize = nn.ModuleList(
+            BilinearResize(self._level_shape(cfg.grid_size, s), finest) for s in cfg.pyramid_scales[1:]
+        )
         self.memory_shapes = [self._level_shape(cfg.grid_size, cfg.pyramid_scales[i]) for i in cfg.decoder_levels]
         pos = [sine_positions_2d(h, w, D) for h, w in self.memory_shapes]
         self.register_buffer("memory_pos", torch.cat(pos).unsqueeze(0), persistent=False)  # (1, T, D)
@@ -153,10 +156,9 @@ class AMT(nn.Module):
         hand's keypoint heatmaps need the finest grid and the deeper taps' context: on the demo,
         heatmaps on the finest level alone (the first tap block) ended 3.5-8 mm worse
         (docs/experiments.md "Hand keypoints and object depth")."""
-        size = levels[0].shape[-2:]
         out = levels[0]
-        for level in levels[1:]:
-            out = out + F.interpolate(level, size=size, mode="bilinear", align_corners=False)
+        for level, resize in zip(levels[1:], self.keypoint_resize, strict=True):
+            out = out + resize(level)
         if self.stem_in is not None:
             if stem is None:
                 raise ValueError("AMT.keypoint_features: stem_skip needs the backbone's stem map")

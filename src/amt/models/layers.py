@@ -1,5 +1,5 @@
 """Small building blocks shared by the heads: attention with optional probability maps, MLP,
-sine positional encodings and the head weight initialisation."""
+bilinear resizing as matmuls, sine positional encodings and the head weight initialisation."""
 
 from __future__ import annotations
 
@@ -46,6 +46,46 @@ class MLP(nn.Sequential):
 
     def __init__(self, dim_in: int, dim_hidden: int, dim_out: int) -> None:
         super().__init__(nn.Linear(dim_in, dim_hidden), nn.GELU(), nn.Linear(dim_hidden, dim_out))
+
+
+def bilinear_resize_matrix(n_out: int, n_in: int) -> torch.Tensor:
+    """(n_out, n_in) float32 weights A such that A @ x resizes an axis of n_in samples to n_out
+    the way F.interpolate(mode="bilinear", align_corners=False, antialias=False) does: source
+    coordinate (i + 0.5) * n_in / n_out - 0.5, clamped at 0, split between its two neighbours."""
+    src = ((torch.arange(n_out, dtype=torch.float64) + 0.5) * (n_in / n_out) - 0.5).clamp(min=0.0)
+    lo = src.floor().long().clamp(max=n_in - 1)
+    frac = src - lo
+    rows = torch.arange(n_out)
+    a = torch.zeros(n_out, n_in, dtype=torch.float64)
+    a.index_put_((rows, lo), 1.0 - frac, accumulate=True)
+    a.index_put_((rows, (lo + 1).clamp(max=n_in - 1)), frac, accumulate=True)
+    return a.float()
+
+
+class BilinearResize(nn.Module):
+    """(B, C, h, w) -> (B, C, H, W), bilinear without corner alignment. Eager runs call
+    F.interpolate; under torch.compile it is two matmuls on the channels-last layout (the same
+    numbers to ~1e-6), because inductor lowers upsample_bilinear2d's backward to a scatter-add
+    that ran ~10x slower on CPU, while eager the native kernel was the faster one
+    (docs/experiments.md "Speed choices"). `as_matmuls=True` forces the matmul form.
+    """
+
+    def __init__(self, size_in: tuple[int, int], size_out: tuple[int, int]) -> None:
+        super().__init__()
+        self.size_in, self.size_out = tuple(size_in), tuple(size_out)
+        self.register_buffer("rows", bilinear_resize_matrix(size_out[0], size_in[0]), persistent=False)
+        self.register_buffer("cols", bilinear_resize_matrix(size_out[1], size_in[1]), persistent=False)
+
+    def forward(self, x: torch.Tensor, as_matmuls: bool = False) -> torch.Tensor:
+        matmuls = as_matmuls or torch.compiler.is_compiling()
+        if not matmuls or tuple(x.shape[-2:]) != self.size_in:
+            return F.interpolate(x, size=self.size_out, mode="bilinear", align_corners=False)
+        # -1 for the batch so that traced exports keep a dynamic batch; the other sizes are fixed
+        (_, c, h, w), (H, W) = x.shape, self.size_out
+        x = x.permute(0, 2, 3, 1).reshape(-1, h, w * c)  # a view when x is channels-last
+        x = torch.matmul(self.rows.to(x.dtype), x).reshape(-1, w, c)
+        x = torch.matmul(self.cols.to(x.dtype), x)
+        return x.reshape(-1, H, W, c).permute(0, 3, 1, 2)  # channels-last (B, C, H, W)
 
 
 def sine_positions_2d(h: int, w: int, dim: int, temperature: float = 10000.0) -> torch.Tensor:
