@@ -335,7 +335,6 @@ def _torchrun(out: Path, root: Path, *extra: str) -> subprocess.Popen:
     return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-@pytest.mark.slow
 def _live_step(last: Path) -> int:
     """The step of a running job's `last` checkpoint, -1 while there is none. The run prunes old
     folders (checkpoint.keep_last) as it goes, so `last` can move on and its old target vanish
