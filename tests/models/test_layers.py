@@ -43,8 +43,19 @@ def test_bilinear_resize_adds_nothing_to_the_state_dict():
     assert BilinearResize((6, 6), (24, 24)).state_dict() == {}
 
 
-def test_bilinear_resize_under_torch_compile_equals_eager():
+def test_bilinear_resize_under_torch_compile_is_matmuls_equal_to_eager(monkeypatch: pytest.MonkeyPatch):
     torch.manual_seed(0)
     x = torch.randn(2, 4, 6, 6).contiguous(memory_format=torch.channels_last)
     resize = BilinearResize((6, 6), (24, 24))
-    torch.testing.assert_close(torch.compile(resize, backend="eager")(x), resize(x), rtol=0, atol=1e-6)
+    eager = resize(x)
+    calls: list[int] = []
+    original = F.interpolate
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(F, "interpolate", counting)
+    compiled = torch.compile(resize, backend="eager")(x)
+    assert calls == []  # the matmul form, not upsample_bilinear2d, is what the compiler sees
+    torch.testing.assert_close(compiled, eager, rtol=0, atol=1e-6)
