@@ -30,6 +30,9 @@ if [ "${1:-}" = prepare ]; then
   specs=$("$VENV_PY" -c "
 import importlib.metadata as m
 print(' '.join(f'{p}=={m.version(p)}' for p in '$CARRIED'.split()))") || { echo "prepare: $VENV_PY cannot read the installed versions (make install first)"; exit 2; }
+  if [ -n "$(find "$WHEELS" -mindepth 1 ! -name '*.whl' 2>/dev/null | head -1)" ]; then
+    echo "prepare: $WHEELS holds files other than wheels; not replacing it"; exit 2
+  fi
   rm -rf "$WHEELS" && mkdir -p "$WHEELS"
   # `pip wheel` also builds the pure-Python sdists (antlr4-python3-runtime ships no wheel)
   "$VENV_PY" -m pip wheel -q --no-deps -w "$WHEELS" $specs || exit 2
@@ -84,16 +87,17 @@ for preset in $PRESETS; do
 done
 
 # the trainer on the device: GPU-resident cache, bf16 autocast (precision=auto), the demo's model;
-# run twice: the second run finds the finished run and resumes it (nothing left to do)
+# run twice: the second run finds the finished run and resumes it (nothing left to do). A new
+# folder per session, so that nothing earlier is deleted and a rerun still trains from scratch.
 CACHE="$DATA/cache/s0_train_96"
+TRAIN_RUN="runs/gpu_train_$(date -u +%Y%m%d_%H%M%S)"
 if [ -d "$CACHE" ]; then
   train=(--config-name tiny model=tiny_conv "data.root=$DATA" "data.cache_dir=$CACHE" data.val_split=null
          data.image_size=96 model.image_size=96 model.num_queries=3 training.batch_size=32 "training.max_steps=${TRAIN_STEPS:-300}"
-         training.precision=auto "training.device=$DEVICE" training.output_dir=runs/gpu_train training.log_every_steps=50)
-  rm -rf runs/gpu_train
+         training.precision=auto "training.device=$DEVICE" "training.output_dir=$TRAIN_RUN" training.log_every_steps=50)
   phase train 150 "$PY" -m amt train "${train[@]}"
   phase train_resume 60 "$PY" -m amt train "${train[@]}"
-  phase bench_demo_model 120 "$PY" -m amt bench --device "$DEVICE" --checkpoint runs/gpu_train/checkpoints/last \
+  phase bench_demo_model 120 "$PY" -m amt bench --device "$DEVICE" --checkpoint "$TRAIN_RUN/checkpoints/last" \
     --batch "$BATCH" --train --cache "$CACHE" --json "$OUT/bench_demo_model.json"
 fi
 
