@@ -56,6 +56,69 @@ def test_compiled_fast_path_matches(tiny_model: torch.nn.Module) -> None:
         torch.testing.assert_close(out[name], ref[name], rtol=1e-5, atol=1e-5)
 
 
+class _SmallHead(torch.nn.Module):
+    """(image, K) -> a tuple, as FastPath's `flat` modules: a linear + GELU + linear on the pixels."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.mlp = torch.nn.Sequential(torch.nn.Linear(48, 64), torch.nn.GELU(), torch.nn.Linear(64, 8))
+
+    def forward(self, image: torch.Tensor, K: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return (self.mlp(image.flatten(1)[:, :48]) + K.flatten(1)[:, :1],)
+
+
+def test_inductor_compiles_with_freezing_and_keeps_the_mode(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With inductor the weights are frozen into the graph (oneDNN prepacking on CPU): freezing is
+    on while the compiled module runs (inductor compiles then), and off again afterwards."""
+    import torch._inductor.config as inductor_config
+
+    seen: list[dict] = []
+
+    def recording(fn, **kwargs):
+        seen.append(kwargs)
+
+        def run(*args):
+            seen[-1]["freezing"] = inductor_config.freezing
+            return fn(*args)
+
+        return run
+
+    monkeypatch.setattr(torch, "compile", recording)
+    cfg = FastPathConfig(compile=True, compile_mode="max-autotune-no-cudagraphs")
+    image, K = example_inputs(1)
+    FastPath(torch.nn.Identity(), "cpu", cfg, flat=_SmallHead()).run_flat(image, K)
+    probe, model = seen  # the toolchain probe, then the model
+    assert probe["freezing"] is False
+    assert model["mode"] == "max-autotune-no-cudagraphs" and model["freezing"] is True
+    assert inductor_config.freezing is False
+
+
+def test_a_broken_compiler_gives_one_clear_error(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    from amt.inference.bench import main as bench_main
+    from amt.training.step import CompileUnavailable
+
+    def broken(fn, **kwargs):
+        def run(*a, **k):
+            raise RuntimeError("InvalidCxxCompiler: No working C++ compiler found\nmore lines")
+
+        return run
+
+    monkeypatch.setattr(torch, "compile", broken)
+    with pytest.raises(CompileUnavailable, match=r"--compile: torch.compile does not work here.*InvalidCxxCompiler"):
+        FastPath(torch.nn.Identity(), "cpu", FastPathConfig(compile=True), flat=torch.nn.Identity())
+    assert bench_main(["--preset", "tiny", "--batch", "1", "--compile", "--iters", "1", "--warmup", "0"]) == 2
+
+
+@pytest.mark.slow  # inductor builds C++ kernels: ~7 s on 2 CPU cores
+def test_inductor_with_freezing_matches_eager_on_cpu() -> None:
+    torch.manual_seed(0)
+    head = _SmallHead().eval()
+    image, K = torch.randn(3, 3, 4, 4), torch.eye(3).expand(3, 3, 3)
+    compiled = FastPath(head, "cpu", FastPathConfig(compile=True), flat=head)
+    eager = FastPath(head, "cpu", FastPathConfig(), flat=head)
+    torch.testing.assert_close(compiled.run_flat(image, K), eager.run_flat(image, K), rtol=1e-5, atol=1e-5)
+
+
 def test_autocast_resolution() -> None:
     assert autocast_dtype("auto", torch.device("cuda")) is torch.bfloat16
     assert autocast_dtype("auto", torch.device("cpu")) is None

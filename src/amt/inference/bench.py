@@ -49,6 +49,7 @@ from amt.inference.precision import PrecisionError, inference_model, parse_dtype
 from amt.inference.timing import peak_memory_mb, reset_peak, sync, time_call
 from amt.models import build_model
 from amt.models.info import HEAD_MODULES, ModuleTimer, count_flops, profile_modules
+from amt.training.step import CompileUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -411,7 +412,7 @@ def main(argv: list[str]) -> int:
     )  # fmt: skip
     try:
         result = run(cfg)
-    except (BenchError, CheckpointError, KeyError, PrecisionError) as exc:
+    except (BenchError, CheckpointError, CompileUnavailable, KeyError, PrecisionError) as exc:
         print(f"amt bench: {exc}", file=sys.stderr)
         return 2
     print(format_table(result))

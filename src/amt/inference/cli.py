@@ -48,6 +48,7 @@ from amt.inference.intrinsics import (
 from amt.inference.predictor import HANDS, Predictor, box_from_xyxy
 from amt.inference.smoothing import PredictionSmoother
 from amt.inference.visualize import draw_3d_view, draw_overlay, side_by_side
+from amt.training.step import CompileUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -256,6 +257,7 @@ def predict_main(argv: list[str]) -> int:
         FrameSourceError,
         MissingExtraError,
         FileNotFoundError,
+        CompileUnavailable,
     ) as exc:
         print(f"amt predict: {exc}", file=sys.stderr)
         return 2

@@ -8,7 +8,11 @@ contract's tensors (float32, no `aux`). What it does depends on the device:
   the per-layer normalisation kernels;
 - autocast (default bf16 on CUDA; off on CPU, where it changes results at the 1e-2 level and
   only pays on CPUs with bf16 matrix units (AMX): ask for it with autocast='bf16');
-- torch.compile when asked (off by default: compiling takes minutes for the large presets);
+- torch.compile when asked (off by default: compiling takes minutes for the large presets),
+  with inductor's freezing: the weights as they are at the first call become constants, so
+  inductor folds them, prepacks them for oneDNN on CPU and fuses bias and activation into the
+  matmul (1.2x on CPU for vits14: benchmarks/README.md "Compiled inference on CPU"); a model
+  trained further after that needs a new FastPath;
 - on CUDA, a CUDA graph per input shape: the first call with a new shape warms up on a side
   stream and captures the forward into static input/output buffers; later calls copy the
   inputs into those buffers and replay, removing the per-kernel launch cost that dominates
@@ -27,6 +31,7 @@ from torch import nn
 
 from amt.inference.export import OUTPUT_NAMES, FlatOutputs
 from amt.models.sigma_reparam import SigmaReparamLinear, fold_sigma_reparam
+from amt.training.step import check_compiler
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +39,8 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class FastPathConfig:
     """autocast: 'auto' (bf16 on CUDA, none on CPU), 'bf16', 'fp16' or 'none';
-    compile: wrap in torch.compile (mode `compile_mode`, backend `compile_backend`);
+    compile: wrap in torch.compile (mode `compile_mode`, backend `compile_backend`; with
+        inductor, freezing on: see the module docstring);
     cuda_graph: capture CUDA graphs (CUDA only; ignored on CPU);
     fold_sigma_reparam: run a folded copy of the model (see the module docstring)."""
 
@@ -111,7 +117,10 @@ class FastPath:
         self.model = self.model.to(self.device).eval()
         self.dtype = autocast_dtype(self.config.autocast, self.device)
         flat = (flat if flat is not None else FlatOutputs(self.model)).to(self.device).eval()
+        self._freezing = self.config.compile and self.config.compile_backend == "inductor"
         if self.config.compile:
+            if self._freezing:
+                check_compiler(self.device, "--compile", "run without --compile")
             flat = torch.compile(flat, mode=self.config.compile_mode, backend=self.config.compile_backend)
         self._flat = flat
         self.use_graphs = self.config.cuda_graph and self.device.type == "cuda"
@@ -121,9 +130,18 @@ class FastPath:
             self.device, self.dtype, self.config.compile, self.use_graphs,
         )  # fmt: skip
 
+    def _compile_settings(self) -> contextlib.AbstractContextManager:
+        """Inductor's freezing around each call (it compiles at the first call of a new shape,
+        reading its config then; passed as torch.compile options it is not applied: torch 2.13)."""
+        if not self._freezing:
+            return contextlib.nullcontext()
+        import torch._inductor.config  # here: a heavy import only compiled paths need
+
+        return torch._inductor.config.patch(freezing=True)
+
     def _forward(self, image: torch.Tensor, K: torch.Tensor) -> tuple[torch.Tensor, ...]:
         ctx = torch.autocast(self.device.type, dtype=self.dtype) if self.dtype is not None else contextlib.nullcontext()
-        with ctx:
+        with ctx, self._compile_settings():
             outs = self._flat(image, K)
         return tuple(t.float() for t in outs)
 

@@ -86,20 +86,27 @@ def autocast_dtype_for(precision: str, device: torch.device) -> torch.dtype | No
 
 
 class CompileUnavailable(RuntimeError):
-    """`training.compile=true` on a machine where torch.compile cannot build kernels."""
+    """torch.compile asked for (`training.compile=true`, `--compile`) on a machine where it cannot
+    build kernels."""
 
 
-def compile_step(fn: Callable[..., Any], device: torch.device | str = "cpu") -> Callable[..., Any]:
-    """`torch.compile(fn)` (graph breaks allowed), checked up front on a tiny function on `device` so that a machine without a working compiler toolchain gives one
-    clear `CompileUnavailable` instead of a traceback at the first step."""
+def check_compiler(device: torch.device | str, asked: str, instead: str) -> None:
+    """Compile a tiny function on `device` so that a machine without a working compiler toolchain
+    gives one clear `CompileUnavailable` ("{asked}: ...; {instead}") up front instead of a
+    traceback at the first real call."""
     try:
         probe = torch.compile(lambda x: x * 2 + 1)
         probe(torch.ones(2, device=device))  # the device's toolchain: Triton on CUDA, a C++ compiler on CPU
     except Exception as exc:  # inductor raises many types (missing C++ compiler, triton, ...)
         raise CompileUnavailable(
-            f"config training.compile=true: torch.compile does not work here ({type(exc).__name__}: "
-            f"{str(exc).splitlines()[0] if str(exc) else ''}); set training.compile=false"
+            f"{asked}: torch.compile does not work here ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else ''}); {instead}"
         ) from exc
+
+
+def compile_step(fn: Callable[..., Any], device: torch.device | str = "cpu") -> Callable[..., Any]:
+    """`torch.compile(fn)` (graph breaks allowed), the toolchain checked first (`check_compiler`)."""
+    check_compiler(device, "config training.compile=true", "set training.compile=false")
     return torch.compile(fn)
 
 
