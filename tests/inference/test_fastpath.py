@@ -69,7 +69,8 @@ class _SmallHead(torch.nn.Module):
 
 def test_inductor_compiles_with_freezing_and_keeps_the_mode(monkeypatch: pytest.MonkeyPatch) -> None:
     """With inductor the weights are frozen into the graph (oneDNN prepacking on CPU): freezing is
-    on while the compiled module runs (inductor compiles then), and off again afterwards."""
+    on while the compiled module runs (inductor compiles then), and off again afterwards; the mode
+    is passed on, and every input shape gets its own static graph."""
     import torch._inductor.config as inductor_config
 
     seen: list[dict] = []
@@ -90,6 +91,7 @@ def test_inductor_compiles_with_freezing_and_keeps_the_mode(monkeypatch: pytest.
     probe, model = seen  # the toolchain probe, then the model
     assert probe["freezing"] is False
     assert model["mode"] == "max-autotune-no-cudagraphs" and model["freezing"] is True
+    assert model["dynamic"] is False  # one static graph per batch size
     assert inductor_config.freezing is False
 
 

@@ -121,7 +121,12 @@ class FastPath:
         if self.config.compile:
             if self._freezing:
                 check_compiler(self.device, "--compile", "run without --compile")
-            flat = torch.compile(flat, mode=self.config.compile_mode, backend=self.config.compile_backend)
+            # one static graph per input shape (like the CUDA graphs): after a second batch size
+            # torch.compile's default turns the batch dimension symbolic, and the dynamic graph
+            # ran batch 8 no faster than eager on CPU (benchmarks/README.md "Compiled inference on CPU")
+            flat = torch.compile(
+                flat, mode=self.config.compile_mode, backend=self.config.compile_backend, dynamic=False
+            )
         self._flat = flat
         self.use_graphs = self.config.cuda_graph and self.device.type == "cuda"
         self._graphs: dict[tuple, _GraphedForward] = {}
