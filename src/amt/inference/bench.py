@@ -389,7 +389,11 @@ def main(argv: list[str]) -> int:
         "--dtype", choices=("float32", "bfloat16"), default="float32",
         help="inference model storage dtype (bfloat16: weights cast once, geometric heads float32)",
     )  # fmt: skip
-    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the model and the backbone (inductor, frozen weights, a static graph per batch size)",
+    )
     p.add_argument("--no-cuda-graph", action="store_true")
     p.add_argument("--cache", default=None, help="training data cache folder (default: synthetic tensors)")
     p.add_argument("--json", type=Path, default=None, help="write the results here")

@@ -11,7 +11,7 @@ contract's tensors (float32, no `aux`). What it does depends on the device:
 - torch.compile when asked (off by default: compiling takes minutes for the large presets),
   with inductor's freezing: the weights as they are at the first call become constants, so
   inductor folds them, prepacks them for oneDNN on CPU and fuses bias and activation into the
-  matmul (1.2x on CPU for vits14: benchmarks/README.md "Compiled inference on CPU"); a model
+  matmul (1.2-1.4x at batch 1 on CPU: benchmarks/README.md "Compiled inference on CPU"); a model
   trained further after that needs a new FastPath;
 - on CUDA, a CUDA graph per input shape: the first call with a new shape warms up on a side
   stream and captures the forward into static input/output buffers; later calls copy the
