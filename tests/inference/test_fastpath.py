@@ -95,7 +95,7 @@ def test_inductor_compiles_with_freezing_and_keeps_the_mode(monkeypatch: pytest.
     assert inductor_config.freezing is False
 
 
-def test_a_broken_compiler_gives_one_clear_error(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+def test_a_broken_compiler_gives_one_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
     from amt.inference.bench import main as bench_main
     from amt.training.step import CompileUnavailable
 
