@@ -8,8 +8,10 @@
 #   bash benchmarks/gpu_session.sh           # there, from the repo root, with its own python3
 #
 # The GPU machine has its own python3 with torch + CUDA but no network, and lacks hydra-core,
-# omegaconf, antlr4, roma and trimesh; its transformers predates the DINOv2 attention names the
-# backbone uses (>= 5.18). `prepare` builds wheels of the versions this venv has; the session
+# omegaconf, antlr4, roma and trimesh (tabulate, imageio: not known to be there, pure Python, so
+# they travel too); its transformers predates the DINOv2 attention names the backbone uses
+# (>= 5.18). TensorBoard is not known to be there either: the training phase logs to it only when
+# it imports. `prepare` builds wheels of the versions this venv has; the session
 # installs them with --no-deps into .gpu/site, first on PYTHONPATH. Every phase writes its log (and
 # JSON) to $OUT as it ends, so a run cut short still leaves what it measured; the script exits 1
 # when a phase failed.
@@ -23,7 +25,7 @@ PY=${PYTHON:-python3}
 WHEELS=${GPU_WHEELS:-.gpu/wheels}
 SITE=${GPU_SITE:-.gpu/site}
 DATA=${GPU_DATA:-.gpu/data}
-CARRIED="transformers hydra-core omegaconf antlr4-python3-runtime roma trimesh"
+CARRIED="transformers hydra-core omegaconf antlr4-python3-runtime roma trimesh tabulate imageio"
 
 if [ "${1:-}" = prepare ]; then
   VENV_PY=${VENV_PYTHON:-.venv/bin/python}
@@ -79,7 +81,9 @@ phase() {  # phase NAME LIMIT_S COMMAND...: run with a time limit, log to $OUT/N
 phase env 60 bash -c "date -u; nvidia-smi 2>&1 | head -15; $PY -c '
 import sys, torch, transformers, hydra, roma
 print(sys.version.split()[0], \"torch\", torch.__version__, \"transformers\", transformers.__version__,
-      \"cuda\", torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else \"-\")'"
+      \"cuda\", torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else \"-\")
+import importlib.util as u
+print(\"missing:\", [m for m in \"scipy safetensors huggingface_hub yaml PIL imageio tqdm tensorboard matplotlib trimesh tabulate\".split() if u.find_spec(m) is None])'"
 
 for preset in $PRESETS; do
   phase "bench_$preset" "$LIMIT" "$PY" -m amt bench --device "$DEVICE" --preset "$preset" --batch "$BATCH" --train \
@@ -91,10 +95,11 @@ done
 # folder per session, so that nothing earlier is deleted and a rerun still trains from scratch.
 CACHE="$DATA/cache/s0_train_96"
 TRAIN_RUN="runs/gpu_train_$(date -u +%Y%m%d_%H%M%S)"
+TENSORBOARD=$("$PY" -c "import tensorboard" > /dev/null 2>&1 && echo true || echo false)
 if [ -d "$CACHE" ]; then
   train=(--config-name tiny model=tiny_conv "data.root=$DATA" "data.cache_dir=$CACHE" data.val_split=null
          data.image_size=96 model.image_size=96 model.num_queries=3 training.batch_size=32 "training.max_steps=${TRAIN_STEPS:-300}"
-         training.precision=auto "training.device=$DEVICE" "training.output_dir=$TRAIN_RUN" training.log_every_steps=50)
+         training.precision=auto "training.device=$DEVICE" "training.output_dir=$TRAIN_RUN" training.log_every_steps=50 "logging.tensorboard=$TENSORBOARD")
   phase train 150 "$PY" -m amt train "${train[@]}"
   phase train_resume 60 "$PY" -m amt train "${train[@]}"
   phase bench_demo_model 120 "$PY" -m amt bench --device "$DEVICE" --checkpoint "$TRAIN_RUN/checkpoints/last" \
