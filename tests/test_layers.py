@@ -1,6 +1,6 @@
 """The package's layer order, checked on the source with `ast` (docs/architecture.md, "Layers").
 
-    extras, jsonio -> geometry -> data -> models -> checkpoint, testing
+    extras, jsonio, safe_pickle, errors, outputs -> geometry -> data -> models -> checkpoint, testing
         -> {evaluation, diagnostics} -> training -> inference -> verbs -> amt.cli, amt (API)
 
 An import may only point to a lower layer or stay inside its own package (`RANKS`).
@@ -33,8 +33,10 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "amt"
 RANKS: dict[str, float] = {
     # helpers that import nothing from amt, usable from every layer
     "extras": -1,  # optional-dependency checks: data (moderngl) needs them as much as inference (onnx)
-    "jsonio": -1,
-    "safe_pickle": -1,  # restricted unpickling for users' files (MANO in geometry, HO-3D in data)  # report JSON, shared by the sibling evaluation and diagnostics reports
+    "jsonio": -1,  # report JSON, shared by the sibling evaluation and diagnostics reports
+    "safe_pickle": -1,  # restricted unpickling for users' files (MANO in geometry, HO-3D in data)
+    "errors": -1,  # ConfigError: models and training refuse settings alike, the verbs print them
+    "outputs": -1,  # the verbs' rule for writing into a user's folder or over a file
     "config": 0,  # Hydra yaml files only; its __init__ imports nothing
     "geometry": 0,
     "data": 1,

@@ -160,6 +160,28 @@ def test_bbox_flag_and_explicit_K_are_used(tiny_checkpoint: Path, tmp_path: Path
     assert record["crop"] == {"x0": 65, "y0": 25, "side": 150, "source": "--bbox"}
 
 
+def test_out_folder_with_a_users_files_is_refused_unless_force(
+    tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture, random_image
+) -> None:
+    """--out pointed at the images themselves, beside a LabelMe-style one.json: refused, nothing
+    written; a folder an earlier `amt predict` wrote is rewritten; --force writes anyway."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.fromarray(random_image(120, 160, 3)).save(photos / "one.png")
+    label = photos / "one.json"
+    label.write_text('{"shapes": []}')
+    assert predict_main([str(tiny_checkpoint), str(photos), "--out", str(photos)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"amt predict: {photos}: holds files that `amt predict` did not write (one.json, one.png)")
+    assert "--force" in err
+    assert label.read_text() == '{"shapes": []}' and sorted(p.name for p in photos.iterdir()) == ["one.json", "one.png"]
+    out = tmp_path / "out"
+    assert predict_main([str(tiny_checkpoint), str(photos), "--out", str(out)]) == 0
+    assert predict_main([str(tiny_checkpoint), str(photos), "--out", str(out)]) == 0  # its own folder: a rerun
+    assert predict_main([str(tiny_checkpoint), str(photos / "one.png"), "--out", str(photos), "--force"]) == 0
+    assert json.loads(label.read_text())["crop"]["source"]  # replaced, as --force says
+
+
 def test_video_gif_with_smoothing_and_video_output(tiny_checkpoint: Path, tmp_path: Path, random_image) -> None:
     frames = [random_image(120, 160, s) for s in range(4)]
     gif = tmp_path / "clip.gif"

@@ -75,3 +75,10 @@ def test_export_cli_prints_the_parity_table(
     assert out.exists() and "worst" in text and all(n in text for n in OUTPUT_NAMES)
     assert export_main([str(tmp_path / "missing"), "--format", "onnx"]) == 2
     assert "missing" in capsys.readouterr().err
+    # an existing file, the export's own included, is replaced only with --force
+    before = out.read_bytes()
+    assert export_main([str(tiny_checkpoint), "--format", "onnx", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"amt export: {out}: exists; pass --force to replace it, or choose another --out"
+    assert out.read_bytes() == before
+    assert export_main([str(tiny_checkpoint), "--format", "onnx", "--out", str(out), "--force"]) == 0

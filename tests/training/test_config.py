@@ -120,3 +120,39 @@ def test_cli_cfg_prints_the_resolved_config(capsys):
     assert train_main(["--config-name", "tiny", "--cfg", "training.batch_size=8", "data.root=/d"]) == 0
     out = capsys.readouterr().out
     assert "batch_size: 8" in out and "root: /d" in out and "output_dir: runs/tiny" in out
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("model=nope", "Could not find 'model/nope'; Available options in 'model': tiny, tiny_conv,"),
+        ("experiment=nope", "Available options in 'experiment': paper"),
+        ("training.batchsize=3", "Could not override 'training.batchsize': Key 'batchsize' not in 'TrainingConfig'"),
+        ("model.hidden_dim=abc", "model.hidden_dim=abc: Value 'abc' of type 'str' could not be converted to Integer"),
+        ("training.lr", "Error parsing override 'training.lr'"),
+        ("model.preset=nope", "unknown model preset 'nope'; expected one of"),
+        ("model.backbone_stem=nope", "model config: backbone_stem must be 'patch' or 'conv', got 'nope'"),
+    ],
+)
+def test_a_bad_override_is_one_line_naming_it(override, expected, capsys):
+    """`amt train` with a typo or an impossible value: exit 2 and one line, no traceback."""
+    from amt.training.cli import train_main
+
+    assert train_main(["--config-name", "tiny", override]) == 2
+    captured = capsys.readouterr()
+    err = captured.err.strip()
+    assert err.startswith("amt train: ") and expected in err, err
+    assert "\n" not in err and "Traceback" not in err and "search path" not in err
+    assert captured.out == ""
+
+
+def test_a_setting_refused_when_the_run_starts_is_one_line(tmp_path, capsys):
+    """A value only the trainer checks (here: no data at all) is a ConfigError: one line, exit 2."""
+    from amt.training.cli import train_main
+
+    argv = ["--config-name", "tiny", "model.backbone_weights=none", f"training.output_dir={tmp_path / 'run'}"]
+    assert train_main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == (
+        "amt train: config: set data.root (a dataset folder read as data.format) or data.cache_dir (a built cache)"
+    )

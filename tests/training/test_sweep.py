@@ -194,3 +194,11 @@ def test_tiny_sweep_with_two_workers_resumes_after_a_kill_and_its_best_trial_tra
         config["model"]["hidden_dim"] == best.params["hidden"]
         and config["training"]["batch_size"] == best.params["batch"]
     )
+
+
+def test_a_bad_shared_override_stops_the_sweep_before_any_trial(tmp_path, capsys):
+    out = tmp_path / "sweep"
+    assert sweep_main(["--config-name", "tiny", "--trials", "1", "--out", str(out), "training.batchsize=3"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "amt sweep: Could not override 'training.batchsize': Key 'batchsize' not in 'TrainingConfig'"
+    assert not out.exists()

@@ -59,12 +59,13 @@ def test_sweep_starts_one_worker_process_per_device(tmp_path, monkeypatch, capsy
 
     monkeypatch.setattr(sweep_workers.subprocess, "Popen", FakeProcess)
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
-    code = sweep_main(["--space", "tiny", "--out", str(tmp_path), "--devices", "0,1,2,3", "--trials", "2", "a=1"])
+    code = sweep_main(["--space", "tiny", "--out", str(tmp_path), "--devices", "0,1,2,3", "--trials", "2",
+                       "training.max_steps=1"])  # fmt: skip
     assert code == 1  # the fake workers finished no trial
     assert len(started) == 4
     for i, (cmd, env) in enumerate(started):
         assert cmd[:4] == [sys.executable, "-m", "amt.cli", "sweep"] and "--devices" not in cmd
-        assert cmd[4:6] == ["--worker", "training.device=cuda"] and cmd[-1] == "a=1"
+        assert cmd[4:6] == ["--worker", "training.device=cuda"] and cmd[-1] == "training.max_steps=1"
         assert env["CUDA_VISIBLE_DEVICES"] == str(i)
     assert (tmp_path / "study.db").exists()  # created once by the parent, before the workers
 

@@ -48,9 +48,12 @@ from amt.inference.intrinsics import (
 from amt.inference.predictor import HANDS, Predictor, box_from_xyxy
 from amt.inference.smoothing import PredictionSmoother
 from amt.inference.visualize import draw_3d_view, draw_overlay, side_by_side
+from amt.outputs import OutputExistsError, claim_output_file, claim_output_folder
 from amt.training.step import CompileUnavailable
 
 log = logging.getLogger(__name__)
+
+SUMMARY = "summary.json"  # written last by `amt predict`: marks its --out folder as its own
 
 
 class BoxFileError(ValueError):
@@ -110,6 +113,10 @@ def _predict_parser() -> argparse.ArgumentParser:
         "input", type=Path, help="image file, folder of images, or video (.gif; .mp4 etc. need imageio-ffmpeg)"
     )
     p.add_argument("--out", type=Path, required=True, help="output folder for JSON and overlay PNGs")
+    p.add_argument(
+        "--force", action="store_true",
+        help="write into an --out folder holding other files, and replace an existing --video-out",
+    )  # fmt: skip
     crop = p.add_mutually_exclusive_group()
     crop.add_argument("--bbox", type=parse_bbox, help="hand box x0,y0,x1,y1 (pixels) for every frame")
     crop.add_argument("--boxes", type=Path, help="JSON {filename or frame name: [x0,y0,x1,y1]}")
@@ -249,6 +256,8 @@ def predict_main(argv: list[str]) -> int:
         bounds = _model_bounds(args.models) if args.models else None
         if args.video_out:
             require_video_backend(args.video_out)
+            claim_output_file(args.video_out, args.force, "--video-out")
+        claim_output_folder(args.out, SUMMARY, args.force, "amt predict")
         predictor = Predictor.from_checkpoint(
             args.checkpoint, device=device, score_threshold=args.score_threshold, crop=crop,
             fastpath=FastPathConfig(autocast=args.autocast, compile=args.compile), dtype=args.dtype,
@@ -262,6 +271,7 @@ def predict_main(argv: list[str]) -> int:
         MissingExtraError,
         FileNotFoundError,
         CompileUnavailable,
+        OutputExistsError,
     ) as exc:
         print(f"amt predict: {exc}", file=sys.stderr)
         return 2
@@ -308,7 +318,7 @@ def predict_main(argv: list[str]) -> int:
         "smoothing": args.smooth,
         "score_threshold": args.score_threshold,
     }
-    (args.out / "summary.json").write_text(json.dumps(summary, indent=1))
+    (args.out / SUMMARY).write_text(json.dumps(summary, indent=1))
     print(
         f"predicted {len(done)} frame(s), skipped {len(skipped)}; intrinsics: {', '.join(sorted(intrinsics_used)) or '-'}"
     )
@@ -326,13 +336,15 @@ def export_main(argv: list[str]) -> int:
     p.add_argument("--dynamic-batch", action="store_true", help="batch dimension left free (checked at batch 1 and 3)")
     p.add_argument("--out", type=Path, help="output file (default CKPT/model.onnx or CKPT/model.torchscript.pt)")
     p.add_argument("--tolerance", type=float, default=1e-4, help="max abs difference allowed in the parity check")
+    p.add_argument("--force", action="store_true", help="replace an existing output file")
     args = p.parse_args(argv)
+    out = args.out or args.checkpoint / ("model.onnx" if args.format == "onnx" else "model.torchscript.pt")
     try:
+        claim_output_file(out, args.force)
         model = load_model(args.checkpoint)
-    except CheckpointError as exc:
+    except (CheckpointError, OutputExistsError) as exc:
         print(f"amt export: {exc}", file=sys.stderr)
         return 2
-    out = args.out or args.checkpoint / ("model.onnx" if args.format == "onnx" else "model.torchscript.pt")
     try:
         result = export(model, out, args.format, args.dynamic_batch, args.tolerance)
     except ExportParityError as exc:

@@ -28,6 +28,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from amt.errors import ConfigError
 from amt.geometry.mano import ManoLayer
 from amt.models.backbone import DinoBackbone
 from amt.models.config import ModelConfig, make_config
@@ -88,7 +89,7 @@ class AMT(nn.Module):
         super().__init__()
         cfg = self.config = config
         if not all(0 <= i < len(cfg.pyramid_scales) for i in cfg.decoder_levels):
-            raise ValueError(
+            raise ConfigError(
                 f"model config: decoder_levels {cfg.decoder_levels} must index pyramid_scales {cfg.pyramid_scales}"
             )
         self.backbone = DinoBackbone(cfg)

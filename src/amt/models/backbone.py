@@ -26,6 +26,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 from transformers import Dinov2Config, Dinov2Model
 
+from amt.errors import ConfigError
 from amt.models.config import ModelConfig
 from amt.models.sigma_reparam import apply_sigma_reparam
 from amt.models.stem import ConvStem
@@ -226,7 +227,7 @@ class DinoBackbone(nn.Module):
             stride = cfg.finest_stride
             stem = self.model.embeddings.patch_embeddings.projection
             if stride not in stem.stage_ends:
-                raise ValueError(
+                raise ConfigError(
                     f"model config: stem_skip needs the finest pyramid level's stride ({stride:g} px) to be one "
                     f"of the conv stem's ({sorted(stem.stage_ends)})"
                 )
@@ -234,16 +235,16 @@ class DinoBackbone(nn.Module):
             self.stem_channels = stem.stage_ends[self.stem_stride][1]
         self.taps = cfg.taps
         if not all(1 <= t <= cfg.backbone_layers for t in self.taps):
-            raise ValueError(f"model config: tap_blocks {self.taps} must lie in 1..{cfg.backbone_layers}")
+            raise ConfigError(f"model config: tap_blocks {self.taps} must lie in 1..{cfg.backbone_layers}")
         if not 0 <= cfg.freeze_blocks <= cfg.backbone_layers:
-            raise ValueError(f"model config: freeze_blocks={cfg.freeze_blocks} must lie in 0..{cfg.backbone_layers}")
+            raise ConfigError(f"model config: freeze_blocks={cfg.freeze_blocks} must lie in 0..{cfg.backbone_layers}")
         self.freeze_blocks = cfg.freeze_blocks
         self.gradient_checkpointing = cfg.gradient_checkpointing
 
     def load_pretrained(self, source: str) -> None:
         """Load backbone weights strictly (every key must match, shapes included)."""
         if self.cfg.backbone_stem != "patch":
-            raise ValueError(
+            raise ConfigError(
                 f"{source}: DINOv2 weights need backbone_stem='patch' (the model has a "
                 f"'{self.cfg.backbone_stem}' stem, which has no pretrained weights)"
             )
@@ -255,7 +256,7 @@ class DinoBackbone(nn.Module):
             raise KeyError(f"{source}: backbone keys do not match; missing {missing[:8]}, unexpected {unexpected[:8]}")
         for key, value in state.items():
             if tuple(value.shape) != tuple(own[key].shape):
-                raise ValueError(
+                raise ConfigError(
                     f"{source}: {key} has shape {tuple(value.shape)}, the model expects {tuple(own[key].shape)}"
                 )
         self.model.load_state_dict(state, strict=True)

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from amt.data.ycb import NUM_CLASSES
+from amt.errors import ConfigError
 
 
 @dataclass
@@ -104,24 +105,24 @@ class ModelConfig:
         if isinstance(self.backbone_weights, str) and self.backbone_weights.lower() == "none":
             self.backbone_weights = "none"  # kept (not None) so saved configs record the choice
         if self.backbone_stem not in ("patch", "conv"):
-            raise ValueError(f"model config: backbone_stem must be 'patch' or 'conv', got {self.backbone_stem!r}")
+            raise ConfigError(f"model config: backbone_stem must be 'patch' or 'conv', got {self.backbone_stem!r}")
         if self.object_queries not in ("learned", "selected"):
-            raise ValueError(
+            raise ConfigError(
                 f"model config: object_queries must be 'learned' or 'selected', got {self.object_queries!r}"
             )
         if self.object_centre not in ("token", "heatmap"):
-            raise ValueError(f"model config: object_centre must be 'token' or 'heatmap', got {self.object_centre!r}")
+            raise ConfigError(f"model config: object_centre must be 'token' or 'heatmap', got {self.object_centre!r}")
         if self.object_centre == "heatmap" and self.object_queries == "selected":
-            raise ValueError(
+            raise ConfigError(
                 "model config: object_centre='heatmap' places the centre itself; selected queries anchor it "
                 "at their token (object_queries='selected'): choose one"
             )
         if self.stem_skip and self.backbone_stem != "conv":
-            raise ValueError(
+            raise ConfigError(
                 "model config: stem_skip needs backbone_stem='conv' (a patch embedding has no feature maps)"
             )
         if self.hand_keypoints not in ("token", "heatmap"):
-            raise ValueError(f"model config: hand_keypoints must be 'token' or 'heatmap', got {self.hand_keypoints!r}")
+            raise ConfigError(f"model config: hand_keypoints must be 'token' or 'heatmap', got {self.hand_keypoints!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -214,7 +215,7 @@ def _scalar(value: Any, annotation: str, where: str) -> Any:
                 return float(text)
         except ValueError:
             pass
-    raise ValueError(f"{where}: expected {annotation}, got {value!r}")
+    raise ConfigError(f"{where}: expected {annotation}, got {value!r}")
 
 
 def recorded_crop_margin(model: Any) -> float | None:

@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from amt.errors import ConfigError
+
 
 class Attention(nn.Module):
     """Multi-head attention on SDPA with separate q / k / v / out projections (so each is an
@@ -20,7 +22,7 @@ class Attention(nn.Module):
     def __init__(self, dim: int, heads: int) -> None:
         super().__init__()
         if dim % heads:
-            raise ValueError(f"model config: hidden_dim={dim} is not divisible by num_heads={heads}")
+            raise ConfigError(f"model config: hidden_dim={dim} is not divisible by num_heads={heads}")
         self.heads = heads
         self.q = nn.Linear(dim, dim)
         self.k = nn.Linear(dim, dim)

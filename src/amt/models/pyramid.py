@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from amt.errors import ConfigError
 from amt.models.config import ModelConfig
 from amt.models.layers import init_head_weights
 
@@ -21,7 +22,7 @@ def _resampler(dim: int, scale: float) -> nn.Module:
         return nn.ConvTranspose2d(dim, dim, kernel_size=int(scale), stride=int(scale))
     if scale < 1 and float(1 / scale).is_integer():
         return nn.Conv2d(dim, dim, kernel_size=int(1 / scale), stride=int(1 / scale))
-    raise ValueError(f"model config: pyramid scale {scale} must be an integer or 1/integer")
+    raise ConfigError(f"model config: pyramid scale {scale} must be an integer or 1/integer")
 
 
 class FeaturePyramid(nn.Module):
@@ -31,7 +32,7 @@ class FeaturePyramid(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         if len(cfg.pyramid_scales) != len(cfg.taps):
-            raise ValueError(
+            raise ConfigError(
                 f"model config: pyramid_scales has {len(cfg.pyramid_scales)} entries, tap blocks {cfg.taps} need one each"
             )
         D = cfg.hidden_dim

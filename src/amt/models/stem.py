@@ -17,6 +17,8 @@ import math
 import torch
 from torch import nn
 
+from amt.errors import ConfigError
+
 
 def _block(cin: int, cout: int, stride: int) -> list[nn.Module]:
     return [nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
@@ -34,10 +36,10 @@ class ConvStem(nn.Module):
         super().__init__()
         stages = int(round(math.log2(patch))) if patch > 0 else 0
         if patch < 2 or 2**stages != patch:
-            raise ValueError(f"model config: backbone_stem='conv' needs a power-of-two patch_size, got {patch}")
+            raise ConfigError(f"model config: backbone_stem='conv' needs a power-of-two patch_size, got {patch}")
         convs = [1] * stages if convs is None else list(convs)
         if len(convs) != stages or min(convs) < 0:
-            raise ValueError(
+            raise ConfigError(
                 f"model config: backbone_stem_convs {convs} needs one count >= 0 per stem stage ({stages} for patch {patch})"
             )
         layers: list[nn.Module] = []

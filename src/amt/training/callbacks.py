@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from amt.diagnostics.gradients import module_grad_norms
+from amt.errors import ConfigError
 from amt.training.loggers import open_summary_writer
 
 log = logging.getLogger(__name__)
@@ -108,7 +109,7 @@ class LossSpikeGuard(Callback):
 
     def __init__(self, factor: float, window: int = 50) -> None:
         if factor <= 1.0:
-            raise ValueError(f"config training.loss_spike_factor={factor}: expected > 1 (or 0 to disable)")
+            raise ConfigError(f"config training.loss_spike_factor={factor}: expected > 1 (or 0 to disable)")
         self.factor = factor
         self.history: deque[float] = deque(maxlen=window)
         self.spikes = 0

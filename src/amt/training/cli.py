@@ -9,8 +9,13 @@ import sys
 from omegaconf import OmegaConf
 
 from amt.checkpoint import CheckpointError
+from amt.data.cache_format import CacheError
+from amt.data.dataset import READER_ERRORS, DatasetError
+from amt.data.loaders import CacheBudgetError
+from amt.errors import ConfigError
+from amt.models.amt import ModelFileError
 from amt.models.backbone import BackboneWeightsError
-from amt.training.config import load_run_config
+from amt.training.config import LOAD_ERRORS, load_error_text, load_run_config
 from amt.training.distributed import DeviceConfigError, cleanup, init_distributed
 from amt.training.preemption import EXIT_PREEMPTED, TrainingPreempted
 from amt.training.step import CompileUnavailable
@@ -59,7 +64,11 @@ def _parser() -> argparse.ArgumentParser:
 
 def train_main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
-    cfg = load_run_config(args.config_name, args.overrides)
+    try:
+        cfg = load_run_config(args.config_name, args.overrides)
+    except LOAD_ERRORS as exc:  # a typo in an override, an unknown preset: one line, no traceback
+        print(f"amt train: {load_error_text(exc)}", file=sys.stderr)
+        return 2
     if args.cfg:
         print(cfg.to_yaml(), end="")
         return 0
@@ -87,8 +96,19 @@ def train_main(argv: list[str]) -> int:
         if ctx.is_main:
             print(f"amt train: stopped by {exc}", file=sys.stderr)
         return EXIT_PREEMPTED
-    # refused folder, no weights, no compiler: one line
-    except (CheckpointError, FileExistsError, BackboneWeightsError, CompileUnavailable) as exc:
+    # refused folder, no weights, no compiler, a setting that cannot work, bad data: one line
+    except (
+        CheckpointError,
+        FileExistsError,
+        BackboneWeightsError,
+        CompileUnavailable,
+        ConfigError,
+        ModelFileError,
+        CacheError,
+        CacheBudgetError,
+        DatasetError,
+        *READER_ERRORS,
+    ) as exc:
         print(f"amt train: {exc}", file=sys.stderr)
         return 2
     finally:

@@ -3,7 +3,8 @@
 `load_run_config(name, overrides)` composes `amt.config/<name>.yaml` (groups data/, training/,
 experiment/, and model/, which is generated from the presets of `amt.models.config`) with
 Hydra's compose API, validates it against the dataclasses below and returns a `RunConfig`: an
-unknown key or a value of the wrong type (`model.hidden_dim=abc`) is an error that names the key.
+unknown key or a value of the wrong type (`model.hidden_dim=abc`) is an error that names the key
+(`LOAD_ERRORS`; `load_error_text` turns one into the line `amt train` prints).
 The sections reuse the dataclasses their owners define, so that they cannot drift:
 
 - `model`: every field of `amt.models.config.ModelConfig` (with its type), default `None`
@@ -18,6 +19,7 @@ the same config trains the same way on 1 or N devices.
 from __future__ import annotations
 
 import dataclasses
+import re
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -27,9 +29,12 @@ from hydra import compose as hydra_compose
 from hydra import initialize_config_module
 from hydra.core.config_store import ConfigStore
 from hydra.core.global_hydra import GlobalHydra
+from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from amt.data.augment import AugmentConfig
+from amt.errors import ConfigError
 from amt.models.config import PRESETS, VARIANTS, ModelConfig, make_config, named_config_fields
 from amt.training.losses import LossConfig
 
@@ -244,5 +249,28 @@ class RunConfig:
 
 def load_run_config(config_name: str = "config", overrides: list[str] | None = None) -> RunConfig:
     """The typed run config of `amt.config/<config_name>.yaml` with Hydra `overrides` (command-line
-    form, e.g. ["training.batch_size=64", "model=tiny_conv"])."""
+    form, e.g. ["training.batch_size=64", "model=tiny_conv"]); raises one of `LOAD_ERRORS` for a
+    config that cannot be composed or validated."""
     return RunConfig.from_omegaconf(compose(config_name, overrides))
+
+
+# What `load_run_config` raises for a user's mistake: Hydra (unknown config name or group option,
+# unparsable override, unknown key, wrong type), OmegaConf (the same found while merging the
+# schema), ConfigError (a value the model config refuses), KeyError (an unknown model preset).
+LOAD_ERRORS: tuple[type[Exception], ...] = (HydraException, OmegaConfBaseException, ConfigError, KeyError)
+
+
+def load_error_text(exc: BaseException) -> str:
+    """One line for a `LOAD_ERRORS` error: Hydra's message without its config search path and its
+    "+key" hint (the schema refuses new keys anyway), choices listed inline, then the first line
+    of the OmegaConf error beneath it (which key, which type)."""
+    text = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
+    text = text.split("\nConfig search path:")[0]
+    text = "\n".join(line for line in text.splitlines() if not line.startswith("To append to your config"))
+    text = re.sub(r":\n\t", ": ", text.strip())  # "Available options in 'model':\n\ttiny\n\tvitl14"
+    text = re.sub(r"\n\t", ", ", text)
+    text = re.sub(r"\.?\n+", "; ", text)
+    cause = exc.__cause__
+    if isinstance(cause, OmegaConfBaseException) and str(cause).strip():
+        text = f"{text.rstrip('.')}: {str(cause).strip().splitlines()[0]}"
+    return text

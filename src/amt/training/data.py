@@ -30,6 +30,7 @@ from amt.data.loaders import (
     free_device_memory,
 )
 from amt.data.object_tables import OBJECT_TABLES_FILE, ObjectTables
+from amt.errors import ConfigError
 from amt.evaluation.evaluator import evaluate
 from amt.training.config import DataConfig
 from amt.training.distributed import DistContext, barrier, broadcast_object
@@ -57,7 +58,7 @@ def resolve_cache(
     split's is the training cache's), None: any."""
     if cache_dir is None:
         if data.root is None:
-            raise ValueError(
+            raise ConfigError(
                 "config: set data.root (a dataset folder read as data.format) or data.cache_dir (a built cache)"
             )
         folder = cache_folder(data.root, split, data.image_size)
@@ -93,7 +94,7 @@ def cache_budget(data: DataConfig, device: torch.device) -> int:
     if data.gpu_cache_max_gb is not None:
         return int(data.gpu_cache_max_gb * 1e9)
     if not 0 < data.gpu_cache_fraction <= 1:
-        raise ValueError(f"config data.gpu_cache_fraction={data.gpu_cache_fraction}: expected a value in (0, 1]")
+        raise ConfigError(f"config data.gpu_cache_fraction={data.gpu_cache_fraction}: expected a value in (0, 1]")
     return int(data.gpu_cache_fraction * free_device_memory(device))
 
 
@@ -110,7 +111,7 @@ class TrainBatches:
     def __init__(self, folder: Path, data: DataConfig, ctx: DistContext, seed: int) -> None:
         kind = data.loader if data.loader != "auto" else ("gpu" if ctx.device.type == "cuda" else "dataset")
         if kind not in ("gpu", "dataset"):
-            raise ValueError(f"config data.loader: {data.loader!r}; expected auto, gpu or dataset")
+            raise ConfigError(f"config data.loader: {data.loader!r}; expected auto, gpu or dataset")
         normalize = not data.augment  # BatchAugment takes uint8 and normalises on the device
         self.seed, self.ctx = seed, ctx
         self.num_workers = data.num_workers

@@ -16,6 +16,8 @@ import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
+from amt.errors import ConfigError
+
 
 def ema_decay(decay: float, warmup: bool, num_averaged: int) -> float:
     """The decay d of the update after `num_averaged` earlier ones: `decay`, or with warm-up
@@ -43,7 +45,7 @@ class ModelEMA(nn.Module):
     def __init__(self, model: nn.Module, decay: float = 0.999, warmup: bool = True) -> None:
         super().__init__()
         if not 0.0 <= decay < 1.0:
-            raise ValueError(f"training.ema.decay: {decay} is outside [0, 1)")
+            raise ConfigError(f"training.ema.decay: {decay} is outside [0, 1)")
         self.decay, self.warmup = decay, warmup
         self.averaged = AveragedModel(model, use_buffers=False)
         self.averaged.eval()

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 import torch
 
+from amt.errors import ConfigError
 from amt.training.config import StageConfig
 
 
@@ -32,10 +33,10 @@ class StageSchedule:
 
     def __init__(self, stages: Sequence[StageConfig], total_steps: int) -> None:
         if not stages:
-            raise ValueError("training.stages: expected at least one stage")
+            raise ConfigError("training.stages: expected at least one stage")
         starts = [s.start for s in stages]
         if starts[0] != 0.0 or any(b <= a for a, b in zip(starts, starts[1:])) or starts[-1] >= 1.0:
-            raise ValueError(f"training.stages: 'start' values {starts} must begin at 0.0, increase and stay < 1")
+            raise ConfigError(f"training.stages: 'start' values {starts} must begin at 0.0, increase and stay < 1")
         self.stages = list(stages)
         self.total_steps = total_steps
         self.start_steps = [round(s.start * total_steps) for s in stages]

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from amt.errors import ConfigError
 from amt.training.rng import epoch_order
 
 _KEYS = ("subject", "sequence", "serial")
@@ -35,7 +36,7 @@ def clip_positions(meta: Sequence[dict[str, Any]], length: int) -> np.ndarray:
     stepping by the group's smallest frame step. Clips tile each run without overlap; rows are
     sorted by their first position."""
     if length < 1:
-        raise ValueError(f"config data.sequence_length={length}: expected >= 1")
+        raise ConfigError(f"config data.sequence_length={length}: expected >= 1")
     groups: dict[tuple, list[tuple[int, int]]] = defaultdict(list)
     for pos, m in enumerate(meta):
         groups[tuple(m[k] for k in _KEYS)].append((int(m["frame"]), pos))
@@ -66,14 +67,14 @@ class SequenceSampler:
         self.length, self.seed = length, seed
         self.clips = clip_positions(meta, length)
         if len(self.clips) == 0:
-            raise ValueError(
+            raise ConfigError(
                 f"config data.sequence_length={length}: no {length} consecutive frames of one sequence and "
                 f"camera among {len(meta)} samples"
             )
 
     def clips_per_batch(self, micro: int) -> int:
         if micro % self.length:
-            raise ValueError(
+            raise ConfigError(
                 f"config data.sequence_length={self.length} must divide the per-device micro-batch {micro} "
                 "(training.batch_size / (world_size x grad_accum_steps))"
             )

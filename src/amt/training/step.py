@@ -34,6 +34,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from amt.errors import ConfigError
 from amt.training.distributed import DistContext, any_rank
 
 LossFn = Callable[[Any, dict[str, Any]], Any]  # (outputs, batch) -> total or (total, {name: term})
@@ -81,7 +82,7 @@ def autocast_dtype_for(precision: str, device: torch.device) -> torch.dtype | No
     auto is bf16 on CUDA, fp32 elsewhere."""
     precision = precision if precision != "auto" else ("bf16" if device.type == "cuda" else "fp32")
     if precision not in ("bf16", "fp32"):
-        raise ValueError(f"config training.precision: {precision!r}; expected auto, bf16 or fp32")
+        raise ConfigError(f"config training.precision: {precision!r}; expected auto, bf16 or fp32")
     return torch.bfloat16 if precision == "bf16" else None
 
 

@@ -44,7 +44,7 @@ from tabulate import tabulate
 
 from amt.extras import require
 from amt.training.callbacks import Callback
-from amt.training.config import compose, load_run_config
+from amt.training.config import LOAD_ERRORS, compose, load_error_text, load_run_config
 from amt.training.sweep_workers import assign_devices, in_process, run_workers
 from amt.training.trainer import Trainer
 
@@ -422,6 +422,11 @@ def main(argv: list[str]) -> int:
         workers = assign_devices(args.devices) if args.devices else []
     except (OSError, KeyError, ValueError) as exc:
         print(f"amt sweep: {exc}", file=sys.stderr)
+        return 2
+    try:  # the overrides every trial shares: a typo stops here, not in each trial
+        load_run_config(args.config_name, args.overrides)
+    except LOAD_ERRORS as exc:
+        print(f"amt sweep: {load_error_text(exc)}", file=sys.stderr)
         return 2
     out = args.out or Path("runs") / "sweeps" / args.study
     out.mkdir(parents=True, exist_ok=True)

@@ -38,6 +38,7 @@ from torch.nn.parallel import DistributedDataParallel
 from amt.data.augment import BatchAugment
 from amt.data.cache import cache_crop_margin
 from amt.data.loaders import CachedDataset, batch_to_device
+from amt.errors import ConfigError
 from amt.models import AMT
 from amt.models.backbone import check_backbone_weights
 from amt.training.batch_size import resolve_batch_size
@@ -117,10 +118,10 @@ class Trainer:
         if t.batch_size == "auto":
             t.batch_size = resolve_batch_size(cfg, self.ctx, samples=self.data.samples)
         if not isinstance(t.batch_size, int):
-            raise ValueError(f"config training.batch_size={t.batch_size!r}: expected an integer or 'auto'")
+            raise ConfigError(f"config training.batch_size={t.batch_size!r}: expected an integer or 'auto'")
         micro, rest = divmod(t.batch_size, self.ctx.world_size * t.grad_accum_steps)
         if rest or micro == 0:
-            raise ValueError(
+            raise ConfigError(
                 f"config training.batch_size={t.batch_size}: expected a multiple of world_size x grad_accum_steps "
                 f"= {self.ctx.world_size} x {t.grad_accum_steps}"
             )
@@ -130,7 +131,7 @@ class Trainer:
         # steps would wait alone in a collective (DDP, any_rank) the others never reach
         self.steps_per_epoch = min(gather_object(self.data.steps_per_epoch(micro * t.grad_accum_steps), self.ctx))
         if self.steps_per_epoch == 0:
-            raise ValueError(
+            raise ConfigError(
                 f"{train_folder}: {self.data.global_size} samples are fewer than one global batch "
                 f"(training.batch_size={t.batch_size})"
             )

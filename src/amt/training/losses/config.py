@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from amt.errors import ConfigError
 from amt.models.matching import MatchCost
 
 TERM_NAMES: tuple[str, ...] = (
@@ -68,4 +69,4 @@ class LossConfig:
     def __post_init__(self) -> None:
         unknown = sorted(set(self.stage_multipliers) - set(TERM_NAMES))
         if unknown:
-            raise ValueError(f"LossConfig.stage_multipliers: unknown terms {unknown}; expected {TERM_NAMES}")
+            raise ConfigError(f"LossConfig.stage_multipliers: unknown terms {unknown}; expected {TERM_NAMES}")
