@@ -189,19 +189,12 @@ def test_video_gif_with_smoothing_and_video_output(tiny_checkpoint: Path, tmp_pa
         gif, save_all=True, append_images=[Image.fromarray(f) for f in frames[1:]], duration=100
     )
     out = tmp_path / "out"
-    rc = predict_main(
-        [
-            str(tiny_checkpoint),
-            str(gif),
-            "--out",
-            str(out),
-            "--smooth",
-            "one-euro",
-            "--video-out",
-            str(out / "clip_pred.gif"),
-        ]
-    )
-    assert rc == 0
+    argv = [str(tiny_checkpoint), str(gif), "--out", str(out), "--smooth", "one-euro", "--video-out"]
+    assert predict_main([*argv, str(out / "clip_pred.gif")]) == 0
+    assert predict_main([*argv, str(out / "clip_pred.gif")]) == 0  # a rerun replaces its own video
+    elsewhere = tmp_path / "clip_pred.gif"
+    elsewhere.write_bytes(b"a user's file")
+    assert predict_main([*argv, str(elsewhere)]) == 2 and elsewhere.read_bytes() == b"a user's file"
     records = [json.loads((out / f"clip_{i:06d}.json").read_text()) for i in range(4)]
     for r in records:
         _check_record(r, 160, 120)

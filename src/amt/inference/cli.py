@@ -256,7 +256,9 @@ def predict_main(argv: list[str]) -> int:
         bounds = _model_bounds(args.models) if args.models else None
         if args.video_out:
             require_video_backend(args.video_out)
-            claim_output_file(args.video_out, args.force, "--video-out")
+            # a video inside --out of an earlier `amt predict` is that run's own output, as the rest
+            own = (args.out / SUMMARY).is_file() and args.video_out.resolve().parent == args.out.resolve()
+            claim_output_file(args.video_out, args.force or own, "--video-out")
         claim_output_folder(args.out, SUMMARY, args.force, "amt predict")
         predictor = Predictor.from_checkpoint(
             args.checkpoint, device=device, score_threshold=args.score_threshold, crop=crop,
