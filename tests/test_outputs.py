@@ -40,3 +40,20 @@ def test_an_existing_file_needs_force(tmp_path: Path) -> None:
     claim_output_file(target, True)
     with pytest.raises(OutputExistsError, match="names a folder"):
         claim_output_file(tmp_path, True)
+
+
+@pytest.mark.parametrize(("verb", "marker"), [("eval", "report.json"), ("debug", "debug.json")])
+def test_report_verbs_refuse_a_users_folder_before_loading_anything(verb, marker, tmp_path: Path, capsys) -> None:
+    from amt.cli import main as amt_main
+
+    out = tmp_path / "notes"
+    out.mkdir()
+    (out / "README.md").write_text("mine")
+    argv = [verb, str(tmp_path / "no_checkpoint"), "--data", str(tmp_path / "no_data"), "--out", str(out)]
+    assert amt_main(argv) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"amt {verb}: {out}: holds files that `amt {verb}` did not write (README.md)"), err
+    assert [p.name for p in out.iterdir()] == ["README.md"]
+    (out / marker).write_text("{}")  # a folder the verb wrote before: the checkpoint is the next problem
+    assert amt_main(argv) == 1
+    assert "no_checkpoint" in capsys.readouterr().err

@@ -24,8 +24,9 @@ from amt.checkpoint import CheckpointError, load_checkpoint
 from amt.data.cache import META_FILE, ensure_cache
 from amt.data.loaders import CachedDataset, batch_to_device, collate
 from amt.data.object_tables import ObjectTables
-from amt.diagnostics.report import format_markdown, run_diagnostics, write_debug_report
+from amt.diagnostics.report import DEBUG_JSON, format_markdown, run_diagnostics, write_debug_report
 from amt.models.config import recorded_crop_margin
+from amt.outputs import OutputExistsError, claim_output_folder
 from amt.training.config import RunConfig
 from amt.training.losses import AMTLoss, LossConfig
 from amt.training.optim import adamw
@@ -41,6 +42,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", type=Path, help="checkpoint folder (config.yaml + model.safetensors)")
     p.add_argument("--data", type=Path, required=True, help="dataset root (DexYCB layout) or a cache folder")
     p.add_argument("--out", type=Path, required=True, help="report folder")
+    p.add_argument("--force", action="store_true", help="write into an --out folder holding other files")
     p.add_argument("--split", default="s0_val", help="split of a dataset root (default s0_val)")
     p.add_argument("--batches", type=int, default=8, help="batches scanned for diversity and dead units")
     p.add_argument("--batch-size", type=int, default=8)
@@ -54,8 +56,9 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     try:
+        claim_output_folder(args.out, DEBUG_JSON, args.force, "amt debug")
         model, config = load_checkpoint(args.checkpoint, use_ema=not args.no_ema)
-    except CheckpointError as exc:
+    except (CheckpointError, OutputExistsError) as exc:
         print(f"amt debug: {exc}", file=sys.stderr)
         return 1
     try:

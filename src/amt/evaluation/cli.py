@@ -22,11 +22,12 @@ from amt.data.dexycb import train_split_of
 from amt.data.loaders import CachedDataset
 from amt.data.synth.layout import is_synthetic
 from amt.evaluation.evaluator import evaluate
-from amt.evaluation.ho3d import predict_ho3d_submission
+from amt.evaluation.ho3d import SUBMISSION_ZIP, predict_ho3d_submission
 from amt.evaluation.html_report import write_html_report
-from amt.evaluation.report import format_tables, provenance, write_report
+from amt.evaluation.report import REPORT_JSON, format_tables, provenance, write_report
 from amt.evaluation.submission import bop_ids
 from amt.models.config import recorded_crop_margin
+from amt.outputs import OutputExistsError, claim_output_folder
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--train-cache", type=Path, default=None, help="training split's cache for the baselines")
     p.add_argument("--out", type=Path, default=None, help="report folder (default CKPT/eval_<split>)")
+    p.add_argument("--force", action="store_true", help="write into an --out folder holding other files")
     p.add_argument("--report", choices=("md", "html"), default="md", help="also write an HTML report (html)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -58,6 +60,13 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
+    submission = args.format == "ho3d" and args.split == "evaluation"  # no ground truth: the challenge file only
+    out = args.out or args.checkpoint / ("eval_ho3d" if submission else f"eval_{args.split}")
+    try:  # before the checkpoint, the cache and the (long) evaluation
+        claim_output_folder(out, SUBMISSION_ZIP if submission else REPORT_JSON, args.force, "amt eval")
+    except OutputExistsError as exc:
+        print(f"amt eval: {exc}", file=sys.stderr)
+        return 1
     try:
         model, config = load_checkpoint(args.checkpoint, use_ema=not args.no_ema)
     except CheckpointError as exc:
@@ -72,8 +81,7 @@ def main(argv: list[str]) -> int:
     except (CacheError, *READER_ERRORS, FileExistsError) as exc:  # a bad dataset or cache: one line, no traceback
         print(f"amt eval: {exc}", file=sys.stderr)
         return 1
-    if args.format == "ho3d" and args.split == "evaluation":  # no ground truth: the challenge file only
-        out = args.out or args.checkpoint / "eval_ho3d"
+    if submission:
         try:
             archive = predict_ho3d_submission(
                 model, root, cache, out, args.mano, batch_size=args.batch_size, device=args.device
@@ -96,7 +104,6 @@ def main(argv: list[str]) -> int:
     result = evaluate(
         model, dataset, root / "models", batch_size=args.batch_size, device=args.device, train_dataset=train_dataset
     )
-    out = args.out or args.checkpoint / f"eval_{args.split}"
     info = provenance(args.checkpoint, config, root, args.split, args.synthetic or is_synthetic(root), args.device)
     paths = write_report(
         result,
