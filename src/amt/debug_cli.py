@@ -25,6 +25,7 @@ from amt.data.cache import META_FILE, ensure_cache
 from amt.data.loaders import CachedDataset, batch_to_device, collate
 from amt.data.object_tables import ObjectTables
 from amt.diagnostics.report import DEBUG_JSON, format_markdown, run_diagnostics, write_debug_report
+from amt.errors import ConfigError, check_device
 from amt.models.config import recorded_crop_margin
 from amt.outputs import OutputExistsError, claim_output_folder
 from amt.training.config import RunConfig
@@ -56,9 +57,10 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     try:
+        check_device(args.device)
         claim_output_folder(args.out, DEBUG_JSON, args.force, "amt debug")
         model, config = load_checkpoint(args.checkpoint, use_ema=not args.no_ema)
-    except (CheckpointError, OutputExistsError) as exc:
+    except (CheckpointError, OutputExistsError, ConfigError) as exc:
         print(f"amt debug: {exc}", file=sys.stderr)
         return 1
     try:

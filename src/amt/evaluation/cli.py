@@ -21,6 +21,7 @@ from amt.data.dataset import READER_ERRORS
 from amt.data.dexycb import train_split_of
 from amt.data.loaders import CachedDataset
 from amt.data.synth.layout import is_synthetic
+from amt.errors import ConfigError, check_device
 from amt.evaluation.evaluator import evaluate
 from amt.evaluation.ho3d import SUBMISSION_ZIP, predict_ho3d_submission
 from amt.evaluation.html_report import write_html_report
@@ -63,8 +64,9 @@ def main(argv: list[str]) -> int:
     submission = args.format == "ho3d" and args.split == "evaluation"  # no ground truth: the challenge file only
     out = args.out or args.checkpoint / ("eval_ho3d" if submission else f"eval_{args.split}")
     try:  # before the checkpoint, the cache and the (long) evaluation
+        check_device(args.device)
         claim_output_folder(out, SUBMISSION_ZIP if submission else REPORT_JSON, args.force, "amt eval")
-    except OutputExistsError as exc:
+    except (ConfigError, OutputExistsError) as exc:
         print(f"amt eval: {exc}", file=sys.stderr)
         return 1
     try:

@@ -42,6 +42,7 @@ import yaml
 from torch import nn
 
 from amt.checkpoint import CheckpointError, load_model
+from amt.errors import ConfigError, check_device
 from amt.inference.bench_train import TRAIN_VARIANTS, bench_train
 from amt.inference.export import InputSpec, example_inputs
 from amt.inference.fastpath import FastPath, FastPathConfig, autocast_dtype
@@ -146,9 +147,8 @@ def time_interleaved(
 
 def run(cfg: BenchConfig) -> dict:
     """Run every measurement of `cfg`; returns the JSON-ready result dict."""
+    check_device(cfg.device)
     device = torch.device(cfg.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise BenchError("--device cuda: CUDA is not available on this machine")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     iters = cfg.iters if cfg.iters is not None else (50 if device.type == "cuda" else 5)
@@ -416,7 +416,7 @@ def main(argv: list[str]) -> int:
     )  # fmt: skip
     try:
         result = run(cfg)
-    except (BenchError, CheckpointError, CompileUnavailable, KeyError, PrecisionError) as exc:
+    except (BenchError, CheckpointError, CompileUnavailable, ConfigError, KeyError, PrecisionError) as exc:
         print(f"amt bench: {exc}", file=sys.stderr)
         return 2
     print(format_table(result))

@@ -23,6 +23,7 @@ from amt.data.cache import MAX_CROP_FACTOR
 from amt.data.object_models import ObjectModels
 from amt.data.transforms import CropConfig
 from amt.data.ycb import YCB_CLASSES
+from amt.errors import ConfigError, check_device
 from amt.extras import MissingExtraError
 from amt.inference.detector import MediaPipeHandDetector
 from amt.inference.export import ExportParityError, export
@@ -248,6 +249,7 @@ def predict_main(argv: list[str]) -> int:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     crop = CropConfig(margin=args.margin) if args.margin is not None else None  # None: the model's
     try:  # every input is checked before the (slower) model load
+        check_device(device)
         choose_box = _CropChooser(args, crop or CropConfig())
         if args.K or args.calib:
             _intrinsics_for(args, 0, 0)
@@ -274,6 +276,7 @@ def predict_main(argv: list[str]) -> int:
         FileNotFoundError,
         CompileUnavailable,
         OutputExistsError,
+        ConfigError,
     ) as exc:
         print(f"amt predict: {exc}", file=sys.stderr)
         return 2

@@ -16,6 +16,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from amt.errors import ConfigError, check_device
+
 log = logging.getLogger(__name__)
 
 
@@ -47,7 +49,7 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     return torch.device(name)
 
 
-class DeviceConfigError(ValueError):
+class DeviceConfigError(ConfigError):
     """A `training.device` that cannot work for this launch (one line for the user)."""
 
 
@@ -63,6 +65,10 @@ def init_distributed(device: str = "auto") -> DistContext:
             f"config training.device={device} with {world_size} ranks would put every rank on that one GPU; "
             "use training.device=cuda (each rank takes its LOCAL_RANK's GPU)"
         )
+    try:
+        check_device(device, f"training.device={device}")
+    except ConfigError as exc:
+        raise DeviceConfigError(str(exc)) from None
     dev = resolve_device(device, local_rank)
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
