@@ -16,7 +16,7 @@ from amt.errors import ConfigError
 from amt.models.amt import ModelFileError
 from amt.models.backbone import BackboneWeightsError
 from amt.training.config import LOAD_ERRORS, load_error_text, load_run_config
-from amt.training.distributed import DeviceConfigError, cleanup, init_distributed
+from amt.training.distributed import cleanup, init_distributed
 from amt.training.preemption import EXIT_PREEMPTED, TrainingPreempted
 from amt.training.step import CompileUnavailable
 from amt.training.trainer import train
@@ -76,7 +76,7 @@ def train_main(argv: list[str]) -> int:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         ctx = init_distributed(cfg.training.device)
-    except DeviceConfigError as exc:
+    except ConfigError as exc:  # DeviceConfigError, or a device this machine lacks
         print(f"amt train: {exc}", file=sys.stderr)
         return 2
     if not ctx.is_main:

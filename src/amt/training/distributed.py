@@ -65,10 +65,7 @@ def init_distributed(device: str = "auto") -> DistContext:
             f"config training.device={device} with {world_size} ranks would put every rank on that one GPU; "
             "use training.device=cuda (each rank takes its LOCAL_RANK's GPU)"
         )
-    try:
-        check_device(device, f"training.device={device}")
-    except ConfigError as exc:
-        raise DeviceConfigError(str(exc)) from None
+    check_device(device, f"training.device={device}")  # a ConfigError, before torch.cuda fails obscurely
     dev = resolve_device(device, local_rank)
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
