@@ -86,9 +86,18 @@ def test_unreachable_hub_is_refused_quickly(monkeypatch: pytest.MonkeyPatch, tmp
     check_backbone_weights("none")
 
 
-def test_hub_id_loads_from_the_hf_cache_offline(no_hub: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A hub id whose files sit in the HF cache loads with HF_HUB_OFFLINE=1 (no network)."""
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+@pytest.mark.parametrize("offline", ["HF_HUB_OFFLINE=1", "hub unreachable"])
+def test_hub_id_loads_from_the_hf_cache_offline(no_hub: Path, monkeypatch: pytest.MonkeyPatch, offline: str) -> None:
+    """A hub id whose files sit in the HF cache loads with HF_HUB_OFFLINE=1, and without it when
+    the hub cannot be reached (no network)."""
+    if offline == "HF_HUB_OFFLINE=1":
+        monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    else:
+        monkeypatch.delenv("HF_HUB_OFFLINE")
+        monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+        monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", "http://127.0.0.1:9")  # nothing listens there
+        for var in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
+            monkeypatch.delenv(var, raising=False)
     cfg = make_config("vits14", **SMALL)
     torch.manual_seed(0)
     source = Dinov2Model(dinov2_config(cfg))

@@ -171,10 +171,16 @@ def load_backbone_state_dict(source: str) -> dict[str, torch.Tensor]:
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise _weights_error(source, f"{path} is not a Hugging Face model folder (config.json missing)")
-    elif _looks_like_path(source):
-        raise _weights_error(source, f"{path} does not exist")
+        return _from_pretrained(source, str(path), local_files_only=True)
+    # a hub id: fail in seconds with the three ways to supply weights, not after huggingface_hub's
+    # ~25 s of retries; files already cached load without asking the network when it is out of reach
+    check_backbone_weights(source)
+    return _from_pretrained(source, source, local_files_only=_hub_offline() or not _hub_reachable())
+
+
+def _from_pretrained(source: str, name: str, local_files_only: bool) -> dict[str, torch.Tensor]:
     try:
-        return Dinov2Model.from_pretrained(str(path) if path.is_dir() else source).state_dict()
+        return Dinov2Model.from_pretrained(name, local_files_only=local_files_only).state_dict()
     except OSError as exc:  # why: offline, unknown repo or missing files all surface as OSError subclasses
         raise _weights_error(source, f"cannot load it ({type(exc).__name__}: {exc})") from exc
 
