@@ -141,6 +141,13 @@ def test_readme_example_without_objects_caches_end_to_end(tmp_path):
         ({"K": K, "joints_3d": [[0.0, 0.0, 0.5]] * 20}, r"field 'joints_3d' has shape \(20, 3\)"),
         ({"K": K, "joints_3d": [[float("nan"), 0.0, 0.5]] * 21}, r"field 'joints_3d' contains NaN"),
         ({"K": K, "joints_3d": (-np.asarray(_hand())).tolist()}, r"field 'joints_3d' lies behind the camera"),
+        # unit mistakes: millimetres, and placeholder joints all at one point
+        ({"K": K, "joints_3d": (1000 * np.asarray(_hand())).tolist()}, r"'joints_3d' spans .* metres \(millimetres\?"),
+        ({"K": K, "joints_3d": [[0.0, 0.0, 0.5]] * 21}, r"field 'joints_3d' spans 0 between its farthest joints"),
+        (
+            {"K": K, "objects": [{"class": 3, "pose": np.c_[np.eye(3), [0, 0, 600.0]].tolist()}]},
+            r"field 'objects\[0\].pose' puts the object 600 from the camera; .*millimetres",
+        ),
         ({"K": K, "joint_order": "coco"}, r"field 'joint_order' is 'coco'"),
         ({"K": K, "side": "both"}, r"field 'side' must be"),
         ({"K": K, "objects": [{"class": 99}]}, r"field 'objects\[0\].class' must be a YCB class id"),
