@@ -5,6 +5,7 @@ DexYCB tree, joint-order conversion, validation errors naming file and field, an
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,14 @@ from PIL import Image
 
 from amt.cli import main as amt_main
 from amt.data.cache import build_cache, open_cache
-from amt.data.dataset import SAMPLE_KEYS, DatasetError, HandObjectDataset, dataset_class, open_dataset
+from amt.data.dataset import (
+    SAMPLE_KEYS,
+    DatasetError,
+    HandObjectDataset,
+    check_sample,
+    dataset_class,
+    open_dataset,
+)
 from amt.data.dexycb import DexYCB
 from amt.data.folder import (
     FolderDataset,
@@ -80,6 +88,19 @@ class Mine(FolderDataset):
     source = "a user's reader: here the plain-folder one under another name"
 
 
+class MillimetreJoints(FolderDataset):  # a user's reader that forgot to convert millimetres
+    def __getitem__(self, i):
+        sample = super().__getitem__(i)
+        return {**sample, "joint_3d": sample["joint_3d"] * 1000}
+
+
+class NoJoints2d(FolderDataset):
+    def __getitem__(self, i):
+        sample = super().__getitem__(i)
+        del sample["joint_2d"]
+        return sample
+
+
 class NotADataset:
     def __init__(self, root, split, load_image=True):
         self.root, self.split = root, split
@@ -99,6 +120,48 @@ def test_open_dataset_resolves_names_and_python_classes(dexycb_root, tmp_path, m
         open_dataset("python:no_such_module.Data", out, "s1_val")
     with pytest.raises(DatasetError, match=r"NotADataset lacks \['splits', 'models_dir'"):
         open_dataset("python:my_plugin.NotADataset", out, "s1_val")
+
+
+@pytest.mark.parametrize(
+    ("reader", "message"),
+    [
+        (
+            "MillimetreJoints",
+            r"MillimetreJoints\[0\] \(.*annotations.jsonl:1\): sample\['joint_3d'\] spans .* \(millimetres\?",
+        ),
+        ("NoJoints2d", r"NoJoints2d\[0\] \(.*\): the sample lacks \['joint_2d'\]"),
+    ],
+)
+def test_a_python_readers_bad_samples_stop_amt_cache_with_one_line(tmp_path, monkeypatch, capsys, reader, message):
+    root = _write_example(tmp_path / "mine", [{"K": K, "joints_3d": _hand()}])
+    (tmp_path / "my_plugin.py").write_text(PLUGIN)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    argv = ["cache", str(root), "--format", f"python:my_plugin.{reader}", "--split", "train", "--workers", "1"]
+    assert amt_main(argv) == 1
+    err = capsys.readouterr().err.strip()
+    assert re.match(f"amt cache: {message}", err.splitlines()[-1]) and "Traceback" not in err, err
+
+
+def test_check_sample_names_what_is_wrong(tmp_path):
+    root = _write_example(tmp_path / "mine", [{"K": K, "joints_3d": _hand(), "objects": []}])
+    good = open_dataset("folder", root, "train")[0]
+    check_sample(good, "here")
+    for change, message in [
+        ({"K": np.eye(2)}, r"here: sample\['K'\] has shape \(2, 2\), expected \(3, 3\)"),
+        ({"joint_2d": np.full((21, 2), np.nan)}, r"sample\['joint_2d'\] contains NaN"),
+        ({"joint_3d": np.zeros((21, 3))}, r"sample\['joint_3d'\] spans 0 between"),
+        ({"color": good["color"].astype(np.float32)}, r"sample\['color'\] must be an \(H, W, 3\) uint8 RGB array"),
+        ({"ycb_ids": [1]}, r"sample\['obj_pose'\] has shape \(0, 3, 4\), expected \(1, 3, 4\)"),
+        (
+            {"ycb_ids": [1], "obj_pose": np.c_[np.eye(3), [0, 0, 800.0]][None], "obj_pose_valid": np.ones(1, bool)},
+            r"sample\['obj_pose'\]\[0\] puts the object 800 from the camera",
+        ),
+    ]:
+        with pytest.raises(DatasetError, match=message):
+            check_sample({**good, **change}, "here")
+    check_sample({**good, "hand_valid": False, "joint_3d": -np.ones((21, 3))}, "here")  # no hand: not checked
+    with pytest.raises(DatasetError, match="must be a dict, got list"):
+        check_sample([good], "here")
 
 
 # --- the README example and validation ----------------------------------------------------------
@@ -142,7 +205,10 @@ def test_readme_example_without_objects_caches_end_to_end(tmp_path):
         ({"K": K, "joints_3d": [[float("nan"), 0.0, 0.5]] * 21}, r"field 'joints_3d' contains NaN"),
         ({"K": K, "joints_3d": (-np.asarray(_hand())).tolist()}, r"field 'joints_3d' lies behind the camera"),
         # unit mistakes: millimetres, and placeholder joints all at one point
-        ({"K": K, "joints_3d": (1000 * np.asarray(_hand())).tolist()}, r"'joints_3d' spans .* metres \(millimetres\?"),
+        (
+            {"K": K, "joints_3d": (1000 * np.asarray(_hand())).tolist()},
+            r"'joints_3d' spans .* metres are expected \(millimetres\?",
+        ),
         ({"K": K, "joints_3d": [[0.0, 0.0, 0.5]] * 21}, r"field 'joints_3d' spans 0 between its farthest joints"),
         (
             {"K": K, "objects": [{"class": 3, "pose": np.c_[np.eye(3), [0, 0, 600.0]].tolist()}]},

@@ -54,7 +54,7 @@ from amt.data.cache_format import (
     row_spans,
 )
 from amt.data.contacts import ContactConfig, contact_labels, hand_surface, pose_points
-from amt.data.dataset import READER_ERRORS, open_dataset
+from amt.data.dataset import READER_ERRORS, check_sample, open_dataset
 from amt.data.dexycb import DexYCBError
 from amt.data.object_models import ObjectModels
 from amt.data.transforms import (
@@ -278,7 +278,10 @@ def _build_chunk(task: tuple[int, int, int]) -> tuple[int, list[list[Any]], list
     rows, skipped = [], []
     for i in range(start, stop):
         try:
-            image, labels, meta = make_record(w["dataset"][i], w["models"], w["crop"], w["contact"], w["mano"])
+            sample = w["dataset"][i]
+            label_file = sample.get("label_file", "?") if isinstance(sample, dict) else "?"
+            check_sample(sample, f"{type(w['dataset']).__name__}[{i}] ({label_file})")
+            image, labels, meta = make_record(sample, w["models"], w["crop"], w["contact"], w["mano"])
         except READER_ERRORS as exc:
             if w["strict"]:
                 raise
@@ -441,8 +444,12 @@ def build_cache(
     tasks = [(c, *bounds[c]) for c in range(n_chunks) if c not in done]
     if done:
         log.info("%s: resuming, %d of %d chunks already done", out, len(done), n_chunks)
-    bar = tqdm(total=n, initial=n - sum(t[2] - t[1] for t in tasks), desc=f"cache {split}", disable=not progress)
-    with open(out / PROGRESS_FILE, "a") as progress_file:
+    initial = n - sum(t[2] - t[1] for t in tasks)
+    # closed when a sample's error stops the build too, so the error prints on a line of its own
+    with (
+        tqdm(total=n, initial=initial, desc=f"cache {split}", disable=not progress) as bar,
+        open(out / PROGRESS_FILE, "a") as progress_file,
+    ):
 
         def record(result: tuple[int, list[list[Any]], list[list[Any]], str]) -> None:
             chunk, rows, skipped, digest = result
@@ -463,7 +470,6 @@ def build_cache(
             with ctx.Pool(workers, initializer=_init_worker, initargs=(params, str(out), n, strict)) as pool:
                 for result in pool.imap_unordered(_build_chunk, tasks):
                     record(result)
-    bar.close()
     skipped = [{"row": int(r), "error": e} for c in sorted(done) for r, e in done[c]["skipped"]]
     if len(skipped) == n:
         raise CacheError(f"{out}: every one of the {n} samples of {split!r} was skipped; first: {skipped[0]['error']}")

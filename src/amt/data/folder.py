@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from amt.data.plausible import hand_span_problem, object_distance_problem
 from amt.data.ycb import YCB_CLASSES
 from amt.geometry.hand_skeleton import MANOPTH_TO_DEXYCB
 
@@ -44,11 +45,6 @@ ANNOTATIONS_JSONL = "annotations.jsonl"
 ANNOTATIONS_DIR = "annotations"
 DATASET_FILE = "dataset.json"
 MODELS_DIR = "models"
-# Plausibility bounds that catch the common unit mistakes (millimetres, centimetres, placeholder
-# zeros) instead of training on them: the largest distance between two joints of a hand, metres
-# (adults ~0.17-0.22 m, a child's hand ~0.1 m), and the farthest an object can sit from the camera.
-HAND_SPAN_M = (0.04, 0.5)
-MAX_OBJECT_DISTANCE_M = 20.0
 
 # joint order name -> permutation p with dexycb_joints = joints_in_that_order[p]
 JOINT_ORDERS: dict[str, tuple[int, ...]] = {
@@ -121,13 +117,8 @@ def parse_record(record: Any, where: str, default_order: str) -> dict[str, Any]:
                 f"{where}: field 'joints_3d' lies behind the camera (z <= 0); the format uses the OpenCV "
                 "camera frame (z forward, metres): convert OpenGL data with z -> -z, y -> -y"
             )
-        span = float(np.linalg.norm(j3[:, None] - j3[None], axis=-1).max())
-        if not HAND_SPAN_M[0] <= span <= HAND_SPAN_M[1]:
-            raise FolderError(
-                f"{where}: field 'joints_3d' spans {span:.4g} between its farthest joints, not a hand's "
-                f"{HAND_SPAN_M[0]:g}-{HAND_SPAN_M[1]:g}; the format uses metres"
-                + (" (millimetres? divide by 1000)" if span > HAND_SPAN_M[1] else "")
-            )
+        if (problem := hand_span_problem(j3)) is not None:
+            raise FolderError(f"{where}: field 'joints_3d' {problem}")
         if record.get("joints_2d") is None:
             uvw = j3 @ K.T
             j2 = uvw[:, :2] / uvw[:, 2:]
@@ -147,11 +138,8 @@ def parse_record(record: Any, where: str, default_order: str) -> dict[str, Any]:
             pose = _array(obj, "pose", (3, 4), f"{where}: {field}")
             if abs(np.linalg.det(pose[:, :3]) - 1.0) > 1e-2:
                 raise FolderError(f"{where}: field '{field}.pose' rotation is not a rotation (det != 1)")
-            if np.linalg.norm(pose[:, 3]) > MAX_OBJECT_DISTANCE_M:
-                raise FolderError(
-                    f"{where}: field '{field}.pose' puts the object {np.linalg.norm(pose[:, 3]):.4g} from the "
-                    f"camera; the format uses metres (millimetres? divide the translation by 1000)"
-                )
+            if (problem := object_distance_problem(pose[:, 3])) is not None:
+                raise FolderError(f"{where}: field '{field}.pose' {problem}")
             poses[k], valid[k] = pose, True
     grasped = record.get("grasped")
     if grasped is not None and (not isinstance(grasped, int) or not 0 <= grasped < len(objects)):
