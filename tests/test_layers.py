@@ -37,6 +37,7 @@ RANKS: dict[str, float] = {
     "safe_pickle": -1,  # restricted unpickling for users' files (MANO in geometry, HO-3D in data)
     "errors": -1,  # ConfigError: models and training refuse settings alike, the verbs print them
     "outputs": -1,  # the verbs' rule for writing into a user's folder or over a file
+    "argtypes": -1,  # range-checked argparse types for every verb's numeric flags
     "config": 0,  # Hydra yaml files only; its __init__ imports nothing
     "geometry": 0,
     "data": 1,

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from amt.argtypes import int_at_least
 from amt.checkpoint import CheckpointError, load_checkpoint
 from amt.data.cache import META_FILE, ensure_cache
 from amt.data.loaders import CachedDataset, batch_to_device, collate
@@ -45,12 +46,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="report folder")
     p.add_argument("--force", action="store_true", help="write into an --out folder holding other files")
     p.add_argument("--split", default="s0_val", help="split of a dataset root (default s0_val)")
-    p.add_argument("--batches", type=int, default=8, help="batches scanned for diversity and dead units")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--attention-images", type=int, default=4)
+    p.add_argument("--batches", type=int_at_least(1), default=8, help="batches scanned for diversity and dead units")
+    p.add_argument("--batch-size", type=int_at_least(1), default=8)
+    p.add_argument("--attention-images", type=int_at_least(0), default=4)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights even if EMA weights exist")
-    p.add_argument("--workers", type=int, default=2, help="processes for building a missing cache")
+    p.add_argument("--workers", type=int_at_least(1), default=2, help="processes for building a missing cache")
     return p
 
 

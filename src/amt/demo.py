@@ -33,10 +33,12 @@ import numpy as np
 import torch
 from tabulate import tabulate
 
+from amt.argtypes import float_in, int_at_least
 from amt.checkpoint import load_checkpoint
 from amt.data.cache import build_cache, cache_folder
 from amt.data.loaders import CachedDataset
 from amt.data.synthetic import generate
+from amt.data.transforms import MAX_CROP_MARGIN, MIN_CROP_SIZE
 from amt.evaluation.evaluator import evaluate
 from amt.evaluation.report import format_tables, overlay_pair, plot_training_curves, provenance, write_report
 from amt.evaluation.submission import bop_ids
@@ -353,21 +355,28 @@ def _parser() -> argparse.ArgumentParser:
         prog="amt demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--out", type=Path, default=Path("runs/demo"), help="output folder (default runs/demo)")
-    p.add_argument("--frames", type=int, default=d.frames, help=f"synthetic images (default {d.frames})")
-    p.add_argument("--steps", type=int, default=d.steps, help=f"training steps (default {d.steps})")
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--lr", type=float, default=d.learning_rate, help="peak learning rate of the heads")
-    p.add_argument("--image-size", type=int, default=d.image_size, help="crop side in pixels (multiple of 8)")
+    p.add_argument("--frames", type=int_at_least(8), default=d.frames, help=f"synthetic images (default {d.frames})")
+    p.add_argument("--steps", type=int_at_least(1), default=d.steps, help=f"training steps (default {d.steps})")
+    p.add_argument("--batch-size", type=int_at_least(1), default=d.batch_size)
+    p.add_argument(
+        "--lr", type=float_in(0, open_low=True), default=d.learning_rate, help="peak learning rate of the heads"
+    )
+    p.add_argument(
+        "--image-size",
+        type=int_at_least(MIN_CROP_SIZE),
+        default=d.image_size,
+        help="crop side in pixels (multiple of 8)",
+    )
     p.add_argument("--augment", action="store_true", help="augment training batches (off by default, see DemoConfig)")
     p.add_argument(
         "--crop-margin",
-        type=float,
+        type=float_in(1, MAX_CROP_MARGIN),
         default=d.crop_margin,
         help=f"crop side / hand box side (default {d.crop_margin:g})",
     )
-    p.add_argument("--queries", type=int, default=d.queries, help=f"object queries (default {d.queries})")
+    p.add_argument("--queries", type=int_at_least(1), default=d.queries, help=f"object queries (default {d.queries})")
     p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--workers", type=int, default=d.workers, help="processes for synthesis and caching")
+    p.add_argument("--workers", type=int_at_least(1), default=d.workers, help="processes for synthesis and caching")
     p.add_argument("--models", type=Path, default=None,
                    help="DexYCB-style models/ folder of YCB meshes (default: textured primitives, so the demo "
                         "needs nothing outside the repository)")  # fmt: skip

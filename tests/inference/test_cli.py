@@ -160,6 +160,21 @@ def test_bbox_flag_and_explicit_K_are_used(tiny_checkpoint: Path, tmp_path: Path
     assert record["crop"] == {"x0": 65, "y0": 25, "side": 150, "source": "--bbox"}
 
 
+def test_a_box_outside_the_image_skips_the_frame_and_says_why(
+    tiny_checkpoint: Path, tmp_path: Path, random_image, capsys
+) -> None:
+    # a box in another resolution's pixels: the crop would be padding only, a silent wrong answer
+    img = tmp_path / "one.png"
+    Image.fromarray(random_image(240, 320, 9)).save(img)
+    out = tmp_path / "out"
+    assert amt_main(["predict", str(tiny_checkpoint), str(img), "--out", str(out), "--bbox", "900,700,1000,800"]) == 1
+    assert "lies outside the 320x240 image" in capsys.readouterr().out
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["predicted"] == 0 and "lies outside the 320x240 image" in summary["skipped"][0]["error"]
+    # a box reaching past the image's edge (a hand at the border) is still predicted
+    assert amt_main(["predict", str(tiny_checkpoint), str(img), "--out", str(out), "--bbox", "280,200,400,300"]) == 0
+
+
 def test_out_folder_with_a_users_files_is_refused_unless_force(
     tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture, random_image
 ) -> None:

@@ -6,7 +6,9 @@ import argparse
 import sys
 from pathlib import Path
 
+from amt.argtypes import float_in, int_at_least
 from amt.data.cache import META_FILE, CacheError, build_cache, cache_folder, read_cache_meta
+from amt.data.transforms import MAX_CROP_MARGIN, MIN_CROP_SIZE
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -19,10 +21,19 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--split", default="s0_train", help="split name, s{0..3}_{train,val,test} (default s0_train)")
     p.add_argument("--out", type=Path, default=None, help="output folder (default ROOT/cache/<split>_<size>)")
-    p.add_argument("--size", type=int, default=224, help="crop side in pixels (default 224)")
-    p.add_argument("--margin", type=float, default=1.5, help="crop side / extent of the 2D joints (default 1.5)")
-    p.add_argument("--min-size", type=int, default=96, help="smallest crop side in image pixels (default 96)")
-    p.add_argument("--threshold-mm", type=float, default=10.0, help="contact distance in mm (default 10)")
+    p.add_argument("--size", type=int_at_least(MIN_CROP_SIZE), default=224, help="crop side in pixels (default 224)")
+    p.add_argument(
+        "--margin",
+        type=float_in(1, MAX_CROP_MARGIN),
+        default=1.5,
+        help="crop side / extent of the 2D joints (default 1.5)",
+    )
+    p.add_argument(
+        "--min-size", type=int_at_least(1), default=96, help="smallest crop side in image pixels (default 96)"
+    )
+    p.add_argument(
+        "--threshold-mm", type=float_in(0, open_low=True), default=10.0, help="contact distance in mm (default 10)"
+    )
     p.add_argument("--models-dir", type=Path, default=None, help="object meshes (default ROOT/models)")
     p.add_argument(
         "--mano-dir",
@@ -30,8 +41,8 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="folder with MANO_RIGHT.pkl / MANO_LEFT.pkl: contacts from MANO vertices (default: skeleton)",
     )
-    p.add_argument("--workers", type=int, default=2, help="parallel worker processes (default 2)")
-    p.add_argument("--chunk-size", type=int, default=64, help="samples per resumable chunk (default 64)")
+    p.add_argument("--workers", type=int_at_least(1), default=2, help="parallel worker processes (default 2)")
+    p.add_argument("--chunk-size", type=int_at_least(1), default=64, help="samples per resumable chunk (default 64)")
     p.add_argument("--force", action="store_true", help="rebuild even if a complete cache exists")
     p.add_argument("--no-resume", action="store_true", help="restart an interrupted build from scratch")
     p.add_argument("--strict", action="store_true", help="stop at the first bad sample instead of skipping it")

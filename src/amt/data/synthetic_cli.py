@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from amt.argtypes import float_in, int_at_least
 from amt.data.synth_folder import generate_folder
 from amt.data.synthetic import generate
 
@@ -15,7 +16,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("out", help="dataset root to write")
     parser.add_argument(
         "--frames",
-        type=int,
+        type=int_at_least(1),
         required=True,
         help="total images over all sequences and the 8 cameras (rounded up to a multiple of 8)",
     )
@@ -33,11 +34,11 @@ def main(argv: list[str]) -> int:
     )
     parser.add_argument(
         "--left-fraction",
-        type=float,
+        type=float_in(0, 1),
         default=0.0,
         help="share of sequences with a left hand (cached as their mirror image; default 0)",
     )
-    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--workers", type=int_at_least(1), default=2)
     parser.add_argument(
         "--format",
         choices=("dexycb", "folder"),

@@ -9,16 +9,21 @@ lands on the resampled image content.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from numbers import Integral, Real
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from amt.errors import ConfigError
 from amt.geometry.camera import crop_intrinsics
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+MIN_CROP_SIZE = 16  # pixels: a smaller crop holds no hand a network can read
+MAX_CROP_MARGIN = 10.0  # crop side / hand box side: training uses 1.5-2
 
 
 @dataclass(frozen=True)
@@ -32,6 +37,18 @@ class CropConfig:
     size: int = 224
     margin: float = 1.5
     min_size: int = 96
+
+    def __post_init__(self) -> None:
+        # why: a zero or negative size fails deep in the resize, and a margin below 1 crops the
+        # hand itself away; both are a user's typo, refused here where every caller passes
+        if not (isinstance(self.size, Integral) and self.size >= MIN_CROP_SIZE):
+            raise ConfigError(f"crop size must be a whole number of pixels >= {MIN_CROP_SIZE}, got {self.size!r}")
+        if not (isinstance(self.margin, Real) and math.isfinite(self.margin) and 1.0 <= self.margin <= MAX_CROP_MARGIN):
+            raise ConfigError(
+                f"crop margin (crop side / hand box side) must lie in 1..{MAX_CROP_MARGIN:g}, got {self.margin!r}"
+            )
+        if not (isinstance(self.min_size, Integral) and self.min_size >= 1):
+            raise ConfigError(f"crop min_size must be a whole number of pixels >= 1, got {self.min_size!r}")
 
 
 def square_box(points_2d: np.ndarray, margin: float, min_size: int) -> tuple[int, int, int]:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from amt.argtypes import int_at_least
 from amt.checkpoint import CheckpointError, load_checkpoint
 from amt.data.cache import CacheError, cache_folder, cache_problem, ensure_cache
 from amt.data.dataset import READER_ERRORS
@@ -50,9 +51,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=None, help="report folder (default CKPT/eval_<split>)")
     p.add_argument("--force", action="store_true", help="write into an --out folder holding other files")
     p.add_argument("--report", choices=("md", "html"), default="md", help="also write an HTML report (html)")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=int_at_least(1), default=32)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--workers", type=int, default=2, help="processes for building caches")
+    p.add_argument("--workers", type=int_at_least(1), default=2, help="processes for building caches")
     p.add_argument("--mano", type=Path, default=None, help="MANO_RIGHT.pkl: vertices of the HO-3D submission")
     p.add_argument("--no-ema", action="store_true", help="evaluate the raw weights even if EMA weights exist")
     p.add_argument("--synthetic", action="store_true", help="mark the report as computed on synthetic data")

@@ -41,6 +41,7 @@ import torch
 import yaml
 from torch import nn
 
+from amt.argtypes import int_at_least
 from amt.checkpoint import CheckpointError, load_model
 from amt.errors import ConfigError, check_device
 from amt.inference.bench_train import TRAIN_VARIANTS, bench_train
@@ -379,11 +380,15 @@ def main(argv: list[str]) -> int:
         help=f"with --train: time the step with each switchable part on/off; some of {','.join(TRAIN_VARIANTS)} "
         "(compiled only when named: compiling takes minutes on a CPU)",
     )  # fmt: skip
-    p.add_argument("--train-batch", type=int, default=None, help="training batch (default: largest --batch)")
-    p.add_argument("--iters", type=int, default=None)
-    p.add_argument("--warmup", type=int, default=None)
-    p.add_argument("--threads", type=int, default=None, help="CPU threads (torch.set_num_threads)")
-    p.add_argument("--matmul-n", type=int, default=None, help="ceiling matmul size (default 2048 CPU, 8192 CUDA)")
+    p.add_argument(
+        "--train-batch", type=int_at_least(1), default=None, help="training batch (default: largest --batch)"
+    )
+    p.add_argument("--iters", type=int_at_least(1), default=None)
+    p.add_argument("--warmup", type=int_at_least(0), default=None)
+    p.add_argument("--threads", type=int_at_least(1), default=None, help="CPU threads (torch.set_num_threads)")
+    p.add_argument(
+        "--matmul-n", type=int_at_least(1), default=None, help="ceiling matmul size (default 2048 CPU, 8192 CUDA)"
+    )
     p.add_argument("--autocast", default="auto", help="auto (bf16 on CUDA, none on CPU), bf16, fp16, none")
     p.add_argument(
         "--dtype", choices=("float32", "bfloat16"), default="float32",

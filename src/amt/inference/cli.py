@@ -18,10 +18,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from amt.argtypes import float_in, int_at_least
 from amt.checkpoint import CheckpointError, load_model
 from amt.data.cache import MAX_CROP_FACTOR
 from amt.data.object_models import ObjectModels
-from amt.data.transforms import CropConfig
+from amt.data.transforms import MAX_CROP_MARGIN, CropConfig
 from amt.data.ycb import YCB_CLASSES
 from amt.errors import ConfigError, check_device
 from amt.extras import MissingExtraError
@@ -128,9 +129,12 @@ def _predict_parser() -> argparse.ArgumentParser:
     cam.add_argument("--K", dest="K", type=str, help="intrinsics fx,fy,cx,cy (pixels)")
     cam.add_argument("--calib", type=Path, help="DexYCB-style intrinsics .yml (block 'color')")
     p.add_argument(
-        "--hfov", type=float, default=DEFAULT_HFOV_DEG, help="horizontal FOV (deg) of the default intrinsics"
+        "--hfov",
+        type=float_in(0, 180, open_low=True, open_high=True),
+        default=DEFAULT_HFOV_DEG,
+        help="horizontal FOV (deg) of the default intrinsics",
     )
-    p.add_argument("--margin", type=float, default=None,
+    p.add_argument("--margin", type=float_in(1, MAX_CROP_MARGIN), default=None,
                    help="crop side / hand box side (default: the margin the model was trained on, else "
                         f"{CropConfig().margin:g})")  # fmt: skip
     p.add_argument(
@@ -138,7 +142,7 @@ def _predict_parser() -> argparse.ArgumentParser:
         help="which hand: right or left (a left hand runs mirrored; results are unmirrored); "
         "default: the detector's handedness with --detector, else right",
     )  # fmt: skip
-    p.add_argument("--score-threshold", type=float, default=0.5, help="minimum object score to report")
+    p.add_argument("--score-threshold", type=float_in(0, 1), default=0.5, help="minimum object score to report")
     p.add_argument(
         "--dtype", choices=("float32", "bfloat16"), default="float32",
         help="inference model storage dtype (bfloat16: weights cast once, geometric heads float32; "
@@ -150,14 +154,17 @@ def _predict_parser() -> argparse.ArgumentParser:
         "--smooth", choices=("none", "ema", "one-euro"), default="none", help="temporal smoothing (frames in order)"
     )
     p.add_argument(
-        "--fps", type=float, default=None, help="frame rate for smoothing/--video-out (default: the video's, else 30)"
+        "--fps",
+        type=float_in(0, open_low=True),
+        default=None,
+        help="frame rate for smoothing/--video-out (default: the video's, else 30)",
     )
     p.add_argument(
         "--video-out", type=Path, help="also write the overlays as a video (.gif, or .mp4 with imageio-ffmpeg)"
     )
     p.add_argument(
         "--max-pixels",
-        type=int,
+        type=int_at_least(1),
         default=MAX_IMAGE_PIXELS,
         help=f"skip images with more pixels than this, checked before decoding (default {MAX_IMAGE_PIXELS})",
     )
@@ -219,10 +226,20 @@ class _CropChooser:
 
 
 def _check_box(box: tuple[int, int, int] | None, width: int, height: int) -> None:
-    """ValueError when a crop box is absurdly large for the image (its crop would not fit in memory)."""
-    if box is not None and box[2] > MAX_CROP_FACTOR * max(width, height):
+    """ValueError when a crop box is absurdly large for the image (its crop would not fit in
+    memory) or misses the image altogether (a box in another image's pixels: the crop would be
+    padding only)."""
+    if box is None:
+        return
+    x0, y0, side = box
+    if side > MAX_CROP_FACTOR * max(width, height):
         raise ValueError(
-            f"crop box side {box[2]} px is more than {MAX_CROP_FACTOR}x the {width}x{height} image; check the hand box"
+            f"crop box side {side} px is more than {MAX_CROP_FACTOR}x the {width}x{height} image; check the hand box"
+        )
+    if x0 >= width or y0 >= height or x0 + side <= 0 or y0 + side <= 0:
+        raise ValueError(
+            f"the crop box (x0={x0}, y0={y0}, side {side} px) lies outside the {width}x{height} image; check that "
+            "the hand box is in this image's pixels"
         )
 
 
@@ -340,7 +357,7 @@ def export_main(argv: list[str]) -> int:
     p.add_argument("--format", choices=("onnx", "torchscript"), required=True)
     p.add_argument("--dynamic-batch", action="store_true", help="batch dimension left free (checked at batch 1 and 3)")
     p.add_argument("--out", type=Path, help="output file (default CKPT/model.onnx or CKPT/model.torchscript.pt)")
-    p.add_argument("--tolerance", type=float, default=1e-4, help="max abs difference allowed in the parity check")
+    p.add_argument("--tolerance", type=float_in(0), default=1e-4, help="max abs difference allowed in the parity check")
     p.add_argument("--force", action="store_true", help="replace an existing output file")
     args = p.parse_args(argv)
     out = args.out or args.checkpoint / ("model.onnx" if args.format == "onnx" else "model.torchscript.pt")
