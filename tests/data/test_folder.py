@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from amt.cli import main as amt_main
-from amt.data.cache import build_cache, open_cache
+from amt.data.cache import build_cache, open_cache, read_cache_meta
 from amt.data.dataset import (
     SAMPLE_KEYS,
     DatasetError,
@@ -94,6 +94,12 @@ class MillimetreJoints(FolderDataset):  # a user's reader that forgot to convert
         return {**sample, "joint_3d": sample["joint_3d"] * 1000}
 
 
+class FirstInMillimetres(FolderDataset):
+    def __getitem__(self, i):
+        sample = super().__getitem__(i)
+        return {**sample, "joint_3d": sample["joint_3d"] * (1000 if i == 0 else 1)}
+
+
 class NoJoints2d(FolderDataset):
     def __getitem__(self, i):
         sample = super().__getitem__(i)
@@ -132,14 +138,22 @@ def test_open_dataset_resolves_names_and_python_classes(dexycb_root, tmp_path, m
         ("NoJoints2d", r"NoJoints2d\[0\] \(.*\): the sample lacks \['joint_2d'\]"),
     ],
 )
-def test_a_python_readers_bad_samples_stop_amt_cache_with_one_line(tmp_path, monkeypatch, capsys, reader, message):
-    root = _write_example(tmp_path / "mine", [{"K": K, "joints_3d": _hand()}])
+def test_a_python_readers_bad_samples_are_skipped_and_named(tmp_path, monkeypatch, capsys, reader, message):
+    root = _write_example(tmp_path / "mine", [{"K": K, "joints_3d": _hand()}, {"K": K, "joints_3d": _hand()}])
     (tmp_path / "my_plugin.py").write_text(PLUGIN)
     monkeypatch.syspath_prepend(str(tmp_path))
     argv = ["cache", str(root), "--format", f"python:my_plugin.{reader}", "--split", "train", "--workers", "1"]
+    # every sample bad (a reader's systematic mistake): the build stops with one line naming the first
     assert amt_main(argv) == 1
     err = capsys.readouterr().err.strip()
-    assert re.match(f"amt cache: {message}", err.splitlines()[-1]) and "Traceback" not in err, err
+    last = err.splitlines()[-1]
+    assert last.startswith("amt cache: ") and "every one of the 2 samples" in last and "Traceback" not in err, err
+    assert re.search(message, last), last
+    # one bad sample among good ones: skipped, named in the cache's record and on the console
+    argv[3] = "python:my_plugin.FirstInMillimetres"
+    assert amt_main([*argv, "--out", str(tmp_path / "cache")]) == 0
+    assert re.search(r"skipped row 0: FirstInMillimetres\[0\] .*\(millimetres\?", capsys.readouterr().out)
+    assert [entry["row"] for entry in read_cache_meta(tmp_path / "cache")["skipped"]] == [0]
 
 
 def test_check_sample_names_what_is_wrong(tmp_path):

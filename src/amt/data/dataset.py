@@ -37,25 +37,30 @@ SAMPLE_KEYS: tuple[str, ...] = (
 )  # fmt: skip
 
 
-# A sample's files are bad (each names the file): what the cache builder may skip.
-READER_ERRORS: tuple[type[ValueError], ...] = (DexYCBError, FolderError, HO3DError)
-
-
 class DatasetError(ValueError):
     """A dataset cannot be opened (unknown format, bad class); the message says which and why."""
 
 
+class SampleError(DatasetError):
+    """A reader's sample is not what the cache builder can use (`check_sample`); names the sample."""
+
+
+# A sample's files or contents are bad (each names the file or sample): what the cache builder
+# may skip (a reader whose every sample is bad ends the build with the first one's message).
+READER_ERRORS: tuple[type[ValueError], ...] = (DexYCBError, FolderError, HO3DError, SampleError)
+
+
 def check_sample(sample: Any, where: str) -> None:
-    """Raise DatasetError unless `sample` is a reader sample the cache builder can use: a dict
+    """Raise SampleError unless `sample` is a reader sample the cache builder can use: a dict
     with SAMPLE_KEYS, arrays of the documented shapes (docs/datasets.md "Sample"), finite
     numbers and a hand's size / objects' distances in metres. The built-in readers check their
     files themselves; this catches a `python:` reader's mistakes with a line naming `where`
     (the reader and sample) instead of a traceback from deep inside the cache builder."""
     if not isinstance(sample, dict):
-        raise DatasetError(f"{where}: a sample must be a dict, got {type(sample).__name__}")
+        raise SampleError(f"{where}: a sample must be a dict, got {type(sample).__name__}")
     missing = [key for key in SAMPLE_KEYS if key not in sample]
     if missing:
-        raise DatasetError(f'{where}: the sample lacks {missing} (docs/datasets.md "Sample")')
+        raise SampleError(f'{where}: the sample lacks {missing} (docs/datasets.md "Sample")')
     n = len(sample["ycb_ids"])
     shapes = {"K": (3, 3), "joint_3d": (21, 3), "joint_2d": (21, 2), "obj_pose": (n, 3, 4), "obj_pose_valid": (n,),
               "pose_m": (51,), "mano_betas": (10,)}  # fmt: skip
@@ -64,26 +69,26 @@ def check_sample(sample: Any, where: str) -> None:
         try:
             arrays[key] = np.asarray(sample[key], dtype=np.float64)
         except (TypeError, ValueError) as exc:
-            raise DatasetError(f"{where}: sample[{key!r}] is not numbers ({exc})") from None
+            raise SampleError(f"{where}: sample[{key!r}] is not numbers ({exc})") from None
         if arrays[key].shape != shape:
-            raise DatasetError(f"{where}: sample[{key!r}] has shape {arrays[key].shape}, expected {shape}")
+            raise SampleError(f"{where}: sample[{key!r}] has shape {arrays[key].shape}, expected {shape}")
     color = sample.get("color")
     if color is not None and (not isinstance(color, np.ndarray) or color.dtype != np.uint8 or color.ndim != 3
                               or color.shape[2] != 3):  # fmt: skip
         got = f"{color.dtype} {color.shape}" if isinstance(color, np.ndarray) else type(color).__name__
-        raise DatasetError(f"{where}: sample['color'] must be an (H, W, 3) uint8 RGB array, got {got}")
+        raise SampleError(f"{where}: sample['color'] must be an (H, W, 3) uint8 RGB array, got {got}")
     valid = arrays["obj_pose_valid"].astype(bool)
     checked = {"K": arrays["K"], "obj_pose": arrays["obj_pose"][valid]}
     if sample["hand_valid"]:
         checked |= {"joint_3d": arrays["joint_3d"], "joint_2d": arrays["joint_2d"]}
     for key, value in checked.items():
         if not np.isfinite(value).all():
-            raise DatasetError(f"{where}: sample[{key!r}] contains NaN or inf")
+            raise SampleError(f"{where}: sample[{key!r}] contains NaN or inf")
     if sample["hand_valid"] and (problem := hand_span_problem(arrays["joint_3d"])) is not None:
-        raise DatasetError(f"{where}: sample['joint_3d'] {problem}")
+        raise SampleError(f"{where}: sample['joint_3d'] {problem}")
     for k in np.flatnonzero(valid):
         if (problem := object_distance_problem(arrays["obj_pose"][k, :, 3])) is not None:
-            raise DatasetError(f"{where}: sample['obj_pose'][{k}] {problem}")
+            raise SampleError(f"{where}: sample['obj_pose'][{k}] {problem}")
 
 
 @runtime_checkable
