@@ -175,6 +175,25 @@ def test_a_box_outside_the_image_skips_the_frame_and_says_why(
     assert amt_main(["predict", str(tiny_checkpoint), str(img), "--out", str(out), "--bbox", "280,200,400,300"]) == 0
 
 
+def test_box_file_keys_written_as_paths_match_by_file_name_and_misses_are_counted(
+    tiny_checkpoint: Path, tmp_path: Path, random_image, capsys, caplog
+) -> None:
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for name in ("a.png", "b.png", "c.png"):
+        Image.fromarray(random_image(240, 320, 3)).save(folder / name)
+    boxes = tmp_path / "boxes.json"
+    # a path key (absolute, or Windows-style) answers to its file name; c.png has no entry at all
+    boxes.write_text(json.dumps({"/data/shoot/imgs/a.png": [10, 20, 110, 140], "imgs\\b.png": [30, 30, 90, 100]}))
+    out = tmp_path / "out"
+    assert amt_main(["predict", str(tiny_checkpoint), str(folder), "--out", str(out), "--boxes", str(boxes)]) == 0
+    assert json.loads((out / "a.json").read_text())["crop"]["source"] == "--boxes[a.png]"
+    assert json.loads((out / "b.json").read_text())["crop"]["source"] == "--boxes[b.png]"
+    assert json.loads((out / "summary.json").read_text())["centred_crops"] == ["c"]
+    assert "3 frame(s), 1 of them centred crops (no hand box)" in capsys.readouterr().out
+    assert "no --boxes entry for" in caplog.text and "looked up 'c.png', 'c'" in caplog.text
+
+
 def test_out_folder_with_a_users_files_is_refused_unless_force(
     tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture, random_image
 ) -> None:

@@ -105,6 +105,16 @@ def load_box_file(path: Path) -> dict[str, tuple[float, float, float, float]]:
                 f"got {value}"
             )
         boxes[key] = tuple(float(v) for v in value)
+    # keys written as paths ("/data/imgs/a.png", "imgs\\a.png") also answer to their file name,
+    # the documented key, when no other key claims that name (a folder input is not recursive)
+    names: dict[str, list[str]] = {}
+    for key in boxes:
+        name = key.replace("\\", "/").rsplit("/", 1)[-1]
+        if name != key:
+            names.setdefault(name, []).append(key)
+    for name, keys in names.items():
+        if name not in boxes and len(keys) == 1:
+            boxes[name] = boxes[keys[0]]
     return boxes
 
 
@@ -220,7 +230,15 @@ class _CropChooser:
                 self.side = self.hand or found[1] or "right"
                 return box_from_xyxy(found[0], self.crop), "detector"
         if not self.warned:
-            log.warning("no hand box for %s (and maybe later frames): using a centred square crop", frame.source)
+            if self.boxes is not None:  # a box file whose keys name the frames otherwise: say what was looked up
+                looked_up = ", ".join(repr(k) for k in keys)
+                log.warning(
+                    "no --boxes entry for %s (looked up %s; the file's keys include %r) and no other hand box: "
+                    "using a centred square crop (and maybe for later frames)",
+                    frame.source, looked_up, next(iter(self.boxes), None),
+                )  # fmt: skip
+            else:
+                log.warning("no hand box for %s (and maybe later frames): using a centred square crop", frame.source)
             self.warned = True
         return None, "centred (no hand box)"
 
@@ -299,7 +317,7 @@ def predict_main(argv: list[str]) -> int:
         return 2
     args.out.mkdir(parents=True, exist_ok=True)
     smoother = PredictionSmoother(args.smooth, fps) if args.smooth != "none" else None
-    done, skipped, video_frames, intrinsics_used = [], [], [], set()
+    done, skipped, video_frames, intrinsics_used, centred_crops = [], [], [], set(), []
     for frame in frames:
         if frame.image is None:
             log.error("skipping %s: %s", frame.name, frame.error)
@@ -317,6 +335,8 @@ def predict_main(argv: list[str]) -> int:
             skipped.append({"frame": frame.name, "source": frame.source, "error": str(exc)})
             continue
         intrinsics_used.add(intrinsics.source)
+        if box is None:
+            centred_crops.append(frame.name)
         if smoother is not None:
             pred = smoother(pred)
         record = {"frame": frame.name, "source": frame.source, "index": frame.index, **pred.to_json()}
@@ -339,10 +359,13 @@ def predict_main(argv: list[str]) -> int:
         "intrinsics": sorted(intrinsics_used),
         "smoothing": args.smooth,
         "score_threshold": args.score_threshold,
+        "centred_crops": centred_crops,
     }
     (args.out / SUMMARY).write_text(json.dumps(summary, indent=1))
+    centred = f", {len(centred_crops)} of them centred crops (no hand box)" if centred_crops else ""
     print(
-        f"predicted {len(done)} frame(s), skipped {len(skipped)}; intrinsics: {', '.join(sorted(intrinsics_used)) or '-'}"
+        f"predicted {len(done)} frame(s){centred}, skipped {len(skipped)}; "
+        f"intrinsics: {', '.join(sorted(intrinsics_used)) or '-'}"
     )
     for s in skipped:
         print(f"  skipped {s['source']}: {s['error']}")
