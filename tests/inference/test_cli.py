@@ -194,6 +194,17 @@ def test_box_file_keys_written_as_paths_match_by_file_name_and_misses_are_counte
     assert "no --boxes entry for" in caplog.text and "looked up 'c.png', 'c'" in caplog.text
 
 
+def test_intrinsics_of_another_resolution_are_warned_about(tiny_checkpoint: Path, tmp_path: Path, random_image, caplog):
+    img = tmp_path / "one.png"
+    Image.fromarray(random_image(240, 320, 5)).save(img)
+    argv = ["predict", str(tiny_checkpoint), str(img), "--out", str(tmp_path / "out"), "--bbox", "100,50,180,150"]
+    assert amt_main([*argv, "--K", "1400,1400,960,540"]) == 0  # a 1920x1080 calibration on a 320x240 image
+    assert "principal point (960.0, 540.0) of the intrinsics (--K) lies outside the 320x240 image" in caplog.text
+    caplog.clear()
+    assert amt_main([*argv, "--K", "300,300,160,120", "--force"]) == 0
+    assert "principal point" not in caplog.text
+
+
 def test_out_folder_with_a_users_files_is_refused_unless_force(
     tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture, random_image
 ) -> None:

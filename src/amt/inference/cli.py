@@ -278,6 +278,24 @@ def _intrinsics_for(args: argparse.Namespace, width: int, height: int) -> Intrin
     return default_intrinsics(width, height, args.hfov)
 
 
+def _warn_if_for_another_size(
+    intrinsics: Intrinsics, width: int, height: int, source: str, warned: set[tuple[str, int, int]]
+) -> None:
+    """Warn (once per intrinsics and image size) when the principal point lies outside the image:
+    intrinsics of another resolution (a 1920x1080 calibration on 640x480 frames) put every 3D
+    output at the wrong place without any other sign."""
+    inside = 0 <= intrinsics.cx <= width and 0 <= intrinsics.cy <= height
+    key = (intrinsics.source, width, height)
+    if inside or key in warned:
+        return
+    warned.add(key)
+    log.warning(
+        "%s: the principal point (%.1f, %.1f) of the intrinsics (%s) lies outside the %dx%d image: are they "
+        "for another resolution? Scale fx, fy, cx, cy by the size ratio",
+        source, intrinsics.cx, intrinsics.cy, intrinsics.source, width, height,
+    )  # fmt: skip
+
+
 def predict_main(argv: list[str]) -> int:
     """Entry point of `amt predict`. Exit code 0 when at least one frame was predicted."""
     args = _predict_parser().parse_args(argv)
@@ -318,6 +336,7 @@ def predict_main(argv: list[str]) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     smoother = PredictionSmoother(args.smooth, fps) if args.smooth != "none" else None
     done, skipped, video_frames, intrinsics_used, centred_crops = [], [], [], set(), []
+    warned_sizes: set[tuple[str, int, int]] = set()  # (intrinsics, width, height) warned about
     for frame in frames:
         if frame.image is None:
             log.error("skipping %s: %s", frame.name, frame.error)
@@ -325,6 +344,7 @@ def predict_main(argv: list[str]) -> int:
             continue
         h, w = frame.image.shape[:2]
         intrinsics = _intrinsics_for(args, w, h)
+        _warn_if_for_another_size(intrinsics, w, h, frame.source, warned_sizes)
         box, source = choose_box(frame)
         try:
             _check_box(box, w, h)
