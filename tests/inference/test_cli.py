@@ -190,7 +190,8 @@ def test_box_file_keys_written_as_paths_match_by_file_name_and_misses_are_counte
     assert json.loads((out / "a.json").read_text())["crop"]["source"] == "--boxes[a.png]"
     assert json.loads((out / "b.json").read_text())["crop"]["source"] == "--boxes[b.png]"
     assert json.loads((out / "summary.json").read_text())["centred_crops"] == ["c"]
-    assert "3 frame(s), 1 of them centred crops (no hand box)" in capsys.readouterr().out
+    assert "predicted 3 frame(s), skipped 0;" in (out_text := capsys.readouterr().out)
+    assert "centred crops (no hand box): 1" in out_text
     assert "no --boxes entry for" in caplog.text and "looked up 'c.png', 'c'" in caplog.text
 
 

@@ -382,10 +382,10 @@ def predict_main(argv: list[str]) -> int:
         "centred_crops": centred_crops,
     }
     (args.out / SUMMARY).write_text(json.dumps(summary, indent=1))
-    centred = f", {len(centred_crops)} of them centred crops (no hand box)" if centred_crops else ""
+    centred = f"; centred crops (no hand box): {len(centred_crops)}" if centred_crops else ""
     print(
-        f"predicted {len(done)} frame(s){centred}, skipped {len(skipped)}; "
-        f"intrinsics: {', '.join(sorted(intrinsics_used)) or '-'}"
+        f"predicted {len(done)} frame(s), skipped {len(skipped)}; "
+        f"intrinsics: {', '.join(sorted(intrinsics_used)) or '-'}{centred}"
     )
     for s in skipped:
         print(f"  skipped {s['source']}: {s['error']}")
