@@ -132,6 +132,18 @@ def test_cli_cfg_prints_the_resolved_config(capsys):
         ("training.lr", "Error parsing override 'training.lr'"),
         ("model.preset=nope", "unknown model preset 'nope'; expected one of"),
         ("model.backbone_stem=nope", "model config: backbone_stem must be 'patch' or 'conv', got 'nope'"),
+        # values out of range, refused when the config loads (they used to fail late or never end)
+        ("training.batch_size=-8", "config training.batch_size=-8: expected a whole number >= 1 or auto"),
+        ("training.grad_accum_steps=0", "config training.grad_accum_steps=0: expected >= 1"),
+        ("training.max_steps=0", "config training.max_steps=0: expected >= 1 or null"),
+        ("training.learning_rate=nan", "config training.learning_rate=nan: expected a number > 0"),
+        ("training.weight_decay=-1", "config training.weight_decay=-1.0: expected a number >= 0"),
+        ("training.betas=[0.9,1.5]", "config training.betas=[0.9, 1.5]: expected two numbers in [0, 1)"),
+        ("training.warmup_fraction=1", "config training.warmup_fraction=1.0: expected a fraction in [0, 1)"),
+        ("checkpoint.best_mode=mean", "config checkpoint.best_mode='mean': expected min or max"),
+        ("checkpoint.keep_last=-1", "config checkpoint.keep_last=-1: expected >= 0 (0: off)"),
+        ("data.image_size=8", "config data.image_size=8: expected >= 16 pixels"),
+        ("data.cache_workers=0", "config data.cache_workers=0: expected >= 1"),
     ],
 )
 def test_a_bad_override_is_one_line_naming_it(override, expected, capsys):
