@@ -8,12 +8,21 @@ work. This module imports nothing from amt, so every layer may use it.
 
 from __future__ import annotations
 
+import math
+from numbers import Real
+
 import torch
 
 
 class ConfigError(ValueError):
     """A setting cannot work: a config value out of its range, two settings that exclude each
     other, weights that do not fit the configured model. The message names the key or file."""
+
+
+def finite_number(value: object) -> bool:
+    """Whether a setting's value is a real, finite number (not a bool, a string, NaN or inf): the
+    first half of every numeric range check (config dataclasses, crop and contact settings)."""
+    return isinstance(value, Real) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def check_device(name: str, where: str | None = None) -> None:

@@ -8,15 +8,14 @@ joints plus points along the bones (`amt.geometry.hand_surface.skeleton_surface_
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
-from numbers import Integral, Real
+from numbers import Integral
 
 import numpy as np
 import torch
 from scipy.spatial import cKDTree
 
-from amt.errors import ConfigError
+from amt.errors import ConfigError, finite_number
 from amt.geometry.hand_surface import skeleton_surface_points
 
 DEFAULT_THRESHOLD_MM = 10.0
@@ -30,7 +29,7 @@ class ContactConfig:
     num_points: int = 1024
 
     def __post_init__(self) -> None:
-        if not (isinstance(self.threshold_mm, Real) and math.isfinite(self.threshold_mm) and self.threshold_mm > 0):
+        if not (finite_number(self.threshold_mm) and self.threshold_mm > 0):
             raise ConfigError(f"contact threshold must be a positive number of millimetres, got {self.threshold_mm!r}")
         if not (isinstance(self.num_points, Integral) and self.num_points >= 1):
             raise ConfigError(f"contact num_points must be a whole number >= 1, got {self.num_points!r}")

@@ -53,9 +53,10 @@ READER_ERRORS: tuple[type[ValueError], ...] = (DexYCBError, FolderError, HO3DErr
 def check_sample(sample: Any, where: str) -> None:
     """Raise SampleError unless `sample` is a reader sample the cache builder can use: a dict
     with SAMPLE_KEYS, arrays of the documented shapes (docs/datasets.md "Sample"), finite
-    numbers and a hand's size / objects' distances in metres. The built-in readers check their
-    files themselves; this catches a `python:` reader's mistakes with a line naming `where`
-    (the reader and sample) instead of a traceback from deep inside the cache builder."""
+    numbers and a hand's size / objects' distances in metres. Run on every reader's samples by the
+    cache builder: it catches a `python:` reader's mistakes (and bad values a built-in reader
+    lets through) with a line naming `where` (the reader and sample) instead of a traceback from
+    deep inside the cache builder."""
     if not isinstance(sample, dict):
         raise SampleError(f"{where}: a sample must be a dict, got {type(sample).__name__}")
     missing = [key for key in SAMPLE_KEYS if key not in sample]

@@ -9,15 +9,14 @@ lands on the resampled image content.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
-from numbers import Integral, Real
+from numbers import Integral
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from amt.errors import ConfigError
+from amt.errors import ConfigError, finite_number
 from amt.geometry.camera import crop_intrinsics
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -43,7 +42,7 @@ class CropConfig:
         # hand itself away; both are a user's typo, refused here where every caller passes
         if not (isinstance(self.size, Integral) and self.size >= MIN_CROP_SIZE):
             raise ConfigError(f"crop size must be a whole number of pixels >= {MIN_CROP_SIZE}, got {self.size!r}")
-        if not (isinstance(self.margin, Real) and math.isfinite(self.margin) and 1.0 <= self.margin <= MAX_CROP_MARGIN):
+        if not (finite_number(self.margin) and 1.0 <= self.margin <= MAX_CROP_MARGIN):
             raise ConfigError(
                 f"crop margin (crop side / hand box side) must lie in 1..{MAX_CROP_MARGIN:g}, got {self.margin!r}"
             )

@@ -19,7 +19,6 @@ the same config trains the same way on 1 or N devices.
 from __future__ import annotations
 
 import dataclasses
-import math
 import re
 import typing
 from collections.abc import Mapping
@@ -36,7 +35,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from amt.data.augment import AugmentConfig
 from amt.data.transforms import MIN_CROP_SIZE
-from amt.errors import ConfigError
+from amt.errors import ConfigError, finite_number
 from amt.models.config import PRESETS, VARIANTS, ModelConfig, make_config, named_config_fields
 from amt.training.losses import LossConfig
 
@@ -47,10 +46,6 @@ def _require(ok: bool, key: str, value: Any, expected: str) -> None:
     """ConfigError naming the override (`training.grad_accum_steps=0: expected >= 1`) unless ok."""
     if not ok:
         raise ConfigError(f"config {key}={value!r}: expected {expected}")
-
-
-def _finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 @dataclass
@@ -85,7 +80,7 @@ class DataConfig:
         _require(self.num_workers >= 0, "data.num_workers", self.num_workers, ">= 0")
         _require(self.cache_workers >= 1, "data.cache_workers", self.cache_workers, ">= 1")
         gb = self.gpu_cache_max_gb
-        _require(gb is None or _finite(gb) and gb >= 0, "data.gpu_cache_max_gb", gb, "a size in GB >= 0, or null")
+        _require(gb is None or finite_number(gb) and gb >= 0, "data.gpu_cache_max_gb", gb, "a size in GB >= 0, or null")
 
 
 @dataclass
@@ -160,16 +155,16 @@ class TrainingConfig:
             _require(getattr(self, key) >= 1, f"training.{key}", getattr(self, key), ">= 1")
         _require(self.max_steps is None or self.max_steps >= 1, "training.max_steps", self.max_steps, ">= 1 or null")
         _require(self.val_every_epochs >= 0, "training.val_every_epochs", self.val_every_epochs, ">= 0 (0: never)")
-        _require(_finite(self.learning_rate) and self.learning_rate > 0, "training.learning_rate", self.learning_rate,
+        _require(finite_number(self.learning_rate) and self.learning_rate > 0, "training.learning_rate", self.learning_rate,
                  "a number > 0")  # fmt: skip
         for key in ("backbone_lr_mult", "weight_decay", "grad_clip"):
             value = getattr(self, key)
-            _require(_finite(value) and value >= 0, f"training.{key}", value, "a number >= 0")
-        _require(len(self.betas) == 2 and all(_finite(v) and 0 <= v < 1 for v in self.betas), "training.betas",
+            _require(finite_number(value) and value >= 0, f"training.{key}", value, "a number >= 0")
+        _require(len(self.betas) == 2 and all(finite_number(v) and 0 <= v < 1 for v in self.betas), "training.betas",
                  list(self.betas), "two numbers in [0, 1)")  # fmt: skip
-        _require(_finite(self.warmup_fraction) and 0 <= self.warmup_fraction < 1, "training.warmup_fraction",
+        _require(finite_number(self.warmup_fraction) and 0 <= self.warmup_fraction < 1, "training.warmup_fraction",
                  self.warmup_fraction, "a fraction in [0, 1)")  # fmt: skip
-        _require(_finite(self.min_lr_ratio) and 0 <= self.min_lr_ratio <= 1, "training.min_lr_ratio",
+        _require(finite_number(self.min_lr_ratio) and 0 <= self.min_lr_ratio <= 1, "training.min_lr_ratio",
                  self.min_lr_ratio, "a fraction in [0, 1]")  # fmt: skip
 
 
@@ -191,7 +186,7 @@ class CheckpointConfig:
     def __post_init__(self) -> None:
         for key in ("every_epochs", "every_steps", "keep_last"):
             _require(getattr(self, key) >= 0, f"checkpoint.{key}", getattr(self, key), ">= 0 (0: off)")
-        _require(_finite(self.every_minutes) and self.every_minutes >= 0, "checkpoint.every_minutes",
+        _require(finite_number(self.every_minutes) and self.every_minutes >= 0, "checkpoint.every_minutes",
                  self.every_minutes, "a number >= 0 (0: off)")  # fmt: skip
         _require(self.best_mode in ("min", "max"), "checkpoint.best_mode", self.best_mode, "min or max")
 
