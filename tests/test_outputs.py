@@ -19,6 +19,12 @@ def test_a_new_empty_or_own_folder_is_accepted(tmp_path: Path) -> None:
     (own / "summary.json").write_text("{}")
     (own / "a.json").write_text("{}")
     claim_output_folder(own, "summary.json", False, "amt x")
+    sweep = tmp_path / "sweep"
+    (sweep / "trials").mkdir(parents=True)
+    (sweep / "results.csv").write_text("")
+    claim_output_folder(sweep, ("study.db", "trials"), False, "amt x")  # any one of several markers
+    with pytest.raises(OutputExistsError):
+        claim_output_folder(sweep, ("study.db", "summary.json"), False, "amt x")
 
 
 def test_a_folder_of_other_files_needs_force(tmp_path: Path) -> None:

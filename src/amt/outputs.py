@@ -19,16 +19,17 @@ class OutputExistsError(FileExistsError):
     """An output would replace something the verb did not write; the message names it and the way out."""
 
 
-def claim_output_folder(folder: Path, marker: str, force: bool, verb: str) -> None:
-    """Refuse `folder` (see the module docstring) unless it is new, empty, holds `marker` or
-    `force` is set; creates nothing."""
+def claim_output_folder(folder: Path, marker: str | tuple[str, ...], force: bool, verb: str) -> None:
+    """Refuse `folder` (see the module docstring) unless it is new, empty, holds `marker` (or one
+    of several) or `force` is set; creates nothing."""
     folder = Path(folder)
     if force or not folder.exists():
         return
     if not folder.is_dir():
         raise OutputExistsError(f"{folder}: --out must be a folder, and this is a file")
     entries = sorted(p.name for p in folder.iterdir())
-    if not entries or marker in entries:
+    markers = (marker,) if isinstance(marker, str) else marker
+    if not entries or any(m in entries for m in markers):
         return
     shown = ", ".join(entries[:SHOWN]) + (", ..." if len(entries) > SHOWN else "")
     raise OutputExistsError(

@@ -202,3 +202,14 @@ def test_a_bad_shared_override_stops_the_sweep_before_any_trial(tmp_path, capsys
     err = capsys.readouterr().err.strip()
     assert err == "amt sweep: Could not override 'training.batchsize': Key 'batchsize' not in 'TrainingConfig'"
     assert not out.exists()
+
+
+def test_an_out_folder_with_a_users_files_is_refused_before_any_trial(tmp_path, capsys):
+    """results.csv / results.md / importance.png would replace a user's files of those names."""
+    out = tmp_path / "analysis"
+    out.mkdir()
+    (out / "results.csv").write_text("mine\n")
+    assert sweep_main(["--config-name", "tiny", "--trials", "1", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"amt sweep: {out}: holds files that `amt sweep` did not write (results.csv)")
+    assert sorted(p.name for p in out.iterdir()) == ["results.csv"] and (out / "results.csv").read_text() == "mine\n"

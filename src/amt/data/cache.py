@@ -53,6 +53,7 @@ from amt.data.cache_format import (
     read_cache_meta,
     row_spans,
 )
+from amt.data.cache_source import SOURCE_KEY, check_cache_source, source_fingerprint
 from amt.data.contacts import ContactConfig, contact_labels, hand_surface, pose_points
 from amt.data.dataset import READER_ERRORS, check_sample, open_dataset
 from amt.data.dexycb import DexYCBError
@@ -412,10 +413,12 @@ def build_cache(
         chunk_size=chunk_size,
         format=format,
     ).to_json()
-    n = len(open_dataset(format, root, split, load_image=False))
+    dataset = open_dataset(format, root, split, load_image=False)
+    n = len(dataset)
     if n == 0:
         raise EmptySplitError(f"{root}: split {split!r} has no samples, nothing to cache")
     params["num_samples"] = n
+    params[SOURCE_KEY] = source_fingerprint(dataset, format)
     build_file = out / BUILD_FILE
     previous = _read_json(build_file) if resume else None
     # the chunking does not change the content: resume with the interrupted build's own chunk size
@@ -528,12 +531,15 @@ def ensure_cache(
     (sizes differ from its meta.json) rebuilt; returns the folder. margin: the crop margin to build
     with, and then a complete cache built with another is a CacheError (a model evaluated on crops
     framed unlike its training crops would give wrong numbers, silently); None: CropConfig's margin
-    for a new build, any margin for a complete cache."""
+    for a new build, any margin for a complete cache. A complete cache built from other data than
+    `root` now holds is a CacheError too (`amt.data.cache_source`)."""
     folder = Path(folder) if folder is not None else cache_folder(root, split, image_size)
     problem = cache_problem(folder)
-    if problem is None and margin is not None:
-        check_cache_margin(folder, margin)
-    if problem is not None:
+    if problem is None:
+        check_cache_source(folder, root, split, format)
+        if margin is not None:
+            check_cache_margin(folder, margin)
+    else:
         damaged = (folder / META_FILE).exists()
         if damaged:
             log.warning("%s; rebuilding it", problem)

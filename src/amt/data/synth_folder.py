@@ -22,6 +22,7 @@ from amt.data.synthetic import GenerateResult, generate
 
 # The splits `amt synth` plans for (amt.data.synth.layout): DexYCB's s0 setup.
 SYNTH_SPLITS: tuple[str, ...] = ("s0_train", "s0_val", "s0_test")
+TMP_PREFIX = ".synth-dexycb-"  # the temporary DexYCB tree inside `out`
 
 
 def generate_folder(out: str | os.PathLike, frames: int, **kwargs: Any) -> GenerateResult:
@@ -29,7 +30,7 @@ def generate_folder(out: str | os.PathLike, frames: int, **kwargs: Any) -> Gener
     s0_val and s0_test (those with samples) become the split folders of `out`."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".synth-dexycb-", dir=out))
+    tmp = Path(tempfile.mkdtemp(prefix=TMP_PREFIX, dir=out))
     try:
         result = generate(tmp, frames, **kwargs)
         for split in SYNTH_SPLITS:

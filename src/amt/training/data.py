@@ -21,6 +21,7 @@ from amt.data.cache import (
     ensure_cache,
     open_cache,
 )
+from amt.data.cache_source import check_cache_source
 from amt.data.loaders import (
     CacheBudgetError,
     CachedDataset,
@@ -66,6 +67,8 @@ def resolve_cache(
         folder = Path(cache_dir)
     problem = cache_problem(folder)
     if problem is None:
+        if cache_dir is None:  # found under data.root: still a cache of the data there? (every rank: same answer)
+            check_cache_source(folder, data.root, split, data.format)
         if margin is not None:
             check_cache_margin(folder, margin)
         return folder

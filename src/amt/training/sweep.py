@@ -22,6 +22,8 @@ early termination; wandb itself is not needed).
 Outputs in `--out`: `results.csv` and `results.md` (every trial), `importance.png` (parameter
 importances, from 2 completed trials on), `best_overrides.txt` (the best trial as arguments
 of `amt train`: `amt train @<out>/best_overrides.txt [more overrides]`), `trials/<n>/` (runs).
+`--out` is new, empty or a sweep's (it holds `study.db` or `trials/`); any other folder is
+refused unless --force, since those names would replace a user's files.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from omegaconf import OmegaConf
 from tabulate import tabulate
 
 from amt.extras import require
+from amt.outputs import OutputExistsError, claim_output_folder
 from amt.training.callbacks import Callback
 from amt.training.config import LOAD_ERRORS, compose, load_error_text, load_run_config
 from amt.training.sweep_workers import assign_devices, in_process, run_workers
@@ -56,6 +59,7 @@ RESULTS_CSV, RESULTS_MD, IMPORTANCE_PNG, BEST_OVERRIDES = (
     "importance.png",
     "best_overrides.txt",
 )
+STUDY_DB, TRIALS_DIR = "study.db", "trials"  # either marks a sweep's --out folder
 SAMPLERS, PRUNERS = ("tpe", "random", "grid"), ("median", "hyperband", "none")
 
 
@@ -261,7 +265,7 @@ class Sweep:
         defaults = load_run_config(self.config_name, self.trial_overrides({})).resolved
         overrides = self.trial_overrides(suggest(trial, self.space, defaults))
         trial.set_user_attr("overrides", overrides)
-        run_dir = self.out / "trials" / f"{trial.number:04d}"
+        run_dir = self.out / TRIALS_DIR / f"{trial.number:04d}"
         cfg = load_run_config(
             self.config_name,
             overrides + [f"training.output_dir={run_dir}", "training.overwrite=true", "checkpoint.resume_from=null"],
@@ -405,6 +409,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--devices", default=None, help="one worker process per device, e.g. 0,1,2,3 (GPU indices) or cpu,cpu"
     )
+    p.add_argument(
+        "--force", action="store_true", help="write into a non-empty --out that no sweep wrote (same names replaced)"
+    )
     # set by --devices for each worker it starts: that worker's run-config override; it writes no results
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     p.add_argument("overrides", nargs="*", help="Hydra overrides of the run config for every trial (data.root=...)")
@@ -429,8 +436,13 @@ def main(argv: list[str]) -> int:
         print(f"amt sweep: {load_error_text(exc)}", file=sys.stderr)
         return 2
     out = args.out or Path("runs") / "sweeps" / args.study
+    try:  # results.csv, results.md, ... would replace a user's files of those names
+        claim_output_folder(out, (STUDY_DB, TRIALS_DIR), args.force, "amt sweep")
+    except OutputExistsError as exc:
+        print(f"amt sweep: {exc}", file=sys.stderr)
+        return 2
     out.mkdir(parents=True, exist_ok=True)
-    storage = args.storage or f"sqlite:///{out.resolve() / 'study.db'}"
+    storage = args.storage or f"sqlite:///{out.resolve() / STUDY_DB}"
     study = open_study(storage, args.study, space, args.heartbeat, args.grace, args.seed)  # before any worker
     overrides = [*args.overrides, *([args.worker] if args.worker else []), *in_process(workers)]
     if len(workers) > 1:
