@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from amt.errors import ConfigError
 from amt.models import PRESETS, ModelConfig, make_config
 from amt.models.config import VARIANTS
 
@@ -59,3 +60,41 @@ def test_scalar_fields_take_their_type_from_command_line_strings_or_name_the_key
         make_config("tiny", hand_keypoints="dense")
     with pytest.raises(ValueError, match="object_queries must be 'learned' or 'selected'"):
         make_config("tiny", object_queries="anchored")
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"hidden_dim": 30}, r"hidden_dim=30: expected a multiple of 4, >= 4"),
+        ({"hidden_dim": 0}, r"hidden_dim=0"),
+        ({"hidden_dim": 68, "num_heads": 8}, r"hidden_dim=68: expected a multiple of num_heads=8"),
+        ({"num_heads": 0}, r"num_heads=0: expected a whole number >= 1"),
+        ({"backbone_hidden": 0}, r"backbone_hidden=0"),
+        ({"backbone_hidden": 66}, r"backbone_hidden=66: expected a multiple of backbone_heads=4"),
+        ({"backbone_heads": 0}, r"backbone_heads=0"),
+        ({"backbone_mlp_ratio": -1}, r"backbone_mlp_ratio=-1"),
+        ({"patch_size": 0}, r"patch_size=0"),
+        ({"image_size": 10}, r"image_size=10: expected whole pixels >= patch_size=14"),
+        ({"backbone_image_size": 0}, r"backbone_image_size=0"),
+        ({"mlp_ratio": 0.0}, r"mlp_ratio=0.0: expected a number > 0"),
+        ({"pyramid_scales": [0.0, 1.0, 1.0, 0.5]}, r"pyramid_scales=\[0.0, 1.0, 1.0, 0.5\]: expected numbers > 0"),
+        ({"decoder_levels": []}, r"decoder_levels=\[\]: expected at least one pyramid level"),
+        ({"decoder_layers": 0}, r"decoder_layers=0"),
+        ({"num_queries": 0}, r"num_queries=0"),
+        ({"point_layers": -1}, r"point_layers=-1"),
+        ({"refine_steps": -1}, r"refine_steps=-1: expected a whole number >= 0"),
+        ({"refine_axis_length": 0.0}, r"refine_axis_length=0.0"),
+        ({"depth_per_focal": -1.0}, r"depth_per_focal=-1.0"),
+        ({"surface_points_per_bone": 0}, r"surface_points_per_bone=0"),
+        ({"backbone_layerscale": float("nan")}, r"backbone_layerscale=nan: expected a finite number"),
+        ({"crop_margin": 0.5}, r"crop_margin=0.5: expected null or a number in \[1, 10\]"),
+    ],
+)
+def test_sizes_and_scales_out_of_range_are_one_error_naming_the_field(fields, message) -> None:
+    """Each of these used to fail deep inside the model's construction (ZeroDivisionError, a
+    negative tensor dimension, the sine encoding's divisibility) or, worse, build a model (no object
+    queries, no decoder layer, a negative depth scale that predicts NaN)."""
+    with pytest.raises(ConfigError, match=rf"^model config: {message}"):
+        make_config("tiny", **fields)
+    for name in [*PRESETS, *VARIANTS]:
+        make_config(name)  # every named config passes

@@ -422,7 +422,8 @@ def main(argv: list[str]) -> int:
     try:
         result = run(cfg)
     except (BenchError, CheckpointError, CompileUnavailable, ConfigError, KeyError, PrecisionError) as exc:
-        print(f"amt bench: {exc}", file=sys.stderr)
+        text = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc  # str(KeyError) adds quotes
+        print(f"amt bench: {text}", file=sys.stderr)
         return 2
     print(format_table(result))
     if args.json:

@@ -14,8 +14,9 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from amt.data.transforms import MAX_CROP_MARGIN
 from amt.data.ycb import NUM_CLASSES
-from amt.errors import ConfigError
+from amt.errors import ConfigError, finite_number
 
 
 @dataclass
@@ -123,6 +124,39 @@ class ModelConfig:
             )
         if self.hand_keypoints not in ("token", "heatmap"):
             raise ConfigError(f"model config: hand_keypoints must be 'token' or 'heatmap', got {self.hand_keypoints!r}")
+        self._check_numbers()
+
+    def _check_numbers(self) -> None:
+        """Sizes and scales a model can be built from: a value out of range is one ConfigError
+        naming the field (`amt train model.hidden_dim=30`), not a traceback from deep inside the
+        model's construction or, worse, a model built from it that predicts nonsense."""
+
+        def need(ok: bool, key: str, expected: str) -> None:
+            if not ok:
+                raise ConfigError(f"model config: {key}={getattr(self, key)!r}: expected {expected}")
+
+        def whole(value: Any, low: int) -> bool:
+            return isinstance(value, int) and not isinstance(value, bool) and value >= low
+
+        for key in ("backbone_hidden", "backbone_layers", "backbone_heads", "backbone_mlp_ratio", "patch_size",
+                    "backbone_stem_width", "num_heads", "decoder_layers", "num_queries", "num_classes",
+                    "point_layers", "surface_points_per_bone"):  # fmt: skip
+            need(whole(getattr(self, key), 1), key, "a whole number >= 1")
+        need(whole(self.refine_steps, 0), "refine_steps", "a whole number >= 0")
+        need(self.backbone_hidden % self.backbone_heads == 0, "backbone_hidden",
+             f"a multiple of backbone_heads={self.backbone_heads}")  # fmt: skip
+        # the points' sine encoding (amt.models.layers.sine_encode_points) splits the width in four
+        need(whole(self.hidden_dim, 4) and self.hidden_dim % 4 == 0, "hidden_dim", "a multiple of 4, >= 4")
+        need(self.hidden_dim % self.num_heads == 0, "hidden_dim", f"a multiple of num_heads={self.num_heads}")
+        for key in ("image_size", "backbone_image_size"):
+            need(whole(getattr(self, key), self.patch_size), key, f"whole pixels >= patch_size={self.patch_size}")
+        for key in ("mlp_ratio", "refine_axis_length", "depth_per_focal"):
+            need(finite_number(getattr(self, key)) and getattr(self, key) > 0, key, "a number > 0")
+        need(finite_number(self.backbone_layerscale), "backbone_layerscale", "a finite number")
+        need(self.crop_margin is None or finite_number(self.crop_margin) and 1 <= self.crop_margin <= MAX_CROP_MARGIN,
+             "crop_margin", f"null or a number in [1, {MAX_CROP_MARGIN:g}]")  # fmt: skip
+        need(all(finite_number(x) and x > 0 for x in self.pyramid_scales), "pyramid_scales", "numbers > 0")
+        need(len(self.decoder_levels) > 0, "decoder_levels", "at least one pyramid level")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import statistics
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -20,8 +21,9 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
+from amt.errors import ConfigError
 from amt.models.amt import AMT
-from amt.models.config import PAPER_PARAMS_M, PRESETS, make_config
+from amt.models.config import PAPER_PARAMS_M, PRESETS, VARIANTS, make_config
 
 aten = torch.ops.aten
 
@@ -274,11 +276,22 @@ def count_parameters(preset: str, **overrides) -> dict[str, int]:
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="amt model-info", description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", action="append", choices=sorted(PRESETS), help="only these presets (repeatable)")
+    parser.add_argument(
+        "--preset",
+        action="append",
+        choices=sorted(PRESETS) + sorted(VARIANTS),
+        help="only these presets (repeatable; default every preset)",
+    )
     parser.add_argument("--hidden-dim", type=int, default=None, help="override the head width of every preset")
     args = parser.parse_args(argv)
     overrides = {} if args.hidden_dim is None else {"hidden_dim": args.hidden_dim}
-    header = f"{'preset':<8} {'total (M)':>10} {'trainable (M)':>14} {'backbone (M)':>13} {'head (M)':>9}  note"
+    try:  # a width the heads cannot have: one line before the table
+        for preset in args.preset or list(PRESETS):
+            make_config(preset, **overrides)
+    except ConfigError as exc:
+        print(f"amt model-info: {exc}", file=sys.stderr)
+        return 2
+    header = f"{'preset':<9} {'total (M)':>10} {'trainable (M)':>14} {'backbone (M)':>13} {'head (M)':>9}  note"
     print(header)
     print("-" * len(header))
     for preset in args.preset or list(PRESETS):
@@ -287,7 +300,7 @@ def main(argv: list[str]) -> int:
         if preset == "vitl14":
             note = f"paper: {PAPER_PARAMS_M['total']:.1f} total / {PAPER_PARAMS_M['trainable']:.1f} trainable"
         print(
-            f"{preset:<8} {c['total'] / 1e6:>10.1f} {c['trainable'] / 1e6:>14.1f} "
+            f"{preset:<9} {c['total'] / 1e6:>10.1f} {c['trainable'] / 1e6:>14.1f} "
             f"{c['backbone'] / 1e6:>13.1f} {c['head'] / 1e6:>9.1f}  {note}"
         )
     return 0
