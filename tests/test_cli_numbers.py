@@ -70,7 +70,7 @@ def test_crop_config_refuses_impossible_crops(fields, message):
 def test_model_info_names_a_head_width_the_heads_cannot_have(capsys):
     assert amt_main(["model-info", "--hidden-dim", "30"]) == 2
     err = capsys.readouterr().err
-    assert err.strip() == "amt model-info: model config: hidden_dim=30: expected a multiple of 4, >= 4", err
+    assert err.strip() == "amt model-info: config model.hidden_dim=30: expected a multiple of 4, >= 4", err
 
 
 def test_contact_config_refuses_a_non_positive_threshold():

@@ -25,6 +25,14 @@ def finite_number(value: object) -> bool:
     return isinstance(value, Real) and not isinstance(value, bool) and math.isfinite(value)
 
 
+def require(ok: bool, setting: str, value: object, expected: str) -> None:
+    """ConfigError naming the setting as the user writes it (`config training.grad_accum_steps=0:
+    expected >= 1`, `config model.hidden_dim=30: ...`) unless ok: every config dataclass's range
+    checks."""
+    if not ok:
+        raise ConfigError(f"config {setting}={value!r}: expected {expected}")
+
+
 def check_device(name: str, where: str | None = None) -> None:
     """Raise ConfigError when `name` ("cuda", "cuda:1", ...) names a device this machine lacks;
     "auto" and "cpu" always pass. `where`: how the user gave it, for the message (default

@@ -94,7 +94,7 @@ def test_sizes_and_scales_out_of_range_are_one_error_naming_the_field(fields, me
     """Each of these used to fail deep inside the model's construction (ZeroDivisionError, a
     negative tensor dimension, the sine encoding's divisibility) or, worse, build a model (no object
     queries, no decoder layer, a negative depth scale that predicts NaN)."""
-    with pytest.raises(ConfigError, match=rf"^model config: {message}"):
+    with pytest.raises(ConfigError, match=rf"^config model.{message}"):
         make_config("tiny", **fields)
     for name in [*PRESETS, *VARIANTS]:
         make_config(name)  # every named config passes

@@ -144,6 +144,16 @@ def test_cli_cfg_prints_the_resolved_config(capsys):
         ("checkpoint.keep_last=-1", "config checkpoint.keep_last=-1: expected >= 0 (0: off)"),
         ("data.image_size=8", "config data.image_size=8: expected >= 16 pixels"),
         ("data.cache_workers=0", "config data.cache_workers=0: expected >= 1"),
+        ("model.hidden_dim=30", "config model.hidden_dim=30: expected a multiple of 4, >= 4"),
+        ("model.num_queries=0", "config model.num_queries=0: expected a whole number >= 1"),
+        ("loss.hand_coarse=-1", "config loss.hand_coarse=-1.0: expected a number >= 0"),
+        ("loss.confidence_scale_m=0", "config loss.confidence_scale_m=0.0: expected a length > 0 (metres)"),
+        ("loss.focal_alpha=2", "config loss.focal_alpha=2.0: expected a number in [0, 1]"),
+        ("loss.match.translation_weight=nan", "config loss.match.translation_weight=nan: expected a number >= 0"),
+        ("training.ema.decay=1.5", "config training.ema.decay=1.5: expected a number in [0, 1]"),
+        ("training.stages=[{name:a,start:0,lr_mult:-1}]", "config training.stages[a].lr_mult=-1.0: expected"),
+        ("data.augment_params.scale=1.5", "config data.augment_params.scale=1.5: expected a number in [0, 0.99]"),
+        ("data.augment_params.rotation_deg=-10", "config data.augment_params.rotation_deg=-10.0: expected"),
     ],
 )
 def test_a_bad_override_is_one_line_naming_it(override, expected, capsys):

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from amt.data.transforms import denormalize_images, normalize_images
+from amt.errors import finite_number, require
 from amt.geometry.rotations import axis_angle_to_matrix, matrix_to_axis_angle, rotation_about_z
 
 
@@ -46,6 +47,15 @@ class AugmentConfig:
     contrast: float = 0.3
     saturation: float = 0.3
     noise_std: float = 0.02
+
+    def __post_init__(self) -> None:
+        # a factor range reaching 0 (scale, brightness, ...) would draw empty, black or flipped
+        # images; rotations past 180 degrees repeat themselves
+        for name, high in (("rotation_deg", 180.0), ("scale", 0.99), ("translate", 1.0), ("brightness", 1.0),
+                           ("contrast", 1.0), ("saturation", 1.0), ("noise_std", 1.0)):  # fmt: skip
+            value = getattr(self, name)
+            require(finite_number(value) and 0 <= value <= high, f"data.augment_params.{name}", value,
+                    f"a number in [0, {high:g}]")  # fmt: skip
 
 
 @dataclass(frozen=True)

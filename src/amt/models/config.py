@@ -16,7 +16,7 @@ from typing import Any
 
 from amt.data.transforms import MAX_CROP_MARGIN
 from amt.data.ycb import NUM_CLASSES
-from amt.errors import ConfigError, finite_number
+from amt.errors import ConfigError, finite_number, require
 
 
 @dataclass
@@ -128,12 +128,11 @@ class ModelConfig:
 
     def _check_numbers(self) -> None:
         """Sizes and scales a model can be built from: a value out of range is one ConfigError
-        naming the field (`amt train model.hidden_dim=30`), not a traceback from deep inside the
+        naming the field as an override (`model.hidden_dim=30`), not a traceback from deep inside the
         model's construction or, worse, a model built from it that predicts nonsense."""
 
         def need(ok: bool, key: str, expected: str) -> None:
-            if not ok:
-                raise ConfigError(f"model config: {key}={getattr(self, key)!r}: expected {expected}")
+            require(ok, f"model.{key}", getattr(self, key), expected)
 
         def whole(value: Any, low: int) -> bool:
             return isinstance(value, int) and not isinstance(value, bool) and value >= low

@@ -21,6 +21,7 @@ from scipy.optimize import linear_sum_assignment
 
 from amt.data.symmetry import ObjectSymmetries, symmetric_pose_error
 from amt.data.ycb import NUM_CLASSES
+from amt.errors import finite_number, require
 from amt.geometry.rotations import quat_wxyz_to_matrix
 
 NO_OBJECT: int = NUM_CLASSES  # index of the "no object" logit
@@ -42,6 +43,11 @@ class MatchCost:
     class_weight: float = 1.0
     translation_weight: float = 10.0
     rotation_weight: float = 0.5
+
+    def __post_init__(self) -> None:
+        for name in ("class_weight", "translation_weight", "rotation_weight"):
+            value = getattr(self, name)
+            require(finite_number(value) and value >= 0, f"loss.match.{name}", value, "a number >= 0")
 
 
 class MatchedIndices(NamedTuple):

@@ -35,17 +35,11 @@ from omegaconf.errors import OmegaConfBaseException
 
 from amt.data.augment import AugmentConfig
 from amt.data.transforms import MIN_CROP_SIZE
-from amt.errors import ConfigError, finite_number
+from amt.errors import ConfigError, finite_number, require
 from amt.models.config import PRESETS, VARIANTS, ModelConfig, make_config, named_config_fields
 from amt.training.losses import LossConfig
 
 CONFIG_MODULE = "amt.config"
-
-
-def _require(ok: bool, key: str, value: Any, expected: str) -> None:
-    """ConfigError naming the override (`training.grad_accum_steps=0: expected >= 1`) unless ok."""
-    if not ok:
-        raise ConfigError(f"config {key}={value!r}: expected {expected}")
 
 
 @dataclass
@@ -76,11 +70,11 @@ class DataConfig:
     sequence_length: int = 1
 
     def __post_init__(self) -> None:
-        _require(self.image_size >= MIN_CROP_SIZE, "data.image_size", self.image_size, f">= {MIN_CROP_SIZE} pixels")
-        _require(self.num_workers >= 0, "data.num_workers", self.num_workers, ">= 0")
-        _require(self.cache_workers >= 1, "data.cache_workers", self.cache_workers, ">= 1")
+        require(self.image_size >= MIN_CROP_SIZE, "data.image_size", self.image_size, f">= {MIN_CROP_SIZE} pixels")
+        require(self.num_workers >= 0, "data.num_workers", self.num_workers, ">= 0")
+        require(self.cache_workers >= 1, "data.cache_workers", self.cache_workers, ">= 1")
         gb = self.gpu_cache_max_gb
-        _require(gb is None or finite_number(gb) and gb >= 0, "data.gpu_cache_max_gb", gb, "a size in GB >= 0, or null")
+        require(gb is None or finite_number(gb) and gb >= 0, "data.gpu_cache_max_gb", gb, "a size in GB >= 0, or null")
 
 
 @dataclass
@@ -96,12 +90,25 @@ class StageConfig:
     ramp: float = 0.0
     loss_multipliers: dict[str, float] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        key = f"training.stages[{self.name}]"  # the order of starts is checked by StageSchedule
+        require(finite_number(self.start) and 0 <= self.start < 1, f"{key}.start", self.start, "a fraction in [0, 1)")
+        require(finite_number(self.lr_mult) and self.lr_mult >= 0, f"{key}.lr_mult", self.lr_mult, "a number >= 0")
+        require(finite_number(self.ramp) and 0 <= self.ramp <= 1, f"{key}.ramp", self.ramp, "a fraction in [0, 1]")
+        for term, value in self.loss_multipliers.items():
+            require(finite_number(value) and value >= 0, f"{key}.loss_multipliers.{term}", value, "a number >= 0")
+
 
 @dataclass
 class EMAConfig:
     enabled: bool = True
     decay: float = 0.999
     warmup: bool = True  # effective decay min(decay, (1 + n) / (10 + n)) after n updates
+
+    def __post_init__(self) -> None:  # above 1 the average diverges; below 0 it oscillates
+        require(
+            finite_number(self.decay) and 0 <= self.decay <= 1, "training.ema.decay", self.decay, "a number in [0, 1]"
+        )
 
 
 @dataclass
@@ -149,22 +156,22 @@ class TrainingConfig:
         # why here: each of these fails late otherwise (a ZeroDivisionError, torch's "Invalid learning
         # rate" traceback), runs zero steps, or with a negative batch never ends; one line instead
         b = self.batch_size
-        _require(b == "auto" or isinstance(b, int) and not isinstance(b, bool) and b >= 1,
+        require(b == "auto" or isinstance(b, int) and not isinstance(b, bool) and b >= 1,
                  "training.batch_size", b, "a whole number >= 1 or auto")  # fmt: skip
         for key in ("grad_accum_steps", "epochs", "auto_batch_max", "auto_batch_fallback", "log_every_steps"):
-            _require(getattr(self, key) >= 1, f"training.{key}", getattr(self, key), ">= 1")
-        _require(self.max_steps is None or self.max_steps >= 1, "training.max_steps", self.max_steps, ">= 1 or null")
-        _require(self.val_every_epochs >= 0, "training.val_every_epochs", self.val_every_epochs, ">= 0 (0: never)")
-        _require(finite_number(self.learning_rate) and self.learning_rate > 0, "training.learning_rate", self.learning_rate,
+            require(getattr(self, key) >= 1, f"training.{key}", getattr(self, key), ">= 1")
+        require(self.max_steps is None or self.max_steps >= 1, "training.max_steps", self.max_steps, ">= 1 or null")
+        require(self.val_every_epochs >= 0, "training.val_every_epochs", self.val_every_epochs, ">= 0 (0: never)")
+        require(finite_number(self.learning_rate) and self.learning_rate > 0, "training.learning_rate", self.learning_rate,
                  "a number > 0")  # fmt: skip
         for key in ("backbone_lr_mult", "weight_decay", "grad_clip"):
             value = getattr(self, key)
-            _require(finite_number(value) and value >= 0, f"training.{key}", value, "a number >= 0")
-        _require(len(self.betas) == 2 and all(finite_number(v) and 0 <= v < 1 for v in self.betas), "training.betas",
+            require(finite_number(value) and value >= 0, f"training.{key}", value, "a number >= 0")
+        require(len(self.betas) == 2 and all(finite_number(v) and 0 <= v < 1 for v in self.betas), "training.betas",
                  list(self.betas), "two numbers in [0, 1)")  # fmt: skip
-        _require(finite_number(self.warmup_fraction) and 0 <= self.warmup_fraction < 1, "training.warmup_fraction",
+        require(finite_number(self.warmup_fraction) and 0 <= self.warmup_fraction < 1, "training.warmup_fraction",
                  self.warmup_fraction, "a fraction in [0, 1)")  # fmt: skip
-        _require(finite_number(self.min_lr_ratio) and 0 <= self.min_lr_ratio <= 1, "training.min_lr_ratio",
+        require(finite_number(self.min_lr_ratio) and 0 <= self.min_lr_ratio <= 1, "training.min_lr_ratio",
                  self.min_lr_ratio, "a fraction in [0, 1]")  # fmt: skip
 
 
@@ -185,10 +192,10 @@ class CheckpointConfig:
 
     def __post_init__(self) -> None:
         for key in ("every_epochs", "every_steps", "keep_last"):
-            _require(getattr(self, key) >= 0, f"checkpoint.{key}", getattr(self, key), ">= 0 (0: off)")
-        _require(finite_number(self.every_minutes) and self.every_minutes >= 0, "checkpoint.every_minutes",
+            require(getattr(self, key) >= 0, f"checkpoint.{key}", getattr(self, key), ">= 0 (0: off)")
+        require(finite_number(self.every_minutes) and self.every_minutes >= 0, "checkpoint.every_minutes",
                  self.every_minutes, "a number >= 0 (0: off)")  # fmt: skip
-        _require(self.best_mode in ("min", "max"), "checkpoint.best_mode", self.best_mode, "min or max")
+        require(self.best_mode in ("min", "max"), "checkpoint.best_mode", self.best_mode, "min or max")
 
 
 @dataclass

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from amt.errors import ConfigError
+from amt.errors import ConfigError, finite_number, require
 from amt.models.matching import MatchCost
 
 TERM_NAMES: tuple[str, ...] = (
@@ -70,3 +70,25 @@ class LossConfig:
         unknown = sorted(set(self.stage_multipliers) - set(TERM_NAMES))
         if unknown:
             raise ConfigError(f"LossConfig.stage_multipliers: unknown terms {unknown}; expected {TERM_NAMES}")
+        # a negative weight turns a term's descent into ascent: the run would train, silently, away
+        # from the labels; a zero scale divides by zero inside the term
+        for name in (*TERM_NAMES, *_NON_NEGATIVE):
+            value = getattr(self, name)
+            require(finite_number(value) and value >= 0, f"loss.{name}", value, "a number >= 0")
+        for name, value in self.stage_multipliers.items():
+            require(finite_number(value) and value >= 0, f"loss.stage_multipliers.{name}", value, "a number >= 0")
+        scale = self.confidence_scale_m
+        require(finite_number(scale) and scale > 0, "loss.confidence_scale_m", scale, "a length > 0 (metres)")
+        alpha = self.focal_alpha
+        require(finite_number(alpha) and 0 <= alpha <= 1, "loss.focal_alpha", alpha, "a number in [0, 1]")
+        margin = self.object_margin
+        require(margin is None or finite_number(margin) and margin >= 0, "loss.object_margin", margin,
+                "null or a fraction >= 0 of the crop side")  # fmt: skip
+
+
+# LossConfig parameters that must be finite and >= 0 besides the term weights
+_NON_NEGATIVE: tuple[str, ...] = (
+    "smooth_l1_beta_m", "tip_weight", "bone_weight", "shape_weight", "confidence_weight", "no_object_weight",
+    "proposal_weight", "focal_gamma", "friction_coefficient", "joint_std_target_m", "object_std_target_m",
+    "reprojection_beta", "heatmap_weight", "object_heatmap_weight",
+)  # fmt: skip
