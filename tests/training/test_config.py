@@ -9,6 +9,7 @@ import yaml
 from hydra.errors import ConfigCompositionException
 
 from amt.data.augment import AugmentConfig
+from amt.errors import ConfigError
 from amt.models.config import PRESETS, VARIANTS, ModelConfig, make_config
 from amt.training.config import RunConfig, StageConfig, TrainingConfig, compose, load_run_config
 from amt.training.losses import TERM_NAMES, LossConfig
@@ -40,6 +41,14 @@ def test_overrides_reach_the_dataclasses():
     loss_cfg = cfg.loss
     assert isinstance(loss_cfg, LossConfig) and loss_cfg.diversity == 0.5
     assert loss_cfg.hand_coarse == LossConfig().hand_coarse
+
+
+def test_the_model_takes_the_caches_crop_size():
+    """`data.image_size=96` alone used to build a 224-px model and fail in the first step."""
+    assert load_run_config("tiny", ["data.image_size=96"]).model.image_size == 96
+    assert load_run_config("tiny", ["data.image_size=96", "model.image_size=96"]).model.image_size == 96
+    with pytest.raises(ConfigError, match=r"model.image_size=100: expected a multiple of patch_size=8 .*follows data"):
+        load_run_config("tiny", ["model=tiny_conv", "data.image_size=100"])
 
 
 def test_default_is_the_paper_setup_and_tiny_is_selected_by_config_name():
@@ -177,4 +186,15 @@ def test_a_setting_refused_when_the_run_starts_is_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1] == (
         "amt train: config: set data.root (a dataset folder read as data.format) or data.cache_dir (a built cache)"
+    )
+
+
+def test_a_model_for_other_crops_than_the_caches_is_refused_when_the_run_starts(tmp_path, capsys):
+    from amt.training.cli import train_main
+
+    argv = ["--config-name", "tiny", "model.image_size=96", f"training.output_dir={tmp_path / 'run'}"]
+    assert train_main(argv) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "amt train: config model.image_size=96 but data.image_size=224: the model takes the cache's crops; "
+        "set data.image_size (model.image_size follows it)"
     )

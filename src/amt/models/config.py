@@ -149,6 +149,9 @@ class ModelConfig:
         need(self.hidden_dim % self.num_heads == 0, "hidden_dim", f"a multiple of num_heads={self.num_heads}")
         for key in ("image_size", "backbone_image_size"):
             need(whole(getattr(self, key), self.patch_size), key, f"whole pixels >= patch_size={self.patch_size}")
+        if self.backbone_stem == "conv":  # its stride-2 stages must end exactly on the patch grid
+            need(self.image_size % self.patch_size == 0, "image_size",
+                 f"a multiple of patch_size={self.patch_size} (backbone_stem='conv')")  # fmt: skip
         for key in ("mlp_ratio", "refine_axis_length", "depth_per_focal"):
             need(finite_number(getattr(self, key)) and getattr(self, key) > 0, key, "a number > 0")
         need(finite_number(self.backbone_layerscale), "backbone_layerscale", "a finite number")

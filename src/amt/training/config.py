@@ -276,11 +276,24 @@ class RunConfig:
     def from_omegaconf(cls, cfg: DictConfig) -> RunConfig:
         cfg = OmegaConf.merge(schema(), cfg)
         OmegaConf.resolve(cfg)
+        data = OmegaConf.to_object(cfg.data)  # its own checks first: the model's crop size comes from it
         model = {k: v for k, v in OmegaConf.to_container(cfg.model).items() if v is not None}
+        # the model's input is the cache's crop: model.image_size follows data.image_size unless set
+        # (the resolved config keeps what the user wrote; this rule gives the same model from it)
+        # (a different explicit one builds such a model; the trainer refuses to train it on this data)
+        inherited = "image_size" not in model
+        if inherited:
+            model["image_size"] = cfg.data.image_size
+        try:
+            model_config = make_config(**model)
+        except ConfigError as exc:
+            if inherited and "model.image_size=" in str(exc):
+                raise ConfigError(f"{exc} (model.image_size follows data.image_size)") from None
+            raise
         return cls(
             experiment_name=cfg.experiment_name,
-            data=OmegaConf.to_object(cfg.data),
-            model=make_config(**model),
+            data=data,
+            model=model_config,
             loss=OmegaConf.to_object(cfg.loss),
             training=OmegaConf.to_object(cfg.training),
             checkpoint=OmegaConf.to_object(cfg.checkpoint),

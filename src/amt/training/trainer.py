@@ -111,6 +111,12 @@ class Trainer:
         self.resume_path = resolve_resume(cfg, self.run_dir, self.ctx)  # auto, a path, or None (fresh)
         if model is None and self.resume_path is None:  # unreachable weights stop the run before any work
             check_backbone_weights(cfg.model.pretrained_weights)
+        size = getattr(getattr(model, "config", None), "image_size", None) or cfg.model.image_size
+        if size != cfg.data.image_size:
+            raise ConfigError(
+                f"config model.image_size={size} but data.image_size={cfg.data.image_size}: the model takes "
+                "the cache's crops; set data.image_size (model.image_size follows it)"
+            )
 
         train_folder = resolve_cache(cfg.data, cfg.data.split, cfg.data.cache_dir, self.ctx)
         self.data = TrainBatches(train_folder, cfg.data, self.ctx, t.seed)  # placed first: auto batch sees it
