@@ -120,3 +120,24 @@ def test_load_model_errors_name_the_path(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(CheckpointError, match="empty"):
         load_model(tmp_path / "empty")
+
+
+@pytest.mark.parametrize(
+    ("box", "message"),
+    [
+        ((10, 10, 100, 100), r"expected \(x0, y0, side\) finite pixels \(for an x0, y0, x1, y1 box: box_from_xyxy\)"),
+        ((float("nan"), 1, 50), r"expected \(x0, y0, side\)"),
+        ((10, 10, 0), r"the side must be at least 1 pixel"),
+        ((10, 10, -5), r"the side must be at least 1 pixel"),
+        ((1000, 1000, 50), r"lies outside the 160x120 image"),
+        ((0, 0, 5000), r"more than 8x the 160x120 image"),
+    ],
+)
+def test_a_box_the_image_cannot_give_a_crop_from_is_a_named_error(tiny_model, random_image, box, message) -> None:
+    """The Python API used to predict on padding for a box outside the image, and fail with numpy's
+    or torch's words for a four-number box, a NaN or a side <= 0."""
+    predictor = Predictor(tiny_model)
+    with pytest.raises(ValueError, match=message):
+        predictor.predict(random_image(120, 160, 0), default_intrinsics(160, 120), box)
+    with pytest.raises(TypeError, match="intrinsics: expected an amt.inference.intrinsics.Intrinsics"):
+        predictor.predict(random_image(120, 160, 0), None)

@@ -20,7 +20,6 @@ import torch
 
 from amt.argtypes import float_in, int_at_least
 from amt.checkpoint import CheckpointError, load_model
-from amt.data.cache import MAX_CROP_FACTOR
 from amt.data.object_models import ObjectModels
 from amt.data.transforms import MAX_CROP_MARGIN, CropConfig
 from amt.data.ycb import YCB_CLASSES
@@ -243,24 +242,6 @@ class _CropChooser:
         return None, "centred (no hand box)"
 
 
-def _check_box(box: tuple[int, int, int] | None, width: int, height: int) -> None:
-    """ValueError when a crop box is absurdly large for the image (its crop would not fit in
-    memory) or misses the image altogether (a box in another image's pixels: the crop would be
-    padding only)."""
-    if box is None:
-        return
-    x0, y0, side = box
-    if side > MAX_CROP_FACTOR * max(width, height):
-        raise ValueError(
-            f"crop box side {side} px is more than {MAX_CROP_FACTOR}x the {width}x{height} image; check the hand box"
-        )
-    if x0 >= width or y0 >= height or x0 + side <= 0 or y0 + side <= 0:
-        raise ValueError(
-            f"the crop box (x0={x0}, y0={y0}, side {side} px) lies outside the {width}x{height} image; check that "
-            "the hand box is in this image's pixels"
-        )
-
-
 def _check_finite(pred) -> None:
     """ValueError when the model produced NaN / inf (e.g. weights that overflow): nothing to draw or report."""
     values = [pred.joints_3d, pred.joints_2d, pred.joint_conf, pred.mano_shape]
@@ -347,10 +328,9 @@ def predict_main(argv: list[str]) -> int:
         _warn_if_for_another_size(intrinsics, w, h, frame.source, warned_sizes)
         box, source = choose_box(frame)
         try:
-            _check_box(box, w, h)
             pred = predictor.predict(frame.image, intrinsics, box, crop_source=source, hand=choose_box.side)
             _check_finite(pred)
-        except ValueError as exc:  # this frame only (e.g. a box far larger than the image): skip it
+        except ValueError as exc:  # this frame only (e.g. a box far larger than the image: check_box): skip it
             log.error("skipping %s: %s", frame.name, exc)
             skipped.append({"frame": frame.name, "source": frame.source, "error": str(exc)})
             continue

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from amt.checkpoint import load_model
+from amt.data.cache import MAX_CROP_FACTOR
 from amt.data.transforms import CropConfig, crop_and_resize, crop_intrinsics_for_box, mirror_crop_K, square_box
 from amt.data.ycb import NUM_CLASSES, YCB_CLASSES
 from amt.geometry.camera import project
@@ -40,6 +41,33 @@ from amt.models.config import recorded_crop_margin
 log = logging.getLogger(__name__)
 
 Box = tuple[int, int, int]  # (x0, y0, side) integer pixels of the full image
+
+
+def check_box(box: Box, width: int, height: int) -> Box:
+    """The crop box as three ints, or ValueError saying what is wrong with it: not three finite
+    numbers (an x0, y0, x1, y1 box needs `box_from_xyxy` first), a side below one pixel, a side so
+    large the crop would not fit in memory, or a box that misses the image altogether (a box in
+    another image's pixels: the crop would be padding only)."""
+    values = np.asarray(box, dtype=np.float64) if np.ndim(box) == 1 else np.zeros(0)
+    if values.shape != (3,) or not np.isfinite(values).all():
+        raise ValueError(
+            f"crop box {box!r}: expected (x0, y0, side) finite pixels (for an x0, y0, x1, y1 box: box_from_xyxy)"
+        )
+    x0, y0, side = (int(round(v)) for v in values)
+    if side < 1:
+        raise ValueError(f"crop box {box!r}: the side must be at least 1 pixel")
+    if side > MAX_CROP_FACTOR * max(width, height):
+        raise ValueError(
+            f"crop box side {side} px is more than {MAX_CROP_FACTOR}x the {width}x{height} image; check the hand box"
+        )
+    if x0 >= width or y0 >= height or x0 + side <= 0 or y0 + side <= 0:
+        raise ValueError(
+            f"the crop box (x0={x0}, y0={y0}, side {side} px) lies outside the {width}x{height} image; check that "
+            "the hand box is in this image's pixels"
+        )
+    return x0, y0, side
+
+
 HANDS = ("right", "left")
 # model outputs (batched, last axis 3) that are camera-frame points or vectors
 _MIRRORED_VECTORS = ("joints_3d", "obj_t", "contact_points", "contact_force")
@@ -252,9 +280,15 @@ class Predictor:
             raise ValueError(f"image: expected (H, W, 3) uint8 RGB, got {image.shape} {image.dtype}")
         if hand not in HANDS:
             raise ValueError(f"hand: expected 'right' or 'left', got {hand!r}")
+        if not isinstance(intrinsics, Intrinsics):
+            raise TypeError(
+                f"intrinsics: expected an amt.inference.intrinsics.Intrinsics (Intrinsics(fx, fy, cx, cy, source), "
+                f"default_intrinsics(width, height) or load_calibration(path)), got {type(intrinsics).__name__}"
+            )
         h, w = image.shape[:2]
         if box is None:
             box, crop_source = centred_box(w, h), "centred (no hand box)"
+        box = check_box(box, w, h)
         K = intrinsics.K
         crop = crop_and_resize(image, box, self.crop.size)
         Kc = crop_intrinsics_for_box(K, box, self.crop.size)
