@@ -205,6 +205,29 @@ def _pin(path: str | Path) -> Path:
     return path.resolve() if path.is_symlink() else path
 
 
+def _refuse_near_miss(path: Path) -> None:
+    """CheckpointError pointing at the checkpoint folder when `path` is the path next to it that
+    users pass: a file inside a checkpoint folder, a run folder or its checkpoints/ folder."""
+
+    def holds_model(folder: Path) -> bool:
+        return (folder / CONFIG_FILE).is_file() and (folder / WEIGHTS_FILE).is_file()
+
+    if path.is_file() and holds_model(path.parent):
+        raise CheckpointError(f"{path}: a file of the checkpoint folder {path.parent}; pass the folder")
+    if not path.is_dir() or holds_model(path):
+        return
+    folder = path / CHECKPOINTS if (path / CHECKPOINTS).is_dir() else path
+    names = sorted(p.name for p in folder.iterdir() if p.is_dir() and holds_model(p)) if folder.is_dir() else []
+    if names:
+        what = "a run folder" if folder != path else "a folder of checkpoints"
+        preferred = [n for n in ("last", "best") if n in names] or names[-1:]
+        shown = ", ".join(names if len(names) <= 6 else [*names[:2], "...", *names[-3:]])
+        raise CheckpointError(
+            f"{path}: {what}, not a checkpoint; pass one of its checkpoints, e.g. {folder / preferred[0]} "
+            f"(here: {shown})"
+        )
+
+
 def load_model(path: str | Path) -> nn.Module:
     """`AMT.from_pretrained(path)` (the saved weights: EMA when the run used it), with an error
     that names the path when it is missing, unreadable, incomplete or in the old format."""
@@ -213,6 +236,7 @@ def load_model(path: str | Path) -> nn.Module:
         raise CheckpointError(
             f"checkpoint {path}: no such file or folder (expected a folder with config.yaml and model.safetensors)"
         )
+    _refuse_near_miss(path)
     if path.is_dir():
         _check_folder(path)
     try:
@@ -230,6 +254,8 @@ def load_checkpoint(folder: str | Path, use_ema: bool = True) -> tuple[nn.Module
     or None}).
     """
     path = _pin(folder)
+    if path.exists():
+        _refuse_near_miss(path)
     if not path.is_dir():
         raise CheckpointError(f"{path}: checkpoint folder not found")
     _check_folder(path)

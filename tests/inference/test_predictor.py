@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from amt.checkpoint import CheckpointError, load_model
+from amt.checkpoint import CheckpointError, load_checkpoint, load_model
 from amt.data.transforms import CropConfig, square_box
 from amt.data.ycb import NUM_CLASSES, YCB_CLASSES
 from amt.inference.intrinsics import (
@@ -120,6 +120,27 @@ def test_load_model_errors_name_the_path(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(CheckpointError, match="empty"):
         load_model(tmp_path / "empty")
+
+
+def test_the_paths_next_to_a_checkpoint_point_at_it(tiny_model, tmp_path: Path) -> None:
+    """A run folder, its checkpoints/ folder or a file inside a checkpoint: the paths users pass
+    (`amt eval runs/tiny`) used to give 'checkpoint incomplete: .../model.safetensors/config.yaml'."""
+    run = tmp_path / "run"
+    for name in ("step_000010", "step_000020"):
+        tiny_model.save_pretrained(run / "checkpoints" / name)
+    (run / "checkpoints" / "last").symlink_to("step_000020")
+    last = run / "checkpoints" / "last"
+    for path, message in [
+        (run, f"{run}: a run folder, not a checkpoint; pass one of its checkpoints, e.g. {last} "
+              "(here: last, step_000010, step_000020)"),
+        (run / "checkpoints", f"{run / 'checkpoints'}: a folder of checkpoints, not a checkpoint"),
+        (last / "model.safetensors", f"{last / 'model.safetensors'}: a file of the checkpoint folder {last}; pass"),
+    ]:  # fmt: skip
+        for load in (load_model, load_checkpoint):
+            with pytest.raises(CheckpointError) as err:
+                load(path)
+            assert str(err.value).startswith(message), err.value
+    assert load_model(last) is not None
 
 
 @pytest.mark.parametrize(
