@@ -236,3 +236,17 @@ def test_bad_samples_are_skipped_counted_and_left_out_by_the_loaders(
     ]
     with pytest.raises(Exception, match=labels.name):  # --strict: the first bad sample stops the build
         _build(data, tmp_path / "strict", strict=True)
+
+
+def test_a_folder_of_the_users_files_is_never_a_cache_folder(tree: Path, tmp_path: Path) -> None:
+    """A rebuild deletes meta.json and labels/: names a user's folder may hold. `amt cache --out`
+    (or data.cache_dir) pointed at such a folder is refused, --force included, and nothing in it changes."""
+    mine = tmp_path / "mine"
+    (mine / LABELS_DIR).mkdir(parents=True)
+    (mine / LABELS_DIR / "a.txt").write_text("mine")
+    (mine / META_FILE).write_text("{}")
+    for force in (False, True):
+        with pytest.raises(CacheError, match=r"holds files that are not a cache's \(labels, meta.json\)"):
+            _build(tree, mine, force=force)
+    assert sorted(p.name for p in mine.rglob("*")) == ["a.txt", LABELS_DIR, META_FILE]
+    assert amt_main(["cache", str(tree), "--split", SPLIT, "--out", str(mine), "--size", str(SIZE)]) == 1

@@ -356,6 +356,20 @@ def _allocated(out: Path, n: int, size: int) -> bool:
         return False
 
 
+def _refuse_foreign_folder(out: Path) -> None:
+    """CacheError unless `out` is new, empty or a cache's folder (it holds images.u8 or build.json,
+    written before anything else): a rebuild deletes meta.json and labels/, names a user's folder
+    may hold too (`--force` does not change this: it rebuilds caches, it does not claim folders)."""
+    if not out.is_dir():
+        return
+    entries = sorted(p.name for p in out.iterdir())
+    if entries and IMAGES_FILE not in entries and BUILD_FILE not in entries:
+        shown = ", ".join(entries[:3]) + (", ..." if len(entries) > 3 else "")
+        raise CacheError(
+            f"{out}: holds files that are not a cache's ({shown}); build the cache in a new or empty folder"
+        )
+
+
 def _clear(out: Path) -> None:
     for name in (META_FILE, BUILD_FILE, PROGRESS_FILE, IMAGES_FILE):
         (out / name).unlink(missing_ok=True)
@@ -394,6 +408,7 @@ def build_cache(
     counted in meta.json `skipped` and left out by the loaders; `strict` raises instead.
     """
     out = Path(out_dir)
+    _refuse_foreign_folder(out)
     if (out / META_FILE).exists() and not force:
         problem = cache_problem(out)
         if problem is None:
