@@ -181,3 +181,29 @@ def test_fp16_training_bench_is_refused_with_one_line(capsys) -> None:
     assert bench_main(["--train", "--autocast", "fp16"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("amt bench: --train") and err.count("\n") == 1
+
+
+def test_an_existing_json_file_is_refused_before_the_run_unless_force(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "results.json"
+    out.write_text("mine")
+    argv = [
+        "--preset",
+        "tiny",
+        "--batch",
+        "1",
+        "--iters",
+        "1",
+        "--warmup",
+        "0",
+        "--matmul-n",
+        "128",
+        "--json",
+        str(out),
+    ]
+    assert bench_main(argv) == 2
+    assert (
+        capsys.readouterr().err.strip()
+        == f"amt bench: {out}: exists; pass --force to replace it, or choose another --json"
+    )
+    assert out.read_text() == "mine"
+    assert bench_main([*argv, "--force"]) == 0 and json.loads(out.read_text())["preset"] == "tiny"

@@ -51,6 +51,7 @@ from amt.inference.precision import PrecisionError, inference_model, parse_dtype
 from amt.inference.timing import peak_memory_mb, reset_peak, sync, time_call
 from amt.models import build_model
 from amt.models.info import HEAD_MODULES, ModuleTimer, count_flops, profile_modules
+from amt.outputs import OutputExistsError, claim_output_file
 from amt.training.step import CompileUnavailable
 
 log = logging.getLogger(__name__)
@@ -401,8 +402,15 @@ def main(argv: list[str]) -> int:
     )
     p.add_argument("--no-cuda-graph", action="store_true")
     p.add_argument("--cache", default=None, help="training data cache folder (default: synthetic tensors)")
-    p.add_argument("--json", type=Path, default=None, help="write the results here")
+    p.add_argument("--json", type=Path, default=None, help="write the results here (a new file unless --force)")
+    p.add_argument("--force", action="store_true", help="replace an existing --json file")
     args = p.parse_args(argv)
+    if args.json is not None:
+        try:  # before the run: a long benchmark is not lost to a refusal at its end
+            claim_output_file(args.json, args.force, "--json")
+        except OutputExistsError as exc:
+            print(f"amt bench: {exc}", file=sys.stderr)
+            return 2
     if args.train and args.autocast == "fp16":
         # the trainer runs bf16 or fp32 (training.precision) and has no loss scaler: an fp16 step
         # would time a step no run takes
