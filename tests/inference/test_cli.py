@@ -250,14 +250,45 @@ def test_video_gif_with_smoothing_and_video_output(tiny_checkpoint: Path, tmp_pa
     assert json.loads((out / "summary.json").read_text())["smoothing"] == "one-euro"
 
 
-@pytest.mark.skipif(importlib.util.find_spec("imageio_ffmpeg") is not None, reason="imageio-ffmpeg is installed")
 def test_mp4_without_ffmpeg_is_a_clear_error(
-    tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+    tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name in ("imageio_ffmpeg", "av") else real(name, *a)
+    )
     video = tmp_path / "clip.mp4"
     video.write_bytes(b"\x00" * 64)
     assert predict_main([str(tiny_checkpoint), str(video), "--out", str(tmp_path / "out")]) == 2
     assert "imageio-ffmpeg" in capsys.readouterr().err
+
+
+def test_mp4_in_and_out_with_smoothing_and_a_corrupt_mp4_is_one_line(
+    tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture, random_image
+) -> None:
+    """The `video` extra's path (imageio-ffmpeg): frames read in order, an .mp4 overlay written with
+    one frame per input frame; a corrupt file is one skipped entry whose message is one line, not
+    ffmpeg's ~40-line banner; --video-out of no video type is refused before any work."""
+    import imageio.v3 as iio
+
+    clip = tmp_path / "clip.mp4"
+    iio.imwrite(clip, np.stack([random_image(120, 160, s) for s in range(5)]), fps=10)
+    out = tmp_path / "out"
+    argv = [str(tiny_checkpoint), str(clip), "--out", str(out), "--smooth", "one-euro", "--K", "200,200,80,60"]
+    assert predict_main([*argv, "--video-out", str(out / "overlay.mp4")]) == 0
+    assert sorted(p.name for p in out.glob("*.json") if p.name != "summary.json") == [
+        f"clip_{i:06d}.json" for i in range(5)
+    ]
+    assert iio.imread(out / "overlay.mp4").shape[0] == 5
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(b"not a video")
+    capsys.readouterr()
+    assert predict_main([str(tiny_checkpoint), str(bad), "--out", str(tmp_path / "bad_out")]) == 1
+    skipped = json.loads((tmp_path / "bad_out" / "summary.json").read_text())["skipped"]
+    assert len(skipped) == 1 and "\n" not in skipped[0]["error"] and "(ffmpeg: " in skipped[0]["error"]
+    assert "ffmpeg version" not in capsys.readouterr().err
+    assert predict_main([*argv, "--out", str(tmp_path / "o3"), "--video-out", str(tmp_path / "o3.xyz")]) == 2
+    assert "o3.xyz: not a video file name" in capsys.readouterr().err and not (tmp_path / "o3").exists()
 
 
 def test_unreadable_checkpoint_error_names_the_path(

@@ -116,7 +116,10 @@ def _image_frame(path: Path, index: int, max_pixels: int = MAX_IMAGE_PIXELS) -> 
 
 
 def require_video_backend(path: Path) -> None:
-    """Raise FrameSourceError when `path`'s video format needs imageio-ffmpeg and it is missing."""
+    """Raise FrameSourceError when `path` is not named as a video this module reads and writes, or
+    its format needs imageio-ffmpeg and that is missing."""
+    if path.suffix.lower() not in VIDEO_EXTENSIONS:
+        raise FrameSourceError(f"{path}: not a video file name; expected one of {', '.join(sorted(VIDEO_EXTENSIONS))}")
     if path.suffix.lower() in FFMPEG_VIDEO_EXTENSIONS and not (
         importlib.util.find_spec("imageio_ffmpeg") or importlib.util.find_spec("av")
     ):
@@ -148,8 +151,20 @@ def iter_video(path: Path) -> Iterator[Frame]:
             index += 1
     except (OSError, ValueError, RuntimeError) as exc:
         yield Frame(
-            f"{path.stem}_{index:06d}", str(path), index, error=f"cannot decode video {path} at frame {index}: {exc}"
+            f"{path.stem}_{index:06d}",
+            str(path),
+            index,
+            error=f"cannot decode video {path} at frame {index}: {_one_line(exc)}",
         )
+
+
+def _one_line(exc: BaseException) -> str:
+    """imageio-ffmpeg's errors carry ffmpeg's whole banner (~40 lines): its first line and
+    ffmpeg's last word on the problem are what a user needs."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if len(lines) <= 1:
+        return lines[0] if lines else type(exc).__name__
+    return f"{lines[0]} (ffmpeg: {lines[-1]})"
 
 
 def iter_frames(path: str | Path, max_pixels: int = MAX_IMAGE_PIXELS) -> Iterator[Frame]:
