@@ -75,6 +75,7 @@ class DataConfig:
         require(self.cache_workers >= 1, "data.cache_workers", self.cache_workers, ">= 1")
         gb = self.gpu_cache_max_gb
         require(gb is None or finite_number(gb) and gb >= 0, "data.gpu_cache_max_gb", gb, "a size in GB >= 0, or null")
+        require(self.sequence_length >= 1, "data.sequence_length", self.sequence_length, ">= 1 (1: single frames)")
 
 
 @dataclass
@@ -173,6 +174,14 @@ class TrainingConfig:
                  self.warmup_fraction, "a fraction in [0, 1)")  # fmt: skip
         require(finite_number(self.min_lr_ratio) and 0 <= self.min_lr_ratio <= 1, "training.min_lr_ratio",
                  self.min_lr_ratio, "a fraction in [0, 1]")  # fmt: skip
+        require(self.precision in ("auto", "bf16", "fp32"), "training.precision", self.precision, "auto, bf16 or fp32")
+        require(self.grad_monitor_every >= 0, "training.grad_monitor_every", self.grad_monitor_every, ">= 0 (0: off)")
+        require(self.grad_monitor_depth >= 1, "training.grad_monitor_depth", self.grad_monitor_depth, ">= 1")
+        f = self.loss_spike_factor
+        require(finite_number(f) and (f == 0 or f > 1), "training.loss_spike_factor", f, "> 1 (or 0 to disable)")
+        require(self.loss_spike_window >= 1, "training.loss_spike_window", self.loss_spike_window, ">= 1")
+        c = self.collapse_threshold
+        require(finite_number(c) and c >= 0, "training.collapse_threshold", c, "a number >= 0 (0: off)")
 
 
 @dataclass

@@ -145,6 +145,10 @@ class Trainer:
         self.val_dataset = None
         # several ranks with the default evaluator: each validates a shard (training.validation)
         self.sharded_validation = self.ctx.enabled and t.shard_validation and evaluator == "default"
+        same = cfg.data.val_split == cfg.data.split and cfg.data.val_cache_dir == cfg.data.cache_dir
+        if same and cfg.data.val_split is not None and evaluator is not None and self.ctx.is_main:
+            log.warning("data.val_split is data.split (%s): validation measures the training data, not held-out "
+                        "frames (set data.val_split to another split, or null)", cfg.data.split)  # fmt: skip
         if cfg.data.val_split is not None and evaluator is not None and (self.ctx.is_main or self.sharded_validation):
             val_ctx = self.ctx if self.sharded_validation else DistContext()
             # validated on crops framed like the training crops (a cache of another margin is refused)
