@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from amt.demo import MARKER, main, prepare_out
+from amt.demo import MARKER, MIN_FRAMES, main, prepare_out
 
 
 def test_demo_runs_end_to_end_and_refuses_to_overwrite(
@@ -17,7 +17,8 @@ def test_demo_runs_end_to_end_and_refuses_to_overwrite(
     # reads $AMT_YCB_MODELS nor searches parent folders (this value would raise if it were read)
     monkeypatch.setenv("AMT_YCB_MODELS", str(tmp_path / "no_such_models"))
     out = tmp_path / "demo"
-    argv = ["--out", str(out), "--frames", "80", "--steps", "2", "--batch-size", "8", "--workers", "1"]
+    # the fewest frames the demo accepts still give it a held-out split (test_samples > 0 below)
+    argv = ["--out", str(out), "--frames", str(MIN_FRAMES), "--steps", "2", "--batch-size", "8", "--workers", "1"]
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "Learning checks" in printed and "baseline" in printed and "matmul ceiling" in printed
@@ -56,6 +57,15 @@ def test_strict_fails_on_a_failed_check_and_a_bad_models_folder_is_one_line(
     assert "learning checks failed" in capsys.readouterr().err
     assert main(["--out", str(tmp_path / "c"), "--models", str(tmp_path / "missing")]) == 2
     assert "--models" in capsys.readouterr().err
+
+
+def test_fewer_frames_than_a_held_out_scene_needs_is_a_usage_line(tmp_path: Path, capsys) -> None:
+    """--frames 8 used to synthesise, then stop with an EmptySplitError traceback at the s0_test cache."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--out", str(tmp_path / "d"), "--frames", str(MIN_FRAMES - 8)])
+    assert exit_info.value.code == 2
+    assert f"--frames: '{MIN_FRAMES - 8}': expected a whole number >= {MIN_FRAMES}" in capsys.readouterr().err
+    assert not (tmp_path / "d").exists()
 
 
 def test_force_never_deletes_files_of_a_folder_the_demo_did_not_make(tmp_path: Path) -> None:

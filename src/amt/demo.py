@@ -52,6 +52,9 @@ log = logging.getLogger(__name__)
 MARKER = "demo.json"
 OUTPUTS = ("data", "train", "eval")  # what the demo writes under DIR (besides MARKER)
 TRAIN_SPLIT, TEST_SPLIT = "s0_train", "s0_test"
+# the fewest synthetic images whose plan (amt.data.synth.layout.plan_dataset) reaches an s0_test
+# scene: 10 scenes of 8 views (tests/test_demo.py checks it); fewer left the held-out split empty
+MIN_FRAMES = 80
 CEILING_N = 2048  # the CPU matmul size `amt bench` uses for its ceiling (2 x 2048^3 FLOPs, ~0.1 s each)
 
 
@@ -355,7 +358,12 @@ def _parser() -> argparse.ArgumentParser:
         prog="amt demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--out", type=Path, default=Path("runs/demo"), help="output folder (default runs/demo)")
-    p.add_argument("--frames", type=int_at_least(8), default=d.frames, help=f"synthetic images (default {d.frames})")
+    p.add_argument(
+        "--frames",
+        type=int_at_least(MIN_FRAMES),
+        default=d.frames,
+        help=f"synthetic images (default {d.frames}; at least {MIN_FRAMES}, the fewest with a held-out scene)",
+    )
     p.add_argument("--steps", type=int_at_least(1), default=d.steps, help=f"training steps (default {d.steps})")
     p.add_argument("--batch-size", type=int_at_least(1), default=d.batch_size)
     p.add_argument(
