@@ -68,6 +68,15 @@ def test_fewer_frames_than_a_held_out_scene_needs_is_a_usage_line(tmp_path: Path
     assert not (tmp_path / "d").exists()
 
 
+def test_settings_that_cannot_make_a_run_are_one_line_before_anything_is_written(tmp_path: Path, capsys) -> None:
+    """--image-size 100 (the conv stem needs a multiple of 8) used to synthesise and cache, then
+    stop with a ConfigError traceback."""
+    assert main(["--out", str(tmp_path / "d"), "--image-size", "100"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "amt demo: config model.image_size=100: expected a multiple of patch_size=8 (backbone_stem='conv')"
+    assert not (tmp_path / "d").exists()
+
+
 def test_force_never_deletes_files_of_a_folder_the_demo_did_not_make(tmp_path: Path) -> None:
     user = tmp_path / "mine"
     user.mkdir()

@@ -39,12 +39,13 @@ from amt.data.cache import build_cache, cache_folder
 from amt.data.loaders import CachedDataset
 from amt.data.synthetic import generate
 from amt.data.transforms import MAX_CROP_MARGIN, MIN_CROP_SIZE
+from amt.errors import ConfigError
 from amt.evaluation.evaluator import evaluate
 from amt.evaluation.report import format_tables, overlay_pair, plot_training_curves, provenance, write_report
 from amt.evaluation.submission import bop_ids
 from amt.inference.bench import matmul_ceiling
 from amt.training.callbacks import Callback
-from amt.training.config import load_run_config
+from amt.training.config import RunConfig, load_run_config
 from amt.training.trainer import Trainer
 
 log = logging.getLogger(__name__)
@@ -236,7 +237,8 @@ def _smoothed(curves: dict[str, list[tuple[int, float]]], window: int) -> dict[s
     return out
 
 
-def _train(cfg: DemoConfig, data: Path, train_cache: Path, run_dir: Path) -> tuple[Path, LossHistory]:
+def _run_config(cfg: DemoConfig, data: Path, train_cache: Path, run_dir: Path) -> RunConfig:
+    """The demo's training run (its settings are the config's: one place checks them all)."""
     overrides = [
         f"model={DEMO_MODEL}",
         f"data.root={data}",
@@ -260,7 +262,11 @@ def _train(cfg: DemoConfig, data: Path, train_cache: Path, run_dir: Path) -> tup
         "training.log_every_steps=50",
         "checkpoint.every_epochs=0",
     ]
-    run = load_run_config("tiny", overrides)
+    return load_run_config("tiny", overrides)
+
+
+def _train(cfg: DemoConfig, data: Path, train_cache: Path, run_dir: Path) -> tuple[Path, LossHistory]:
+    run = _run_config(cfg, data, train_cache, run_dir)
     history = LossHistory()
     trainer = Trainer(run, evaluator=None, callbacks=[history])
     trainer.fit()
@@ -268,7 +274,9 @@ def _train(cfg: DemoConfig, data: Path, train_cache: Path, run_dir: Path) -> tup
 
 
 def run_demo(out: Path, cfg: DemoConfig, force: bool = False) -> dict[str, Any]:
-    """Run the five steps; returns the evaluation result with `checks` and `timings` added."""
+    """Run the five steps; returns the evaluation result with `checks` and `timings` added.
+    ConfigError before anything is written when the settings cannot make a run."""
+    _run_config(cfg, out / "data", out / "cache", out / "train")  # the model and training settings, checked
     out = prepare_out(out, force)
     (out / MARKER).write_text(json.dumps({"command": "amt demo", "config": asdict(cfg)}, indent=2) + "\n")
     timings: dict[str, float] = {}
@@ -405,7 +413,7 @@ def main(argv: list[str]) -> int:
         return 2
     try:
         result = run_demo(args.out, cfg, force=args.force)
-    except FileExistsError as exc:
+    except (FileExistsError, ConfigError) as exc:  # settings that cannot work: one line
         print(f"amt demo: {exc}", file=sys.stderr)
         return 2
     if not result["demo"]["all_checks_passed"]:
