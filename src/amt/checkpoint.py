@@ -424,11 +424,15 @@ def point_alias(checkpoints: Path, alias: str, target: str) -> None:
     fsync_path(checkpoints)
 
 
+_KEPT_FOR_USER: set[Path] = set()  # checkpoint folders prune_checkpoints kept for a user's files
+
+
 def prune_checkpoints(checkpoints: Path, keep_last: int = 0) -> list[str]:
     """Delete complete folders saved with keep=False that no name points to any more, and
     (keep_last > 0) the periodic (keep=True) folders older than the newest keep_last that no name
     but `epoch_*` points to (those names are removed first). Folders are renamed to `*.tmp`
-    before deletion, so a kill mid-delete leaves only a leftover. Returns the deleted names."""
+    before deletion, so a kill mid-delete leaves only a leftover. A folder holding files its save
+    did not write (an export, `amt eval`'s report) is kept, with a warning. Returns the deleted names."""
     links = {p.name: os.readlink(p) for p in checkpoints.iterdir() if p.is_symlink()}
     named = set(links.values())
     protected = {target for name, target in links.items() if not name.startswith("epoch_")}
@@ -440,13 +444,25 @@ def prune_checkpoints(checkpoints: Path, keep_last: int = 0) -> list[str]:
                 markers[entry.name] = marker
     periodic = sorted((m["step"], name) for name, m in markers.items() if m.get("keep") is not False)
     expired = {name for _, name in periodic[: max(0, len(periodic) - keep_last)]} - protected if keep_last else set()
+    doomed_names = expired | {n for n, m in markers.items() if n not in named and m.get("keep") is False}
+    for name in sorted(doomed_names):  # a user's files inside (an export, `amt eval`'s default --out) keep it
+        own = {f.split("/")[0] for f in markers[name]["files"]} | {COMPLETE}
+        extra = sorted(set(os.listdir(checkpoints / name)) - own)
+        if extra:
+            if checkpoints / name not in _KEPT_FOR_USER:  # said once per folder, not at every save
+                _KEPT_FOR_USER.add(checkpoints / name)
+                log.warning("%s: left in place although no longer kept: it holds files the trainer "
+                            "did not write (%s); delete it when they are safe elsewhere", checkpoints / name,
+                            ", ".join(extra[:3]) + (", ..." if len(extra) > 3 else ""))  # fmt: skip
+            doomed_names.discard(name)
+            expired.discard(name)
     for name, target in links.items():
         if target in expired:
             (checkpoints / name).unlink()  # an epoch_* name of a folder about to go
     deleted = []
-    for name, marker in markers.items():
+    for name in markers:
         entry = checkpoints / name
-        if name in expired or (name not in named and marker.get("keep") is False):
+        if name in doomed_names:
             doomed = entry.with_name(entry.name + ".del" + TMP_SUFFIX)
             os.rename(entry, doomed)
             shutil.rmtree(doomed)

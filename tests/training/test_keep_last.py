@@ -125,3 +125,19 @@ def test_the_trainer_stops_on_a_full_disk_with_its_last_checkpoint_intact(tmp_pa
         trainer.fit()
     assert newest_checkpoint(run / CHECKPOINTS) == first and is_complete(first)
     assert not list((run / CHECKPOINTS).glob("*.tmp"))
+
+
+def test_a_checkpoint_holding_a_users_files_is_never_pruned(tmp_path, caplog):
+    """`amt eval CKPT` writes its report into CKPT/eval_<split> by default and `amt export` its
+    model into CKPT: keep_last used to delete them with the folder, silently."""
+    checkpoints = tmp_path / CHECKPOINTS
+    for step in range(1, 4):
+        _save(checkpoints, step)
+    point_alias(checkpoints, "last", "step_000003")
+    (checkpoints / "step_000001" / "eval_s0_test").mkdir()
+    (checkpoints / "step_000001" / "eval_s0_test" / "report.json").write_text("{}")
+    with caplog.at_level("WARNING"):
+        assert prune_checkpoints(checkpoints, keep_last=1) == ["step_000002"]
+    assert (checkpoints / "step_000001" / "eval_s0_test" / "report.json").read_text() == "{}"
+    assert "step_000001: left in place although no longer kept: it holds files the trainer did not write" in caplog.text
+    assert "eval_s0_test" in caplog.text
