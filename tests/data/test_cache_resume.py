@@ -250,3 +250,18 @@ def test_a_folder_of_the_users_files_is_never_a_cache_folder(tree: Path, tmp_pat
             _build(tree, mine, force=force)
     assert sorted(p.name for p in mine.rglob("*")) == ["a.txt", LABELS_DIR, META_FILE]
     assert amt_main(["cache", str(tree), "--split", SPLIT, "--out", str(mine), "--size", str(SIZE)]) == 1
+
+
+def test_a_disk_without_room_for_the_arrays_is_refused_before_writing_them(
+    tree: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The arrays are sparse memory-mapped files: filling them on a full disk used to end the
+    build with SIGBUS (no message). The space still needed is checked first; the build resumes
+    once there is room."""
+    out = tmp_path / "c"
+    real = shutil.disk_usage
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: real(p)._replace(free=1000))
+    with pytest.raises(CacheError, match=r"the cache needs 0\.\d\d GB more and its disk has 0\.00 GB free"):
+        _build(tree, out)
+    monkeypatch.setattr(shutil, "disk_usage", real)
+    _same(_build(tree, out), _build(tree, tmp_path / "fresh"))

@@ -348,6 +348,20 @@ def _allocate(out: Path, n: int, size: int) -> None:
         np.lib.format.open_memmap(out / LABELS_DIR / f"{key}.npy", mode="w+", dtype=dtype, shape=(n, *shape)).flush()
 
 
+def _check_space(out: Path, n: int, size: int) -> None:
+    """CacheError when the file system cannot hold the rest of the arrays. They are sparse files
+    filled through memory maps, and a write into a hole on a full disk ends the process with
+    SIGBUS (no message, no traceback): so the space the holes still need is checked first."""
+    sizes = expected_sizes(out, n, size)
+    written = sum(min(getattr(p.stat(), "st_blocks", 0) * 512, want) for p, want in sizes.items())
+    needed, free = sum(sizes.values()) - written, shutil.disk_usage(out).free
+    if needed > free:
+        raise CacheError(
+            f"{out}: the cache needs {needed / 1e9:.2f} GB more and its disk has {free / 1e9:.2f} GB free; free "
+            "space and rerun (the build resumes), or build it elsewhere (`amt cache --out`, data.cache_dir)"
+        )
+
+
 def _allocated(out: Path, n: int, size: int) -> bool:
     """True when every array file is there with the size a build of n samples at `size` px gives."""
     try:
@@ -451,6 +465,7 @@ def build_cache(
         out.mkdir(parents=True, exist_ok=True)
         _allocate(out, n, size)
         write_json_atomic(build_file, params, indent=1)
+    _check_space(out, n, size)
     n_chunks = -(-n // chunk_size)
     bounds = [(s, min(s + chunk_size, n)) for s in range(0, n, chunk_size)]
     spans = row_spans(out, n, size)
