@@ -8,6 +8,7 @@ library code. Logging is configured here, once, for every verb.
 
 from __future__ import annotations
 
+import errno
 import importlib
 import logging
 import sys
@@ -31,6 +32,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "convert-checkpoint": ("amt.checkpoint_cli:main", "convert an old-format checkpoint (pickled trainer.pt)"),
 }
 
+
+# OSErrors that name a place the user must fix (their message names the file), printed as one line
+STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS})
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -75,6 +79,12 @@ def main(argv: list[str] | None = None) -> int:
     except MissingExtraError as exc:  # an optional feature without its extra: the one line, no traceback
         print(exc, file=sys.stderr)
         return 2
+    except OSError as exc:
+        if exc.errno not in STORAGE_ERRNOS:
+            raise
+        # the machine's storage, not the program: a full disk, a read-only or forbidden folder
+        print(f"amt {verb}: {exc}", file=sys.stderr)
+        return 1
     return int(result or 0)
 
 
