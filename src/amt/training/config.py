@@ -158,22 +158,22 @@ class TrainingConfig:
         # rate" traceback), runs zero steps, or with a negative batch never ends; one line instead
         b = self.batch_size
         require(b == "auto" or isinstance(b, int) and not isinstance(b, bool) and b >= 1,
-                 "training.batch_size", b, "a whole number >= 1 or auto")  # fmt: skip
+                "training.batch_size", b, "a whole number >= 1 or auto")  # fmt: skip
         for key in ("grad_accum_steps", "epochs", "auto_batch_max", "auto_batch_fallback", "log_every_steps"):
             require(getattr(self, key) >= 1, f"training.{key}", getattr(self, key), ">= 1")
         require(self.max_steps is None or self.max_steps >= 1, "training.max_steps", self.max_steps, ">= 1 or null")
         require(self.val_every_epochs >= 0, "training.val_every_epochs", self.val_every_epochs, ">= 0 (0: never)")
         require(finite_number(self.learning_rate) and self.learning_rate > 0, "training.learning_rate", self.learning_rate,
-                 "a number > 0")  # fmt: skip
+                "a number > 0")  # fmt: skip
         for key in ("backbone_lr_mult", "weight_decay", "grad_clip"):
             value = getattr(self, key)
             require(finite_number(value) and value >= 0, f"training.{key}", value, "a number >= 0")
         require(len(self.betas) == 2 and all(finite_number(v) and 0 <= v < 1 for v in self.betas), "training.betas",
-                 list(self.betas), "two numbers in [0, 1)")  # fmt: skip
+                list(self.betas), "two numbers in [0, 1)")  # fmt: skip
         require(finite_number(self.warmup_fraction) and 0 <= self.warmup_fraction < 1, "training.warmup_fraction",
-                 self.warmup_fraction, "a fraction in [0, 1)")  # fmt: skip
+                self.warmup_fraction, "a fraction in [0, 1)")  # fmt: skip
         require(finite_number(self.min_lr_ratio) and 0 <= self.min_lr_ratio <= 1, "training.min_lr_ratio",
-                 self.min_lr_ratio, "a fraction in [0, 1]")  # fmt: skip
+                self.min_lr_ratio, "a fraction in [0, 1]")  # fmt: skip
         require(self.precision in ("auto", "bf16", "fp32"), "training.precision", self.precision, "auto, bf16 or fp32")
         require(self.grad_monitor_every >= 0, "training.grad_monitor_every", self.grad_monitor_every, ">= 0 (0: off)")
         require(self.grad_monitor_depth >= 1, "training.grad_monitor_depth", self.grad_monitor_depth, ">= 1")
@@ -203,7 +203,7 @@ class CheckpointConfig:
         for key in ("every_epochs", "every_steps", "keep_last"):
             require(getattr(self, key) >= 0, f"checkpoint.{key}", getattr(self, key), ">= 0 (0: off)")
         require(finite_number(self.every_minutes) and self.every_minutes >= 0, "checkpoint.every_minutes",
-                 self.every_minutes, "a number >= 0 (0: off)")  # fmt: skip
+                self.every_minutes, "a number >= 0 (0: off)")  # fmt: skip
         require(self.best_mode in ("min", "max"), "checkpoint.best_mode", self.best_mode, "min or max")
 
 
