@@ -38,6 +38,7 @@ RANKS: dict[str, float] = {
     "errors": -1,  # ConfigError: models and training refuse settings alike, the verbs print them
     "outputs": -1,  # the verbs' rule for writing into a user's folder or over a file
     "argtypes": -1,  # range-checked argparse types for every verb's numeric flags
+    "locks": -1,  # one writer per run folder (the trainer; any verb may take it)
     "config": 0,  # Hydra yaml files only; its __init__ imports nothing
     "geometry": 0,
     "data": 1,

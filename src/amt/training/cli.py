@@ -13,6 +13,7 @@ from amt.data.cache_format import CacheError
 from amt.data.dataset import READER_ERRORS, DatasetError
 from amt.data.loaders import CacheBudgetError
 from amt.errors import ConfigError
+from amt.locks import FolderLockedError
 from amt.models.amt import ModelFileError
 from amt.models.backbone import BackboneWeightsError
 from amt.training.config import LOAD_ERRORS, load_error_text, load_run_config
@@ -99,6 +100,7 @@ def train_main(argv: list[str]) -> int:
     # refused folder, no weights, no compiler, a setting that cannot work, bad data: one line
     except (
         CheckpointError,
+        FolderLockedError,
         FileExistsError,
         BackboneWeightsError,
         CompileUnavailable,

@@ -15,13 +15,14 @@ import torch
 
 from amt.evaluation.metrics import collapse_ratio
 from amt.extras import require
+from amt.locks import LOCK_FILE
 
 TENSORBOARD = "tensorboard"  # sub-folder of the run folder
 
 
 def check_output_dir(folder: Path, overwrite: bool, resuming: bool) -> None:
     """Refuse to write into an existing non-empty run folder unless asked to (never deletes)."""
-    if folder.exists() and any(folder.iterdir()) and not (overwrite or resuming):
+    if folder.exists() and any(p.name != LOCK_FILE for p in folder.iterdir()) and not (overwrite or resuming):
         raise FileExistsError(
             f"{folder}: training.output_dir exists and is not empty; choose another folder, resume with "
             f"checkpoint.resume_from=..., or set training.overwrite=true to write into it"

@@ -39,6 +39,7 @@ from amt.data.augment import BatchAugment
 from amt.data.cache import cache_crop_margin
 from amt.data.loaders import CachedDataset, batch_to_device
 from amt.errors import ConfigError
+from amt.locks import FolderLock, FolderLockedError
 from amt.models import AMT
 from amt.models.backbone import check_backbone_weights
 from amt.training.batch_size import resolve_batch_size
@@ -229,8 +230,25 @@ class Trainer:
         return self.ema.module if self.ema is not None else self.model
 
     def fit(self) -> dict[str, float]:
-        """Train to `total_steps`; returns the last validation metrics (empty without them)."""
+        """Train to `total_steps`; returns the last validation metrics (empty without them).
+        FolderLockedError (every rank) when another live process trains into the same run folder."""
         t = self.cfg.training
+        lock = FolderLock(self.run_dir, "this run folder (training.output_dir)")
+        refused = None
+        if self.ctx.is_main:  # rank 0 alone writes the run folder
+            try:
+                lock.acquire()
+            except FolderLockedError as exc:
+                refused = str(exc)
+        refused = broadcast_object(refused, self.ctx)
+        if refused is not None:
+            raise FolderLockedError(refused)
+        try:
+            return self._fit(t)
+        finally:
+            lock.release()
+
+    def _fit(self, t: Any) -> dict[str, float]:
         self.loggers.open(self.step)
         if self.ctx.is_main:
             log.info(
