@@ -232,7 +232,6 @@ class Trainer:
     def fit(self) -> dict[str, float]:
         """Train to `total_steps`; returns the last validation metrics (empty without them).
         FolderLockedError (every rank) when another live process trains into the same run folder."""
-        t = self.cfg.training
         lock = FolderLock(self.run_dir, "this run folder (training.output_dir)")
         refused = None
         if self.ctx.is_main:  # rank 0 alone writes the run folder
@@ -244,11 +243,12 @@ class Trainer:
         if refused is not None:
             raise FolderLockedError(refused)
         try:
-            return self._fit(t)
+            return self._fit()
         finally:
             lock.release()
 
-    def _fit(self, t: Any) -> dict[str, float]:
+    def _fit(self) -> dict[str, float]:
+        t = self.cfg.training
         self.loggers.open(self.step)
         if self.ctx.is_main:
             log.info(
